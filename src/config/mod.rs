@@ -1,0 +1,1157 @@
+//! The configuration (SPEC §4): YAML text in, a fully typed [`Config`] out, or the list of
+//! every error, each with its YAML path and line. Nothing downstream re-checks config:
+//! regexes are compiled, addresses parsed, secrets read and route overrides merged here.
+//!
+//! `yaml.rs` turns text into a tree with lines, `decode.rs` reads typed values from it
+//! while collecting errors, and this file holds the schema.
+
+mod decode;
+pub mod yaml;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use regex::Regex;
+use url::Url;
+
+use crate::identity::{FieldRule, IdentityRules, Transform};
+use crate::released::{
+    CoolDown, CoolDownPolicy, ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT,
+};
+use crate::routes::{HostPattern, Route, Routes};
+use crate::secret::Secret;
+use crate::trust::{parse_net, TrustedProxies};
+use decode::{join, Decoder, Fields};
+pub use decode::parse_duration;
+use yaml::Node;
+
+/// Default proxy listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener (loopback: metrics are not for the world).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default embed tags (SPEC §4).
+pub const DEFAULT_EMBED_TAGS: &[&str] = &["released-page", "released-widget", "released-form"];
+/// Default per-response bound on the rewriter's buffers.
+pub const DEFAULT_REWRITE_MEMORY: usize = 1024 * 1024;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// YAML path such as `identity.user_id.pattern` or `routes[1].match.host`.
+    pub path: String,
+    /// 1-based line, when the problem is tied to one.
+    pub line: Option<usize>,
+    /// What is wrong, written for the person fixing it.
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The file (or `<input>`).
+    pub source: String,
+    /// All problems, in line order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            match e.line {
+                Some(line) => write!(f, "  {}:{line}: ", self.source)?,
+                None => write!(f, "  {}: ", self.source)?,
+            }
+            if e.path.is_empty() {
+                writeln!(f, "{}", e.message)?;
+            } else {
+                writeln!(f, "{}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// How to load: the environment for `${VAR}` and whether to read secrets.
+pub struct LoadOptions<'e> {
+    /// Resolves `${VAR}`; the process environment by default.
+    pub env: &'e dyn Fn(&str) -> Option<String>,
+    /// `false` for `check --skip-secrets` and `explain`: the secret source is validated but
+    /// not read, and the config carries an empty placeholder that is never sent.
+    pub read_secrets: bool,
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        Self {
+            env: &process_env,
+            read_secrets: true,
+        }
+    }
+}
+
+/// The app the sidecar proxies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The URL as configured (for logs).
+    pub url: String,
+    /// `https`?
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 80/443).
+    pub port: u16,
+    /// TLS server name (default: `host`).
+    pub sni: String,
+    /// Verify the app's certificate (default true).
+    pub verify: bool,
+    /// CA bundle to verify the app's certificate with (default: system roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Bounds on waiting, all with defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (+TLS) connect to the app.
+    pub upstream_connect: Duration,
+    /// Longest silence while reading from the app.
+    pub upstream_read: Duration,
+    /// Longest stall while writing to the app.
+    pub upstream_write: Duration,
+    /// Idle keep-alive connections to the app are closed after this.
+    pub upstream_idle: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            upstream_connect: Duration::from_secs(5),
+            upstream_read: Duration::from_secs(60),
+            upstream_write: Duration::from_secs(60),
+            upstream_idle: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The `embed` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embed {
+    /// Lowercase tag names that get `auth-token`.
+    pub tags: Vec<String>,
+    /// Per-response bound on the rewriter's buffers, in bytes.
+    pub memory_limit: usize,
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    pub admin_listen: SocketAddr,
+    /// The app.
+    pub upstream: Upstream,
+    /// Peers whose identity headers count.
+    pub trusted_proxies: TrustedProxies,
+    /// Routes in order (an implicit catch-all `default` route when none are written).
+    pub routes: Routes,
+    /// Embed tags and rewrite bounds.
+    pub embed: Embed,
+    /// Proxy worker threads.
+    pub workers: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Every identity header named anywhere in the config (stripped from untrusted peers).
+    pub identity_headers: Vec<HeaderName>,
+    /// Secret files to watch for rotation.
+    pub secret_files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Loads and validates the file at `path`.
+    pub fn load(path: &Path, options: &LoadOptions<'_>) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &source, base, options)
+    }
+
+    /// Loads and validates config text; relative secret paths resolve against `base`.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        base: &Path,
+        options: &LoadOptions<'_>,
+    ) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            source: source.to_string(),
+            errors,
+        };
+        let root = yaml::parse(text).map_err(|e| {
+            fail(vec![ConfigError {
+                path: String::new(),
+                line: Some(e.line),
+                message: format!("YAML syntax error: {}", e.message),
+            }])
+        })?;
+        let mut d = Decoder::new(options.env);
+        let config = Schema {
+            d: &mut d,
+            base,
+            read_secrets: options.read_secrets,
+        }
+        .config(&root);
+        match config {
+            Some(c) if !d.has_errors() => Ok(c),
+            _ => Err(fail(d.into_errors())),
+        }
+    }
+
+    /// The one-line summary printed by `check`.
+    pub fn summary(&self) -> String {
+        let routes: Vec<&str> = self.routes.0.iter().map(|r| r.name.as_str()).collect();
+        let mut secrets: Vec<String> = self
+            .routes
+            .0
+            .iter()
+            .map(|r| r.released.secret_source.to_string())
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        format!(
+            "config OK: listen {} -> upstream {}; admin {}; {} route{} ({}); embed tags {}; secret from {}",
+            self.listen,
+            self.upstream.url,
+            self.admin_listen,
+            routes.len(),
+            if routes.len() == 1 { "" } else { "s" },
+            routes.join(", "),
+            self.embed.tags.join(", "),
+            secrets.join(" and "),
+        )
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "upstream_tls",
+    "admin",
+    "trusted_proxies",
+    "released",
+    "identity",
+    "routes",
+    "embed",
+    "workers",
+    "timeouts",
+];
+const RELEASED_KEYS: &[&str] = &[
+    "api_url",
+    "account_id",
+    "shared_secret_file",
+    "shared_secret_env",
+    "shared_secret",
+    "timeout",
+    "cooldown",
+];
+const IDENTITY_KEYS: &[&str] = &["user_id", "user_email", "name", "avatar_url"];
+const FIELD_KEYS: &[&str] = &["header", "pattern", "transform"];
+const ROUTE_KEYS: &[&str] = &["name", "match", "identity", "released"];
+
+/// A `released` block as written, before merging a route's override with the top level.
+/// A key that is written but invalid is `None` here and listed in `written`, so it is
+/// reported once (as invalid), not twice (as invalid and as missing).
+#[derive(Default, Clone)]
+struct PartialReleased {
+    written: Vec<&'static str>,
+    api_url: Option<Url>,
+    account_id: Option<String>,
+    secret: Option<(SecretSource, Secret)>,
+    timeout: Option<Duration>,
+    cooldown: Option<CoolDownPolicy>,
+}
+
+impl PartialReleased {
+    fn or(self, base: &PartialReleased) -> PartialReleased {
+        PartialReleased {
+            written: Vec::new(),
+            api_url: self.api_url.or_else(|| base.api_url.clone()),
+            account_id: self.account_id.or_else(|| base.account_id.clone()),
+            secret: self.secret.or_else(|| base.secret.clone()),
+            timeout: self.timeout.or(base.timeout),
+            cooldown: self.cooldown.or(base.cooldown),
+        }
+    }
+
+    fn finish(self) -> Option<ReleasedSettings> {
+        let (secret_source, secret) = self.secret?;
+        Some(ReleasedSettings {
+            api_url: self
+                .api_url
+                .unwrap_or_else(|| Url::parse(DEFAULT_API_URL).expect("valid default")),
+            account_id: self.account_id?,
+            secret,
+            secret_source,
+            timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            cooldown: CoolDown::new(self.cooldown.unwrap_or_default()),
+        })
+    }
+}
+
+/// An `identity` block as written.
+#[derive(Default, Clone)]
+struct PartialIdentity {
+    written: Vec<&'static str>,
+    user_id: Option<FieldRule>,
+    user_email: Option<FieldRule>,
+    name: Option<FieldRule>,
+    avatar_url: Option<FieldRule>,
+}
+
+impl PartialIdentity {
+    fn or(self, base: &PartialIdentity) -> PartialIdentity {
+        PartialIdentity {
+            written: Vec::new(),
+            user_id: self.user_id.or_else(|| base.user_id.clone()),
+            user_email: self.user_email.or_else(|| base.user_email.clone()),
+            name: self.name.or_else(|| base.name.clone()),
+            avatar_url: self.avatar_url.or_else(|| base.avatar_url.clone()),
+        }
+    }
+
+    fn finish(self) -> Option<IdentityRules> {
+        Some(IdentityRules {
+            user_id: self.user_id?,
+            user_email: self.user_email?,
+            name: self.name,
+            avatar_url: self.avatar_url,
+        })
+    }
+}
+
+/// A route as written, with its raw overrides.
+struct PartialRoute {
+    name: Option<String>,
+    host: Option<HostPattern>,
+    path: Option<Regex>,
+    identity: Option<PartialIdentity>,
+    released: Option<PartialReleased>,
+}
+
+/// Keys whose absence makes a route unusable, with what they are checked on.
+const REQUIRED: &[(&str, &str)] = &[
+    ("released", "account_id"),
+    ("released", "shared_secret_file"),
+    ("identity", "user_id"),
+    ("identity", "user_email"),
+];
+
+struct Schema<'a, 'e> {
+    d: &'a mut Decoder<'e>,
+    base: &'a Path,
+    read_secrets: bool,
+}
+
+impl Schema<'_, '_> {
+    fn config(&mut self, root: &Node) -> Option<Config> {
+        let top = self.d.map(root, "", TOP_KEYS)?;
+
+        let listen = self.socket_addr(&top, "listen", DEFAULT_LISTEN);
+        let admin = top.get("admin").and_then(|n| self.d.map(n, "admin", &["listen"]));
+        let admin_listen = match &admin {
+            Some(a) => self.socket_addr(a, "admin.listen", DEFAULT_ADMIN_LISTEN),
+            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+        };
+        if let (Some(l), Some(a)) = (listen, admin_listen) {
+            if l == a {
+                self.d.error(
+                    "admin.listen",
+                    top.line_of("admin"),
+                    "must differ from `listen`: admin endpoints are never served on the proxy port",
+                );
+            }
+        }
+        let upstream = self.upstream(&top);
+        let trusted_proxies = self.trusted_proxies(&top);
+        let workers = match top.get("workers") {
+            Some(n) => self.d.positive_integer(n, "workers"),
+            None => Some(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            ),
+        };
+        let timeouts = self.timeouts(&top);
+        let embed = self.embed(&top);
+
+        let top_released = match top.get("released") {
+            Some(n) => self.released(n, "released"),
+            None => PartialReleased::default(),
+        };
+        let top_identity = match top.get("identity") {
+            Some(n) => self.identity(n, "identity"),
+            None => PartialIdentity::default(),
+        };
+        let routes = self.routes(&top);
+        if let Some(routes) = &routes {
+            self.check_required(&top, &top_released, &top_identity, routes);
+        }
+        if self.d.has_errors() {
+            return None;
+        }
+        let routes = routes?;
+
+        let shared_released = top_released.clone().finish().map(Arc::new);
+        let shared_identity = top_identity.clone().finish().map(Arc::new);
+        let mut compiled = Vec::with_capacity(routes.len());
+        for route in routes {
+            let released = match route.released {
+                None => shared_released.clone()?,
+                Some(own) => Arc::new(own.or(&top_released).finish()?),
+            };
+            let identity = match route.identity {
+                None => shared_identity.clone()?,
+                Some(own) => Arc::new(own.or(&top_identity).finish()?),
+            };
+            compiled.push(Route {
+                name: route.name?,
+                host: route.host,
+                path: route.path,
+                identity,
+                released,
+            });
+        }
+
+        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        let mut secret_files: Vec<PathBuf> = Vec::new();
+        for route in &compiled {
+            for h in route.identity.headers() {
+                if !identity_headers.contains(h) {
+                    identity_headers.push(h.clone());
+                }
+            }
+            if let SecretSource::File(p) = &route.released.secret_source {
+                if !secret_files.contains(p) {
+                    secret_files.push(p.clone());
+                }
+            }
+        }
+
+        Some(Config {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            upstream: upstream?,
+            trusted_proxies: trusted_proxies?,
+            routes: Routes(compiled),
+            embed: embed?,
+            workers: workers?,
+            timeouts: timeouts?,
+            identity_headers,
+            secret_files,
+        })
+    }
+
+    /// Reports each required key missing from the top level and from a route that would
+    /// need it, once, at the top-level path.
+    fn check_required(
+        &mut self,
+        top: &Fields<'_>,
+        released: &PartialReleased,
+        identity: &PartialIdentity,
+        routes: &[PartialRoute],
+    ) {
+        let has = |written: &[&str], key: &str| {
+            if key == "shared_secret_file" {
+                written
+                    .iter()
+                    .any(|k| k.starts_with("shared_secret"))
+            } else {
+                written.contains(&key)
+            }
+        };
+        for (block, key) in REQUIRED {
+            let top_written = match *block {
+                "released" => &released.written,
+                _ => &identity.written,
+            };
+            if has(top_written, key) {
+                continue;
+            }
+            let lacking: Vec<&str> = routes
+                .iter()
+                .filter(|r| {
+                    let own = match *block {
+                        "released" => r.released.as_ref().map(|o| &o.written),
+                        _ => r.identity.as_ref().map(|o| &o.written),
+                    };
+                    own.is_none_or(|w| !has(w, key))
+                })
+                .map(|r| r.name.as_deref().unwrap_or("(unnamed)"))
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let what = if *key == "shared_secret_file" {
+                "a secret is required: set `shared_secret_file` or `shared_secret_env`".to_string()
+            } else {
+                "is required".to_string()
+            };
+            let routes_note = if top.has("routes") {
+                format!(" (route{} {} set no own value)", if lacking.len() == 1 { "" } else { "s" }, lacking.join(", "))
+            } else {
+                String::new()
+            };
+            let path = if *key == "shared_secret_file" {
+                block.to_string()
+            } else {
+                format!("{block}.{key}")
+            };
+            self.d
+                .error(&path, top.line_of(block), format!("{what}{routes_note}"));
+        }
+    }
+
+    fn socket_addr(&mut self, fields: &Fields<'_>, path: &str, default: &str) -> Option<SocketAddr> {
+        let key = path.rsplit('.').next().unwrap_or(path);
+        let Some(node) = fields.get(key) else {
+            return default.parse().ok();
+        };
+        let text = self.d.non_empty(node, path)?;
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.d.error(
+                    path,
+                    node.line,
+                    format!("`{text}` is not an address:port such as 0.0.0.0:8080 or [::]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn upstream(&mut self, top: &Fields<'_>) -> Option<Upstream> {
+        let Some(node) = top.get("upstream") else {
+            self.d.error(
+                "upstream",
+                top.line,
+                "is required: the app's URL, e.g. http://127.0.0.1:3000",
+            );
+            return None;
+        };
+        let text = self.d.non_empty(node, "upstream")?;
+        let url = match Url::parse(&text) {
+            Ok(u) => u,
+            Err(e) => {
+                self.d
+                    .error("upstream", node.line, format!("`{text}` is not a URL: {e}"));
+                return None;
+            }
+        };
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                self.d.error(
+                    "upstream",
+                    node.line,
+                    format!("scheme `{other}` is not supported; use http or https"),
+                );
+                return None;
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => {
+                self.d.error("upstream", node.line, "has no host");
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.d.error(
+                "upstream",
+                node.line,
+                "must not contain credentials",
+            );
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            self.d.error(
+                "upstream",
+                node.line,
+                "must be scheme://host[:port] only: paths are forwarded as requested",
+            );
+        }
+        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+
+        let mut sni = host.clone();
+        let mut verify = true;
+        let mut ca_file = None;
+        if let Some(tls_node) = top.get("upstream_tls") {
+            if let Some(t) = self.d.map(tls_node, "upstream_tls", &["ca_file", "verify", "sni"]) {
+                if !tls {
+                    self.d.error(
+                        "upstream_tls",
+                        top.line_of("upstream_tls"),
+                        "only applies to an https upstream",
+                    );
+                }
+                if let Some(n) = t.get("sni") {
+                    if let Some(s) = self.d.non_empty(n, "upstream_tls.sni") {
+                        sni = s;
+                    }
+                }
+                if let Some(n) = t.get("verify") {
+                    verify = self.bool(n, "upstream_tls.verify").unwrap_or(true);
+                }
+                if let Some(n) = t.get("ca_file") {
+                    ca_file = self.existing_file(n, "upstream_tls.ca_file");
+                }
+            }
+        }
+        Some(Upstream {
+            url: text,
+            tls,
+            host,
+            port,
+            sni,
+            verify,
+            ca_file,
+        })
+    }
+
+    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            yaml::Value::Scalar { text, plain: true } if text == "true" => Some(true),
+            yaml::Value::Scalar { text, plain: true } if text == "false" => Some(false),
+            _ => {
+                self.d.error(path, node.line, "expected true or false");
+                None
+            }
+        }
+    }
+
+    fn existing_file(&mut self, node: &Node, path: &str) -> Option<PathBuf> {
+        let text = self.d.non_empty(node, path)?;
+        let p = self.base.join(text);
+        if !p.is_file() {
+            self.d
+                .error(path, node.line, format!("{} is not a readable file", p.display()));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn trusted_proxies(&mut self, top: &Fields<'_>) -> Option<TrustedProxies> {
+        let Some(node) = top.get("trusted_proxies") else {
+            return Some(TrustedProxies::loopback());
+        };
+        let items = self.d.strings(node, "trusted_proxies")?;
+        let mut nets = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, (text, line)) in items.iter().enumerate() {
+            match parse_net(text) {
+                Ok(net) => nets.push(net),
+                Err(msg) => {
+                    self.d.error(&format!("trusted_proxies[{i}]"), *line, msg);
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| TrustedProxies::new(nets))
+    }
+
+    fn timeouts(&mut self, top: &Fields<'_>) -> Option<Timeouts> {
+        let mut t = Timeouts::default();
+        let Some(node) = top.get("timeouts") else {
+            return Some(t);
+        };
+        let keys = [
+            "upstream_connect",
+            "upstream_read",
+            "upstream_write",
+            "upstream_idle",
+            "shutdown_grace",
+        ];
+        let fields = self.d.map(node, "timeouts", &keys)?;
+        let mut ok = true;
+        for key in keys {
+            let Some(n) = fields.get(key) else { continue };
+            let path = join("timeouts", key);
+            let Some(v) = self.d.duration(n, &path) else {
+                ok = false;
+                continue;
+            };
+            if v.is_zero() {
+                self.d.error(&path, n.line, "must be above zero");
+                ok = false;
+                continue;
+            }
+            match key {
+                "upstream_connect" => t.upstream_connect = v,
+                "upstream_read" => t.upstream_read = v,
+                "upstream_write" => t.upstream_write = v,
+                "upstream_idle" => t.upstream_idle = v,
+                _ => t.shutdown_grace = v,
+            }
+        }
+        ok.then_some(t)
+    }
+
+    fn embed(&mut self, top: &Fields<'_>) -> Option<Embed> {
+        let mut embed = Embed {
+            tags: DEFAULT_EMBED_TAGS.iter().map(|s| s.to_string()).collect(),
+            memory_limit: DEFAULT_REWRITE_MEMORY,
+        };
+        let Some(node) = top.get("embed") else {
+            return Some(embed);
+        };
+        let fields = self.d.map(node, "embed", &["tags", "memory_limit"])?;
+        let mut ok = true;
+        if let Some(n) = fields.get("tags") {
+            match self.d.strings(n, "embed.tags") {
+                Some(items) if items.is_empty() => {
+                    self.d.error("embed.tags", n.line, "must name at least one tag");
+                    ok = false;
+                }
+                Some(items) => {
+                    embed.tags.clear();
+                    for (i, (tag, line)) in items.into_iter().enumerate() {
+                        let tag = tag.trim().to_ascii_lowercase();
+                        let valid = tag.starts_with(|c: char| c.is_ascii_alphabetic())
+                            && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                        if !valid {
+                            self.d.error(
+                                &format!("embed.tags[{i}]"),
+                                line,
+                                format!("`{tag}` is not an HTML tag name"),
+                            );
+                            ok = false;
+                        } else if !embed.tags.contains(&tag) {
+                            embed.tags.push(tag);
+                        }
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(n) = fields.get("memory_limit") {
+            let text = self.d.string(n, "embed.memory_limit");
+            match text.as_deref().map(parse_size) {
+                Some(Ok(bytes)) if bytes >= 16 * 1024 => embed.memory_limit = bytes,
+                Some(Ok(_)) => {
+                    self.d.error("embed.memory_limit", n.line, "must be at least 16KiB");
+                    ok = false;
+                }
+                Some(Err(msg)) => {
+                    self.d.error("embed.memory_limit", n.line, msg);
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(embed)
+    }
+
+    fn routes(&mut self, top: &Fields<'_>) -> Option<Vec<PartialRoute>> {
+        let Some(node) = top.get("routes") else {
+            if top.has("routes") {
+                self.d.error(
+                    "routes",
+                    top.line_of("routes"),
+                    "is empty; remove the key to apply the top-level settings to every request",
+                );
+                return None;
+            }
+            return Some(vec![PartialRoute {
+                name: Some("default".into()),
+                host: None,
+                path: None,
+                identity: None,
+                released: None,
+            }]);
+        };
+        let items = self.d.list(node, "routes")?;
+        if items.is_empty() {
+            self.d.error(
+                "routes",
+                node.line,
+                "is empty; remove the key to apply the top-level settings to every request",
+            );
+            return None;
+        }
+        let mut routes = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            match self.route(item, &path) {
+                Some(r) => {
+                    if r.name.is_some() && routes.iter().any(|o: &PartialRoute| o.name == r.name) {
+                        self.d.error(
+                            &join(&path, "name"),
+                            item.line,
+                            format!("duplicate route name `{}`", r.name.as_deref().unwrap_or_default()),
+                        );
+                    }
+                    routes.push(r);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(routes)
+    }
+
+    fn route(&mut self, node: &Node, path: &str) -> Option<PartialRoute> {
+        let fields = self.d.map(node, path, ROUTE_KEYS)?;
+        let name = match fields.get("name") {
+            Some(n) => self.d.non_empty(n, &join(path, "name")),
+            None => {
+                self.d.error(&join(path, "name"), node.line, "is required");
+                None
+            }
+        };
+        let mut host = None;
+        let mut path_re = None;
+        if let Some(m) = fields.get("match") {
+            let mpath = join(path, "match");
+            match self.d.map(m, &mpath, &["host", "path"]) {
+                Some(mf) => {
+                    if let Some(h) = mf.get("host") {
+                        let hp = join(&mpath, "host");
+                        match self.d.non_empty(h, &hp).map(|t| HostPattern::parse(&t)) {
+                            Some(Ok(p)) => host = Some(p),
+                            Some(Err(msg)) => self.d.error(&hp, h.line, msg),
+                            None => {}
+                        }
+                    }
+                    if let Some(p) = mf.get("path") {
+                        path_re = self.regex(p, &join(&mpath, "path"));
+                    }
+                }
+                None => {}
+            }
+        }
+        let identity = fields
+            .get("identity")
+            .map(|n| self.identity(n, &join(path, "identity")));
+        let released = fields
+            .get("released")
+            .map(|n| self.released(n, &join(path, "released")));
+        Some(PartialRoute {
+            name,
+            host,
+            path: path_re,
+            identity,
+            released,
+        })
+    }
+
+    fn regex(&mut self, node: &Node, path: &str) -> Option<Regex> {
+        let text = self.d.non_empty(node, path)?;
+        match regex::RegexBuilder::new(&text)
+            .size_limit(1 << 20)
+            .build()
+        {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                self.d
+                    .error(path, node.line, format!("invalid regex `{text}`: {detail}"));
+                None
+            }
+        }
+    }
+
+    fn identity(&mut self, node: &Node, path: &str) -> PartialIdentity {
+        let Some(fields) = self.d.map(node, path, IDENTITY_KEYS) else {
+            return PartialIdentity {
+                written: IDENTITY_KEYS.to_vec(),
+                ..Default::default()
+            };
+        };
+        let mut out = PartialIdentity::default();
+        for key in IDENTITY_KEYS {
+            if fields.has(key) {
+                out.written.push(key);
+            }
+            let Some(n) = fields.get(key) else { continue };
+            let rule = self.field_rule(n, &join(path, key));
+            match *key {
+                "user_id" => out.user_id = rule,
+                "user_email" => out.user_email = rule,
+                "name" => out.name = rule,
+                _ => out.avatar_url = rule,
+            }
+        }
+        out
+    }
+
+    fn field_rule(&mut self, node: &Node, path: &str) -> Option<FieldRule> {
+        let fields = self.d.map(node, path, FIELD_KEYS)?;
+        let header = match fields.get("header") {
+            None => {
+                self.d.error(
+                    &join(path, "header"),
+                    node.line,
+                    "is required: the request header to read",
+                );
+                None
+            }
+            Some(h) => {
+                let hp = join(path, "header");
+                self.d.non_empty(h, &hp).and_then(|t| {
+                    match HeaderName::from_bytes(t.trim().as_bytes()) {
+                        Ok(name) => Some(name),
+                        Err(_) => {
+                            self.d
+                                .error(&hp, h.line, format!("`{t}` is not a valid header name"));
+                            None
+                        }
+                    }
+                })
+            }
+        };
+        let mut ok = true;
+        let pattern = match fields.get("pattern") {
+            Some(p) => {
+                let re = self.regex(p, &join(path, "pattern"));
+                ok &= re.is_some();
+                re
+            }
+            None => None,
+        };
+        let mut transforms = Vec::new();
+        if let Some(t) = fields.get("transform") {
+            let tpath = join(path, "transform");
+            let names = match &t.value {
+                yaml::Value::Scalar { .. } => self.d.string(t, &tpath).map(|s| vec![(s, t.line)]),
+                _ => self.d.strings(t, &tpath),
+            };
+            match names {
+                Some(names) => {
+                    for (i, (name, line)) in names.into_iter().enumerate() {
+                        match Transform::from_name(name.trim()) {
+                            Some(tr) => transforms.push(tr),
+                            None => {
+                                self.d.error(
+                                    &format!("{tpath}[{i}]"),
+                                    line,
+                                    format!(
+                                        "unknown transform `{name}`; expected one of: {}",
+                                        Transform::NAMES.join(", ")
+                                    ),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(FieldRule {
+            header: header?,
+            pattern,
+            transforms,
+        })
+    }
+
+    fn released(&mut self, node: &Node, path: &str) -> PartialReleased {
+        let Some(fields) = self.d.map(node, path, RELEASED_KEYS) else {
+            return PartialReleased {
+                written: RELEASED_KEYS.to_vec(),
+                ..Default::default()
+            };
+        };
+        let mut out = PartialReleased {
+            written: RELEASED_KEYS
+                .iter()
+                .copied()
+                .filter(|k| fields.has(k))
+                .collect(),
+            ..Default::default()
+        };
+
+        if let Some(n) = fields.get("api_url") {
+            out.api_url = self.api_url(n, &join(path, "api_url"));
+        }
+        if let Some(n) = fields.get("account_id") {
+            out.account_id = self.d.non_empty(n, &join(path, "account_id"));
+        }
+        if fields.has("shared_secret") {
+            self.d.error(
+                &join(path, "shared_secret"),
+                fields.line_of("shared_secret"),
+                "inline secrets are refused (config files end up in ConfigMaps and repos); use shared_secret_file or shared_secret_env",
+            );
+        }
+        match (fields.get("shared_secret_file"), fields.get("shared_secret_env")) {
+            (Some(_), Some(_)) => self.d.error(
+                &join(path, "shared_secret_env"),
+                fields.line_of("shared_secret_env"),
+                "set either shared_secret_file or shared_secret_env, not both",
+            ),
+            (Some(n), None) => out.secret = self.secret_file(n, &join(path, "shared_secret_file")),
+            (None, Some(n)) => out.secret = self.secret_env(n, &join(path, "shared_secret_env")),
+            (None, None) => {}
+        }
+        if let Some(n) = fields.get("timeout") {
+            let p = join(path, "timeout");
+            out.timeout = self.d.duration(n, &p);
+            if out
+                .timeout
+                .is_some_and(|t| t.is_zero() || t > Duration::from_secs(60))
+            {
+                self.d.error(&p, n.line, "must be between 1ms and 60s");
+            }
+        }
+        if let Some(n) = fields.get("cooldown") {
+            out.cooldown = self.cooldown(n, &join(path, "cooldown"));
+        }
+        out
+    }
+
+    fn api_url(&mut self, node: &Node, path: &str) -> Option<Url> {
+        let text = self.d.non_empty(node, path)?;
+        let url = match Url::parse(&text) {
+            Ok(u) if u.host_str().is_some() => u,
+            _ => {
+                self.d
+                    .error(path, node.line, format!("`{text}` is not an absolute URL"));
+                return None;
+            }
+        };
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => Some(url),
+            "http" if loopback => Some(url),
+            _ => {
+                self.d.error(
+                    path,
+                    node.line,
+                    "must use https: the shared secret travels in it (plain http is only allowed to a loopback address, for local stand-ins)",
+                );
+                None
+            }
+        }
+    }
+
+    fn secret_file(&mut self, node: &Node, path: &str) -> Option<(SecretSource, Secret)> {
+        let text = self.d.non_empty(node, path)?;
+        let file = self.base.join(text.trim());
+        if !self.read_secrets {
+            return Some((SecretSource::File(file), Secret::new("")));
+        }
+        match std::fs::read_to_string(&file) {
+            Ok(content) if content.trim().is_empty() => {
+                self.d
+                    .error(path, node.line, format!("secret file {} is empty", file.display()));
+                None
+            }
+            Ok(content) => Some((SecretSource::File(file), Secret::new(content.trim()))),
+            Err(e) => {
+                self.d.error(
+                    path,
+                    node.line,
+                    format!("cannot read secret file {}: {e}", file.display()),
+                );
+                None
+            }
+        }
+    }
+
+    fn secret_env(&mut self, node: &Node, path: &str) -> Option<(SecretSource, Secret)> {
+        let name = self.d.non_empty(node, path)?;
+        let name = name.trim().to_string();
+        if !self.read_secrets {
+            return Some((SecretSource::Env(name), Secret::new("")));
+        }
+        match self.d.env_var(&name) {
+            Some(v) if !v.trim().is_empty() => Some((SecretSource::Env(name), Secret::new(v.trim()))),
+            Some(_) => {
+                self.d
+                    .error(path, node.line, format!("environment variable {name} is empty"));
+                None
+            }
+            None => {
+                self.d
+                    .error(path, node.line, format!("environment variable {name} is not set"));
+                None
+            }
+        }
+    }
+
+    fn cooldown(&mut self, node: &Node, path: &str) -> Option<CoolDownPolicy> {
+        let fields = self.d.map(node, path, &["after_failures", "duration"])?;
+        let mut policy = CoolDownPolicy::default();
+        let mut ok = true;
+        if let Some(n) = fields.get("after_failures") {
+            match self.d.positive_integer(n, &join(path, "after_failures")) {
+                Some(v) => policy.after_failures = u32::try_from(v).unwrap_or(u32::MAX),
+                None => ok = false,
+            }
+        }
+        if let Some(n) = fields.get("duration") {
+            match self.d.duration(n, &join(path, "duration")) {
+                Some(v) => policy.duration = v,
+                None => ok = false,
+            }
+        }
+        ok.then_some(policy)
+    }
+}
+
+/// Parses `1048576`, `512KiB` or `4MiB`.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, mult) = if let Some(n) = t.strip_suffix("MiB") {
+        (n, 1024 * 1024)
+    } else if let Some(n) = t.strip_suffix("KiB") {
+        (n, 1024)
+    } else {
+        (t, 1)
+    };
+    digits
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size `{t}`: write bytes, or a number with KiB or MiB"))
+}
+
+#[cfg(test)]
+mod tests;

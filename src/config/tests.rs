@@ -1,0 +1,310 @@
+//! Table-driven tests of the config schema: every bad input names its YAML path and line.
+
+use super::*;
+
+const SECRET: &str = "s3cret-value";
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "ACCOUNT" => Some("acc-from-env".into()),
+        "RELEASED_SECRET" => Some(format!("  {SECRET}\n")),
+        "EMPTY_SECRET" => Some("  ".into()),
+        _ => None,
+    }
+}
+
+/// A directory holding a secret file named `secret` (and `empty` with nothing in it).
+fn secret_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    dir
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    let dir = secret_dir();
+    Config::parse(
+        text,
+        "test.yaml",
+        dir.path(),
+        &LoadOptions {
+            env: &env,
+            read_secrets: true,
+        },
+    )
+}
+
+const MINIMAL: &str = "\
+upstream: http://127.0.0.1:3000
+released:
+  account_id: acc
+  shared_secret_file: secret
+identity:
+  user_id: { header: X-Forwarded-User, transform: [escape] }
+  user_email: { header: X-Forwarded-Email }
+";
+
+#[test]
+fn minimal_config_gets_every_default() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!((c.upstream.host.as_str(), c.upstream.port, c.upstream.tls), ("127.0.0.1", 3000, false));
+    assert_eq!(c.trusted_proxies, TrustedProxies::loopback());
+    assert_eq!(c.embed.tags, DEFAULT_EMBED_TAGS);
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.routes.0.len(), 1);
+    let route = &c.routes.0[0];
+    assert_eq!(route.name, "default");
+    assert_eq!(route.released.secret.expose(), SECRET, "secret file is trimmed");
+    assert_eq!(route.released.api_url.as_str(), DEFAULT_API_URL);
+    assert_eq!(route.released.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(
+        c.identity_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        ["x-forwarded-user", "x-forwarded-email"]
+    );
+    assert!(c.summary().starts_with("config OK: listen 0.0.0.0:8080 -> upstream http://127.0.0.1:3000"));
+}
+
+#[test]
+fn spec_example_loads() {
+    let text = "\
+listen: \"0.0.0.0:8080\"
+upstream: \"https://app.internal:8443\"
+admin:
+  listen: \"127.0.0.1:9901\"
+trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
+released:
+  api_url: \"https://accounts.releasedhub.com/auth/api/impersonation/token\"
+  account_id: \"${ACCOUNT}\"
+  shared_secret_env: RELEASED_SECRET
+  timeout: \"1500ms\"
+identity:
+  user_id:    { header: X-Forwarded-User, transform: [escape] }
+  user_email: { header: X-Forwarded-Email }
+  name:       { header: X-Forwarded-Preferred-Username }
+  avatar_url: { header: X-Forwarded-Avatar }
+routes:
+  - name: portal
+    match: { host: \"app.example.com\", path: \"^/(feedback|roadmap)\" }
+    released:
+      account_id: other-account
+      timeout: 2s
+  - name: everything-else
+embed:
+  tags: [released-page, Released-Widget]
+";
+    let c = load(text).unwrap();
+    assert_eq!(c.upstream.port, 8443);
+    assert!(c.upstream.tls);
+    let portal = &c.routes.0[0];
+    assert_eq!(portal.released.account_id, "other-account");
+    assert_eq!(portal.released.timeout, Duration::from_secs(2));
+    assert_eq!(portal.released.secret.expose(), SECRET, "inherited from top level");
+    let rest = &c.routes.0[1];
+    assert_eq!(rest.released.account_id, "acc-from-env");
+    assert!(Arc::ptr_eq(&portal.identity, &rest.identity), "identity shared when not overridden");
+    assert_eq!(c.embed.tags, ["released-page", "released-widget"]);
+}
+
+#[test]
+fn route_identity_override_replaces_single_fields() {
+    let text = format!(
+        "{MINIMAL}routes:\n  - name: iap\n    identity:\n      user_email: {{ header: X-Goog-Authenticated-User-Email, pattern: '^accounts.google.com:(.+)$' }}\n"
+    );
+    let c = load(&text).unwrap();
+    let id = &c.routes.0[0].identity;
+    assert_eq!(id.user_email.header.as_str(), "x-goog-authenticated-user-email");
+    assert_eq!(id.user_id.header.as_str(), "x-forwarded-user");
+    assert!(c.identity_headers.iter().any(|h| h == "x-goog-authenticated-user-email"));
+}
+
+/// (config text, [(path, line, message fragment)]) — each bad input and what must be said.
+fn error_cases() -> Vec<(String, Vec<(&'static str, usize, &'static str)>)> {
+    vec![
+        (
+            MINIMAL.replace("X-Forwarded-User, transform: [escape]", "X-Forwarded-User, pattern: '(unclosed'"),
+            vec![("identity.user_id.pattern", 6, "invalid regex")],
+        ),
+        (
+            format!("{MINIMAL}lisen: 0.0.0.0:1\n"),
+            vec![("lisen", 8, "did you mean `listen`")],
+        ),
+        (
+            format!("{MINIMAL}trusted_proxies: [10.0.0.0/8, not-an-ip, 10.0.0.1/8]\n"),
+            vec![
+                ("trusted_proxies[1]", 8, "not an IP address"),
+                ("trusted_proxies[2]", 8, "host bits"),
+            ],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret: hunter2"),
+            vec![("released.shared_secret", 4, "inline secrets are refused")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: missing-file"),
+            vec![("released.shared_secret_file", 4, "cannot read secret file")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: empty"),
+            vec![("released.shared_secret_file", 4, "is empty")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_env: EMPTY_SECRET"),
+            vec![("released.shared_secret_env", 4, "is empty")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_env: NOPE"),
+            vec![("released.shared_secret_env", 4, "not set")],
+        ),
+        (
+            MINIMAL.replace("account_id: acc", "account_id: ${UNSET_VAR}"),
+            vec![("released.account_id", 3, "`UNSET_VAR` is not set")],
+        ),
+        (
+            MINIMAL.replace("upstream: http://127.0.0.1:3000", "upstream: ftp://x"),
+            vec![("upstream", 1, "scheme `ftp`")],
+        ),
+        (
+            MINIMAL.replace("upstream: http://127.0.0.1:3000", "upstream: http://127.0.0.1:3000/app"),
+            vec![("upstream", 1, "scheme://host[:port] only")],
+        ),
+        (
+            MINIMAL.replace("upstream: http://127.0.0.1:3000\n", ""),
+            vec![("upstream", 1, "is required")],
+        ),
+        (
+            format!("{MINIMAL}listen: 8080\n"),
+            vec![("listen", 8, "not an address:port")],
+        ),
+        (
+            format!("{MINIMAL}listen: 127.0.0.1:9901\n"),
+            vec![("admin.listen", 1, "must differ from `listen`")],
+        ),
+        (
+            format!("{MINIMAL}timeouts: {{ upstream_read: 10, shutdown_grace: 0s }}\n"),
+            vec![("timeouts.upstream_read", 8, "invalid duration"), ("timeouts.shutdown_grace", 8, "above zero")],
+        ),
+        (
+            format!("{MINIMAL}workers: 0\n"),
+            vec![("workers", 8, "above 0")],
+        ),
+        (
+            format!("{MINIMAL}embed: {{ tags: [\"<bad>\"], memory_limit: 1KiB }}\n"),
+            vec![("embed.tags[0]", 8, "not an HTML tag name"), ("embed.memory_limit", 8, "at least 16KiB")],
+        ),
+        (
+            MINIMAL.replace("transform: [escape]", "transform: [escape, upper]"),
+            vec![("identity.user_id.transform[1]", 6, "unknown transform `upper`")],
+        ),
+        (
+            MINIMAL.replace("{ header: X-Forwarded-Email }", "{ header: \"Bad Header\" }"),
+            vec![("identity.user_email.header", 7, "not a valid header name")],
+        ),
+        (
+            MINIMAL.replace("{ header: X-Forwarded-Email }", "{ pattern: x }"),
+            vec![("identity.user_email.header", 7, "is required")],
+        ),
+        (
+            MINIMAL.replace("released:\n  account_id: acc\n", "released:\n  api_url: http://released.example.com/token\n  account_id: acc\n"),
+            vec![("released.api_url", 3, "must use https")],
+        ),
+        (
+            format!("{MINIMAL}routes:\n  - name: a\n    match: {{ hots: x, path: '[' }}\n  - name: a\n  - match: {{ host: 'http://x' }}\n"),
+            vec![
+                ("routes[0].match.hots", 10, "did you mean `host`"),
+                ("routes[0].match.path", 10, "invalid regex"),
+                ("routes[1].name", 11, "duplicate route name"),
+                ("routes[2].name", 12, "is required"),
+                ("routes[2].match.host", 12, "not a host name"),
+            ],
+        ),
+        (
+            format!("{MINIMAL}routes: []\n"),
+            vec![("routes", 8, "is empty")],
+        ),
+        (
+            "upstream: http://127.0.0.1:3000\nroutes:\n  - name: a\n    released: { account_id: x }\n  - name: b\n".to_string(),
+            vec![
+                ("released.account_id", 1, "route b set no own value"),
+                ("released", 1, "secret is required"),
+                ("identity.user_id", 1, "routes a, b set no own value"),
+                ("identity.user_email", 1, "is required"),
+            ],
+        ),
+        (
+            "upstream: [1]\nreleased: 5\nidentity:\n  user_id: x\n".to_string(),
+            vec![
+                ("upstream", 1, "expected a string"),
+                ("released", 2, "expected a mapping"),
+                ("identity.user_email", 3, "is required"),
+                ("identity.user_id", 4, "expected a mapping"),
+            ],
+        ),
+        (
+            format!("{MINIMAL}upstream_tls: {{ verify: true }}\n"),
+            vec![("upstream_tls", 8, "only applies to an https upstream")],
+        ),
+        (
+            "a: 1\na: 2\nupstream: x: y\n".to_string(),
+            vec![("", 3, "YAML syntax error")],
+        ),
+    ]
+}
+
+#[test]
+fn every_bad_input_reports_every_error_with_path_and_line() {
+    for (text, expected) in error_cases() {
+        let errors = match load(&text) {
+            Ok(_) => panic!("config should be rejected:\n{text}"),
+            Err(e) => e,
+        };
+        for (path, line, fragment) in &expected {
+            let found = errors.errors.iter().any(|e| {
+                e.path == *path && e.line == Some(*line) && e.message.contains(fragment)
+            });
+            assert!(
+                found,
+                "expected `{path}` at line {line} containing {fragment:?}; got:\n{errors}\nfor:\n{text}"
+            );
+        }
+        assert_eq!(
+            errors.errors.len(),
+            expected.len(),
+            "unexpected extra errors:\n{errors}\nfor:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_keys_are_errors() {
+    let errors = load(&format!("{MINIMAL}workers: 1\nworkers: 2\n")).unwrap_err();
+    assert!(errors.errors.iter().any(|e| e.path == "workers" && e.line == Some(9) && e.message == "duplicate key"), "{errors}");
+}
+
+#[test]
+fn error_report_lists_file_line_and_path() {
+    let errors = load(&format!("{MINIMAL}lisen: x\nworkers: -1\n")).unwrap_err();
+    let text = errors.to_string();
+    assert!(text.starts_with("test.yaml: 2 errors\n"), "{text}");
+    assert!(text.contains("  test.yaml:8: lisen: unknown key"), "{text}");
+    assert!(text.contains("  test.yaml:9: workers: expected a whole number above 0"), "{text}");
+}
+
+#[test]
+fn skipping_secrets_validates_the_source_without_reading_it() {
+    let text = MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: /nonexistent/secret");
+    let dir = secret_dir();
+    let c = Config::parse(&text, "t", dir.path(), &LoadOptions { env: &env, read_secrets: false }).unwrap();
+    assert_eq!(c.secret_files, [PathBuf::from("/nonexistent/secret")]);
+    assert!(load(&text).is_err(), "but `run` must read it");
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("1024"), Ok(1024));
+    assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+    assert_eq!(parse_size("4MiB"), Ok(4 * 1024 * 1024));
+    assert!(parse_size("4MB").is_err());
+    assert!(parse_size("lots").is_err());
+}

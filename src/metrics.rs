@@ -1,0 +1,199 @@
+//! The Prometheus registry: every counter and histogram the sidecar exports on
+//! `/metrics` (SPEC §7), created once and shared by the proxy, the Released client and the
+//! reloader. Label values are bounded sets (route names, status codes, outcome labels),
+//! never user data.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered to clients, by route and status code.
+    pub requests: IntCounterVec,
+    /// Page loads on a matching route, by route.
+    pub page_loads: IntCounterVec,
+    /// Token API outcomes, by result.
+    pub token_requests: IntCounterVec,
+    /// Token API call latency.
+    pub token_duration: Histogram,
+    /// Page loads that got no token call, by reason.
+    pub token_skips: IntCounterVec,
+    /// Embed start tags that received an `auth-token`.
+    pub tags_rewritten: IntCounter,
+    /// Rewrites that hit the per-response memory bound and passed the rest through.
+    pub rewrite_bailouts: IntCounter,
+    /// Config reloads, by result.
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last successful config load.
+    pub config_last_success: IntGauge,
+    /// Responses received from the app, by status code.
+    pub upstream_responses: IntCounterVec,
+    /// Time from sending a request upstream to the app's response header.
+    pub upstream_duration: HistogramVec,
+    /// Requests being served right now.
+    pub in_flight: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("released_sidecar".into()), None)
+            .expect("static registry options are valid");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let requests = counter_vec(
+            "requests_total",
+            "Requests answered to clients, by route and HTTP status code.",
+            &["route", "code"],
+        );
+        let page_loads = counter_vec(
+            "page_loads_total",
+            "Page loads (GET for an HTML document) on a matching route.",
+            &["route"],
+        );
+        let token_requests = counter_vec(
+            "token_requests_total",
+            "Released token API outcomes: success, timeout, http_error, bad_response, transport_error, cooldown (not sent), abandoned (page was not rewritable).",
+            &["result"],
+        );
+        let token_skips = counter_vec(
+            "token_skips_total",
+            "Page loads on a route that requested no token, by reason.",
+            &["reason"],
+        );
+        let config_reloads = counter_vec(
+            "config_reloads_total",
+            "Config and secret reloads, by result (success or error).",
+            &["result"],
+        );
+        let upstream_responses = counter_vec(
+            "upstream_responses_total",
+            "Responses received from the app, by HTTP status code.",
+            &["code"],
+        );
+        let token_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "token_request_duration_seconds",
+                "Duration of Released token API calls.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(token_duration.clone()))
+            .expect("unique metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_response_duration_seconds",
+                "Time from the request to the app's response header, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .expect("unique metric");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let tags_rewritten = counter(
+            "tags_rewritten_total",
+            "Embed start tags that received an auth-token attribute.",
+        );
+        let rewrite_bailouts = counter(
+            "rewrite_bailouts_total",
+            "Rewrites that hit the per-response memory bound; the rest of the page passed through unchanged.",
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let config_last_success = gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        );
+        let in_flight = gauge("in_flight_requests", "Requests being served right now.");
+
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+
+        // Pre-create the outcome series so dashboards see zeros, not gaps.
+        for result in ["success", "timeout", "http_error", "bad_response", "transport_error", "cooldown", "abandoned"] {
+            token_requests.with_label_values(&[result]);
+        }
+        for result in ["success", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+
+        Self {
+            registry,
+            requests,
+            page_loads,
+            token_requests,
+            token_duration,
+            token_skips,
+            tags_rewritten,
+            rewrite_bailouts,
+            config_reloads,
+            config_last_success,
+            upstream_responses,
+            upstream_duration,
+            in_flight,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_metric_names_are_exported() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["portal", "200"]).inc();
+        m.page_loads.with_label_values(&["portal"]).inc();
+        m.token_duration.observe(0.01);
+        m.tags_rewritten.inc();
+        let text = m.render();
+        for name in [
+            "released_sidecar_requests_total",
+            "released_sidecar_page_loads_total",
+            "released_sidecar_token_requests_total{result=\"success\"}",
+            "released_sidecar_token_request_duration_seconds_bucket",
+            "released_sidecar_tags_rewritten_total",
+            "released_sidecar_config_reloads_total{result=\"error\"}",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The Released token API (SPEC §1): the settings of one API account, the request body,
+//! the HTTP client that asks for one token per page load, response parsing, and the
+//! cool-down that stops every page from waiting the full timeout while Released is down.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use url::Url;
+
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::secret::{Secret, Token};
+
+/// The production token endpoint (SPEC §1).
+pub const DEFAULT_API_URL: &str = "https://accounts.releasedhub.com/auth/api/impersonation/token";
+/// Default bound on one token call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Largest token response body read; a token is a few hundred bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Largest token accepted (it is written into every embed tag of the page).
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Where the shared secret came from (for `check`, `explain` and reload watching).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `shared_secret_file`.
+    File(PathBuf),
+    /// `shared_secret_env`.
+    Env(String),
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::File(p) => write!(f, "file {}", p.display()),
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// One Released account as configured (top level, or merged with a route's override).
+#[derive(Debug)]
+pub struct ReleasedSettings {
+    /// The token endpoint.
+    pub api_url: Url,
+    /// `account_id` sent in every request.
+    pub account_id: String,
+    /// The bearer secret.
+    pub secret: Secret,
+    /// Where the secret was read from.
+    pub secret_source: SecretSource,
+    /// Bound on one token call, and on how long a page waits for it.
+    pub timeout: Duration,
+    /// Consecutive-failure breaker for this account.
+    pub cooldown: CoolDown,
+}
+
+/// The JSON body of a token request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRequest {
+    /// The Released account.
+    pub account_id: String,
+    /// The user's stable id.
+    pub user_id: String,
+    /// The user's email address.
+    pub user_email: String,
+    /// Present when a name or avatar is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// The optional `profile` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    /// Display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Absolute http(s) URL of the avatar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+}
+
+impl TokenRequest {
+    /// The request for `identity` under `account_id`.
+    pub fn new(account_id: &str, identity: Identity) -> Self {
+        let profile = (identity.name.is_some() || identity.avatar_url.is_some()).then(|| Profile {
+            name: identity.name,
+            avatar_url: identity.avatar_url,
+        });
+        Self {
+            account_id: account_id.to_string(),
+            user_id: identity.user_id,
+            user_email: identity.user_email,
+            profile,
+        }
+    }
+
+    /// The exact JSON body sent.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Why no token came back. Carries no secret, token or user data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No answer within `released.timeout`.
+    #[error("no answer within the timeout")]
+    Timeout,
+    /// Connection or protocol failure.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A non-2xx status.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// A 2xx whose body carries no usable token.
+    #[error("unusable response body: {0}")]
+    BadResponse(&'static str),
+    /// Skipped: the cool-down is open after repeated failures.
+    #[error("skipped while the cool-down is open")]
+    CoolingDown,
+}
+
+impl TokenError {
+    /// The `result` label of `released_sidecar_token_requests_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Timeout => "timeout",
+            TokenError::Transport(_) => "transport_error",
+            TokenError::Status(_) => "http_error",
+            TokenError::BadResponse(_) => "bad_response",
+            TokenError::CoolingDown => "cooldown",
+        }
+    }
+}
+
+/// Extracts the token from a 2xx body: a bare JSON string, or an object with `token`,
+/// `auth_token` or `access_token`.
+pub fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(TokenError::BadResponse("empty body"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| TokenError::BadResponse("not JSON"))?;
+    let token = match &value {
+        serde_json::Value::String(s) => s.as_str(),
+        serde_json::Value::Object(map) => ["token", "auth_token", "access_token"]
+            .iter()
+            .find_map(|k| map.get(*k).and_then(|v| v.as_str()))
+            .ok_or(TokenError::BadResponse("JSON object without token, auth_token or access_token"))?,
+        _ => return Err(TokenError::BadResponse("JSON that is neither a string nor an object")),
+    };
+    if token.trim().is_empty() {
+        return Err(TokenError::BadResponse("empty token"));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::BadResponse("token longer than 8 KiB"));
+    }
+    Ok(Token::new(token))
+}
+
+/// The token API client: one connection pool for the whole process, shared across config
+/// reloads so a secret rotation does not drop warm connections.
+#[derive(Clone)]
+pub struct ReleasedClient {
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+}
+
+impl ReleasedClient {
+    /// Builds the client (rustls with the platform's roots).
+    pub fn new(metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("released-sidecar/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { http, metrics })
+    }
+
+    /// Asks for one token, giving up at `deadline`. Records the outcome in the metrics and
+    /// the cool-down; logs failures without any secret, token or user data.
+    pub async fn fetch(
+        &self,
+        settings: &ReleasedSettings,
+        request: &TokenRequest,
+        deadline: Instant,
+    ) -> Result<Token, TokenError> {
+        let started = Instant::now();
+        let result = self.call(settings, request, deadline).await;
+        self.metrics
+            .token_duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(_) => "success",
+            Err(e) => e.label(),
+        };
+        self.metrics.token_requests.with_label_values(&[label]).inc();
+        match &result {
+            Ok(_) => settings.cooldown.record_success(),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    api = %settings.api_url,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "token request failed"
+                );
+                settings.cooldown.record_failure();
+            }
+        }
+        result
+    }
+
+    async fn call(
+        &self,
+        settings: &ReleasedSettings,
+        request: &TokenRequest,
+        deadline: Instant,
+    ) -> Result<Token, TokenError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(TokenError::Timeout);
+        }
+        let send = self
+            .http
+            .post(settings.api_url.clone())
+            .bearer_auth(settings.secret.expose())
+            .json(request)
+            .timeout(remaining)
+            .send();
+        let outcome = tokio::time::timeout_at(deadline.into(), async {
+            let mut response = send.await.map_err(classify)?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(TokenError::Status(status.as_u16()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(TokenError::BadResponse("body larger than 64 KiB"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse_token(&body)
+        })
+        .await;
+        outcome.unwrap_or(Err(TokenError::Timeout))
+    }
+}
+
+fn classify(e: reqwest::Error) -> TokenError {
+    if e.is_timeout() {
+        return TokenError::Timeout;
+    }
+    // The URL is logged separately; errors never carry request headers, so the bearer
+    // secret cannot appear here.
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    TokenError::Transport(text)
+}
+
+/// When to stop calling a failing API: after `after_failures` consecutive failures, calls
+/// are skipped for `duration`; then one call probes, and its result closes or reopens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoolDownPolicy {
+    /// Consecutive failures that open the cool-down.
+    pub after_failures: u32,
+    /// How long calls are skipped.
+    pub duration: Duration,
+}
+
+impl Default for CoolDownPolicy {
+    fn default() -> Self {
+        Self {
+            after_failures: 5,
+            duration: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A lock-free consecutive-failure breaker.
+#[derive(Debug)]
+pub struct CoolDown {
+    policy: CoolDownPolicy,
+    failures: AtomicU32,
+    /// Milliseconds since [`epoch`] until which calls are skipped; 0 when closed.
+    open_until_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // +1 so that 0 always means "closed".
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+impl CoolDown {
+    /// A closed breaker with `policy`.
+    pub fn new(policy: CoolDownPolicy) -> Self {
+        epoch();
+        Self {
+            policy,
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> CoolDownPolicy {
+        self.policy
+    }
+
+    /// Whether a call may go out now. While open, every caller is refused until the
+    /// cool-down ends; then exactly one caller is let through as a probe (the window is
+    /// pushed forward for everyone else until the probe reports).
+    pub fn admit(&self) -> bool {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        let now = now_ms();
+        if now < until {
+            return false;
+        }
+        let next = now + self.policy.duration.as_millis() as u64;
+        self.open_until_ms
+            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records a successful call; closes the cool-down if it was open.
+    pub fn record_success(&self) {
+        self.failures.store(0, Ordering::Release);
+        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("Released token API answered again: cool-down closed, calls resume");
+        }
+    }
+
+    /// Records a failed call; opens (or re-opens) the cool-down at the threshold.
+    pub fn record_failure(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if failures < self.policy.after_failures {
+            return;
+        }
+        let until = now_ms() + self.policy.duration.as_millis() as u64;
+        let previous = self.open_until_ms.swap(until, Ordering::AcqRel);
+        if previous == 0 {
+            tracing::warn!(
+                consecutive_failures = failures,
+                cooldown_ms = self.policy.duration.as_millis() as u64,
+                "Released token API keeps failing: cool-down opened, pages are served without tokens until it closes"
+            );
+        }
+    }
+
+    /// Whether calls are being skipped right now.
+    pub fn is_open(&self) -> bool {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        until != 0 && now_ms() < until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_parsing_table() {
+        let ok: &[(&str, &str)] = &[
+            (r#""eyJabc""#, "eyJabc"),
+            (r#"{"token":"t1"}"#, "t1"),
+            (r#"{"auth_token":"t2","other":1}"#, "t2"),
+            (r#"{"access_token":"t3"}"#, "t3"),
+            (" \"spaced\" \n", "spaced"),
+        ];
+        for (body, want) in ok {
+            assert_eq!(parse_token(body.as_bytes()).unwrap().expose(), *want, "{body}");
+        }
+        let bad = [
+            "",
+            "   ",
+            "not json",
+            "42",
+            "null",
+            "[\"t\"]",
+            r#"{"tok":"x"}"#,
+            r#"{"token":5}"#,
+            r#""""#,
+            r#"{"token":"  "}"#,
+        ];
+        for body in bad {
+            assert!(
+                matches!(parse_token(body.as_bytes()), Err(TokenError::BadResponse(_))),
+                "{body}"
+            );
+        }
+        let huge = format!("\"{}\"", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert!(parse_token(huge.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn request_body_omits_unknown_profile_fields() {
+        let id = |name: Option<&str>, avatar: Option<&str>| Identity {
+            user_id: "u1".into(),
+            user_email: "u1@example.com".into(),
+            name: name.map(Into::into),
+            avatar_url: avatar.map(Into::into),
+        };
+        assert_eq!(
+            TokenRequest::new("acc", id(None, None)).to_json(),
+            r#"{"account_id":"acc","user_id":"u1","user_email":"u1@example.com"}"#
+        );
+        assert_eq!(
+            TokenRequest::new("acc", id(Some("Ann"), None)).to_json(),
+            r#"{"account_id":"acc","user_id":"u1","user_email":"u1@example.com","profile":{"name":"Ann"}}"#
+        );
+        assert_eq!(
+            TokenRequest::new("acc", id(Some("Ann"), Some("https://a/b.png"))).to_json(),
+            r#"{"account_id":"acc","user_id":"u1","user_email":"u1@example.com","profile":{"name":"Ann","avatar_url":"https://a/b.png"}}"#
+        );
+    }
+
+    #[test]
+    fn cooldown_opens_after_threshold_and_probes_once_when_it_ends() {
+        let c = CoolDown::new(CoolDownPolicy {
+            after_failures: 3,
+            duration: Duration::from_millis(50),
+        });
+        for _ in 0..2 {
+            assert!(c.admit());
+            c.record_failure();
+        }
+        assert!(c.admit(), "below the threshold calls still go out");
+        c.record_failure();
+        assert!(c.is_open());
+        assert!(!c.admit());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.admit(), "one probe after the cool-down");
+        assert!(!c.admit(), "only one probe at a time");
+        c.record_failure();
+        assert!(!c.admit(), "a failed probe reopens");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.admit());
+        c.record_success();
+        assert!(!c.is_open());
+        assert!(c.admit() && c.admit(), "closed again");
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let c = CoolDown::new(CoolDownPolicy {
+            after_failures: 2,
+            duration: Duration::from_secs(60),
+        });
+        c.record_failure();
+        c.record_success();
+        c.record_failure();
+        assert!(!c.is_open());
+    }
+}
