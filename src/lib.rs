@@ -5,13 +5,22 @@
 //!
 //! The request path, in the order a request meets it: [`trust`] → [`routes`] →
 //! [`identity`] → [`plan`] → [`released`] → [`rewrite`], wired together by [`proxy`].
+//! [`live`] holds the hot-reloaded config, [`admin`] and [`metrics`] the operator view,
+//! [`server`] assembles the process.
 
+pub mod admin;
 pub mod config;
+pub mod explain;
 pub mod identity;
+pub mod live;
 pub mod metrics;
+pub mod plan;
+pub mod proxy;
 pub mod released;
+pub mod rewrite;
 pub mod routes;
 pub mod secret;
+pub mod server;
 pub mod trust;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share

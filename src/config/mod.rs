@@ -19,6 +19,7 @@ use regex::Regex;
 use url::Url;
 
 use crate::identity::{FieldRule, IdentityRules, Transform};
+use crate::rewrite::EmbedTags;
 use crate::released::{
     CoolDown, CoolDownPolicy, ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT,
 };
@@ -153,10 +154,10 @@ impl Default for Timeouts {
 }
 
 /// The `embed` block.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Embed {
-    /// Lowercase tag names that get `auth-token`.
-    pub tags: Vec<String>,
+    /// The tags that get `auth-token`, compiled to a selector.
+    pub tags: EmbedTags,
     /// Per-response bound on the rewriter's buffers, in bytes.
     pub memory_limit: usize,
 }
@@ -252,7 +253,7 @@ impl Config {
             routes.len(),
             if routes.len() == 1 { "" } else { "s" },
             routes.join(", "),
-            self.embed.tags.join(", "),
+            self.embed.tags.names().join(", "),
             secrets.join(" and "),
         )
     }
@@ -725,13 +726,25 @@ impl Schema<'_, '_> {
     }
 
     fn embed(&mut self, top: &Fields<'_>) -> Option<Embed> {
-        let mut embed = Embed {
-            tags: DEFAULT_EMBED_TAGS.iter().map(|s| s.to_string()).collect(),
-            memory_limit: DEFAULT_REWRITE_MEMORY,
+        let mut tags: Vec<String> = DEFAULT_EMBED_TAGS.iter().map(|s| s.to_string()).collect();
+        let mut memory_limit = DEFAULT_REWRITE_MEMORY;
+        let (line, ok) = match top.get("embed") {
+            None => (top.line, true),
+            Some(node) => (node.line, self.embed_fields(node, &mut tags, &mut memory_limit)?),
         };
-        let Some(node) = top.get("embed") else {
-            return Some(embed);
-        };
+        if !ok {
+            return None;
+        }
+        match EmbedTags::new(&tags) {
+            Ok(tags) => Some(Embed { tags, memory_limit }),
+            Err(msg) => {
+                self.d.error("embed.tags", line, msg);
+                None
+            }
+        }
+    }
+
+    fn embed_fields(&mut self, node: &Node, tags: &mut Vec<String>, memory_limit: &mut usize) -> Option<bool> {
         let fields = self.d.map(node, "embed", &["tags", "memory_limit"])?;
         let mut ok = true;
         if let Some(n) = fields.get("tags") {
@@ -741,7 +754,7 @@ impl Schema<'_, '_> {
                     ok = false;
                 }
                 Some(items) => {
-                    embed.tags.clear();
+                    tags.clear();
                     for (i, (tag, line)) in items.into_iter().enumerate() {
                         let tag = tag.trim().to_ascii_lowercase();
                         let valid = tag.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -753,8 +766,8 @@ impl Schema<'_, '_> {
                                 format!("`{tag}` is not an HTML tag name"),
                             );
                             ok = false;
-                        } else if !embed.tags.contains(&tag) {
-                            embed.tags.push(tag);
+                        } else if !tags.contains(&tag) {
+                            tags.push(tag);
                         }
                     }
                 }
@@ -764,7 +777,7 @@ impl Schema<'_, '_> {
         if let Some(n) = fields.get("memory_limit") {
             let text = self.d.string(n, "embed.memory_limit");
             match text.as_deref().map(parse_size) {
-                Some(Ok(bytes)) if bytes >= 16 * 1024 => embed.memory_limit = bytes,
+                Some(Ok(bytes)) if bytes >= 16 * 1024 => *memory_limit = bytes,
                 Some(Ok(_)) => {
                     self.d.error("embed.memory_limit", n.line, "must be at least 16KiB");
                     ok = false;
@@ -776,7 +789,7 @@ impl Schema<'_, '_> {
                 None => ok = false,
             }
         }
-        ok.then_some(embed)
+        Some(ok)
     }
 
     fn routes(&mut self, top: &Fields<'_>) -> Option<Vec<PartialRoute>> {

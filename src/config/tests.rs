@@ -51,7 +51,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
     assert_eq!((c.upstream.host.as_str(), c.upstream.port, c.upstream.tls), ("127.0.0.1", 3000, false));
     assert_eq!(c.trusted_proxies, TrustedProxies::loopback());
-    assert_eq!(c.embed.tags, DEFAULT_EMBED_TAGS);
+    assert_eq!(c.embed.tags.names(), DEFAULT_EMBED_TAGS);
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.routes.0.len(), 1);
     let route = &c.routes.0[0];
@@ -104,7 +104,7 @@ embed:
     let rest = &c.routes.0[1];
     assert_eq!(rest.released.account_id, "acc-from-env");
     assert!(Arc::ptr_eq(&portal.identity, &rest.identity), "identity shared when not overridden");
-    assert_eq!(c.embed.tags, ["released-page", "released-widget"]);
+    assert_eq!(c.embed.tags.names(), ["released-page", "released-widget"]);
 }
 
 #[test]

@@ -1,0 +1,207 @@
+//! The admin listener (SPEC §7), separate from the proxy port: `/healthz`, `/readyz` and
+//! `/metrics`. It keeps answering through the shutdown drain, so `/readyz` can say 503
+//! while in-flight requests finish.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::Metrics;
+
+/// How long the proxy port may take to start accepting before startup is declared failed.
+const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on reading one admin request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Process state shown by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    proxy_accepting: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Marks the start of the shutdown drain (`/readyz` turns 503).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the proxy accepts connections and is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.proxy_accepting.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    fn readiness(&self) -> (StatusCode, &'static str) {
+        if self.draining.load(Ordering::Acquire) {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if !self.proxy_accepting.load(Ordering::Acquire) {
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        } else {
+            (StatusCode::OK, "ready\n")
+        }
+    }
+}
+
+/// The admin HTTP server, run as a pingora background service on a socket bound at
+/// startup (so a taken port fails the start instead of a background thread).
+pub struct AdminServer {
+    listener: Mutex<Option<std::net::TcpListener>>,
+    proxy_listen: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl AdminServer {
+    /// An admin server on `listener` that reports ready once `proxy_listen` accepts.
+    pub fn new(
+        listener: std::net::TcpListener,
+        proxy_listen: SocketAddr,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            listener: Mutex::new(Some(listener)),
+            proxy_listen,
+            health,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminServer {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // The admin port stays up through the drain on purpose; the process exit ends it.
+        let Some(std_listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener unusable");
+                std::process::exit(1);
+            }
+        };
+        tokio::spawn(wait_for_proxy(self.proxy_listen, Arc::clone(&self.health)));
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let health = Arc::clone(&self.health);
+            let metrics = Arc::clone(&self.metrics);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(READ_TIMEOUT, serve(tcp, &health, &metrics)).await;
+            });
+        }
+    }
+}
+
+/// Marks the proxy ready once its port accepts a connection; exits if it never does
+/// (pingora binds in a background thread and would otherwise leave a process with no
+/// proxy).
+async fn wait_for_proxy(listen: SocketAddr, health: Arc<Health>) {
+    let probe = probe_address(listen);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < PROXY_START_TIMEOUT {
+        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+            health.proxy_accepting.store(true, Ordering::Release);
+            tracing::info!(listen = %listen, "proxy is accepting connections");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::error!(listen = %listen, "the proxy listener did not come up; exiting");
+    std::process::exit(1);
+}
+
+/// Where to connect to reach a listener bound to `listen` (a wildcard means loopback).
+fn probe_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+async fn serve(tcp: tokio::net::TcpStream, health: &Health, metrics: &Metrics) -> pingora::Result<()> {
+    let mut session = ServerSession::new_http1(Box::new(Stream::from(tcp)));
+    if !session.read_request().await? {
+        return Ok(());
+    }
+    let (method, path) = {
+        let req = session.req_header();
+        (req.method.clone(), req.uri.path().to_string())
+    };
+    let (status, content_type, body) = match (&method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            let (status, text) = health.readiness();
+            (status, "text/plain", Bytes::from_static(text.as_bytes()))
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(metrics.render()),
+        ),
+        (&Method::GET | &Method::HEAD, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found: try /healthz, /readyz or /metrics\n"),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"method not allowed\n"),
+        ),
+    };
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(header::CONNECTION, "close")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp)).await?;
+    if method != Method::HEAD {
+        session.write_response_body(body, true).await?;
+    }
+    session.finish().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_probed_on_loopback() {
+        assert_eq!(probe_address("0.0.0.0:8080".parse().unwrap()), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(probe_address("[::]:8080".parse().unwrap()), "[::1]:8080".parse().unwrap());
+        assert_eq!(probe_address("10.1.2.3:80".parse().unwrap()), "10.1.2.3:80".parse().unwrap());
+    }
+
+    #[test]
+    fn readiness_follows_start_and_drain() {
+        let h = Health::default();
+        assert_eq!(h.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        h.proxy_accepting.store(true, Ordering::Release);
+        assert!(h.is_ready());
+        h.start_draining();
+        assert_eq!(h.readiness(), (StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
+    }
+}

@@ -1,0 +1,144 @@
+//! `released-sidecar explain`: a dry run of the planner for one request, with no network.
+//! Prints the route, the trust and page-load verdicts, the identity extracted and the
+//! exact token request that would be sent (secret redacted), or why none would be.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
+use http::Method;
+
+use crate::config::Config;
+use crate::identity::{FieldRule, IdentityRules};
+use crate::plan::{plan, RequestFacts};
+use crate::routes::host_without_port;
+
+/// The request to explain.
+pub struct ExplainRequest {
+    /// Method (default GET).
+    pub method: Method,
+    /// Absolute URL.
+    pub url: url::Url,
+    /// Headers as given with `-H`.
+    pub headers: HeaderMap,
+    /// TCP peer (default 127.0.0.1).
+    pub peer: IpAddr,
+}
+
+/// Parses `Name: value` as given to `-H`.
+pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not `Name: value`"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("`{}` is not a valid header name", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of {name} is not a valid header value"))?;
+    Ok((name, value))
+}
+
+/// Renders the explanation.
+pub fn explain(config: &Config, request: &ExplainRequest) -> String {
+    let mut headers = request.headers.clone();
+    let mut notes = Vec::new();
+    if request.method == Method::GET && !headers.contains_key(ACCEPT) && !headers.contains_key("sec-fetch-dest") {
+        headers.insert(ACCEPT, HeaderValue::from_static("text/html"));
+        notes.push("no Accept header given: assuming a browser navigation (Accept: text/html)");
+    }
+    let host = request.url.host_str().map(|h| host_without_port(h.trim_start_matches('[').trim_end_matches(']')));
+    let facts = RequestFacts {
+        peer: Some(request.peer),
+        method: &request.method,
+        host,
+        path: request.url.path(),
+        headers: &headers,
+    };
+    let plan = plan(config, &facts);
+    let mut out = String::new();
+    let _ = writeln!(out, "request:    {} {} from {}", request.method, request.url, request.peer);
+    for note in notes {
+        let _ = writeln!(out, "            ({note})");
+    }
+
+    let route = plan.route(config);
+    match route {
+        Some(r) => {
+            let host = r.host.as_ref().map_or("any host".to_string(), |h| format!("host {h}"));
+            let path = r.path.as_ref().map_or("any path".to_string(), |p| format!("path ~ {}", p.as_str()));
+            let _ = writeln!(out, "route:      {} ({host}, {path})", r.name);
+        }
+        None => {
+            let _ = writeln!(out, "route:      none matches");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "trusted:    {} ({} {} in trusted_proxies [{}])",
+        if plan.trusted { "yes" } else { "no" },
+        request.peer,
+        if plan.trusted { "is" } else { "is not" },
+        config
+            .trusted_proxies
+            .nets()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if route.is_some() {
+        let _ = writeln!(out, "page load:  {}", if plan.page_load { "yes" } else { "no" });
+    }
+    if let Some(r) = route {
+        if plan.page_load && plan.trusted {
+            describe_rules(&mut out, &r.identity);
+        }
+    }
+    match (&plan.decision, route) {
+        (Ok(planned), Some(r)) => {
+            for d in &planned.dropped {
+                let _ = writeln!(out, "dropped:    {}: {}", d.field, d.reason);
+            }
+            let _ = writeln!(out, "token:      would be requested (concurrently with the app), page waits at most {:?}", r.released.timeout);
+            let _ = writeln!(out, "  POST {}", r.released.api_url);
+            let _ = writeln!(out, "  Authorization: Bearer [redacted] (secret from {})", r.released.secret_source);
+            let _ = writeln!(out, "  Content-Type: application/json");
+            let _ = writeln!(out, "  {}", planned.request.to_json());
+            let _ = writeln!(
+                out,
+                "rewrite:    if the app answers 200 text/html, every <{}> start tag gets auth-token",
+                config.embed.tags.names().join(">, <")
+            );
+        }
+        (Err(reason), _) => {
+            let _ = writeln!(out, "token:      none: {reason}");
+        }
+        (Ok(_), None) => {}
+    }
+    out
+}
+
+fn describe_rules(out: &mut String, rules: &IdentityRules) {
+    let describe = |rule: &FieldRule| {
+        let mut s = format!("header {}", rule.header);
+        if let Some(p) = &rule.pattern {
+            let _ = write!(s, ", pattern {}", p.as_str());
+        }
+        if !rule.transforms.is_empty() {
+            let names: Vec<String> = rule
+                .transforms
+                .iter()
+                .map(|t| format!("{t:?}").to_lowercase())
+                .collect();
+            let _ = write!(s, ", transform [{}]", names.join(", "));
+        }
+        s
+    };
+    let _ = writeln!(out, "identity:   user_id    <- {}", describe(&rules.user_id));
+    let _ = writeln!(out, "            user_email <- {}", describe(&rules.user_email));
+    if let Some(r) = &rules.name {
+        let _ = writeln!(out, "            name       <- {}", describe(r));
+    }
+    if let Some(r) = &rules.avatar_url {
+        let _ = writeln!(out, "            avatar_url <- {}", describe(r));
+    }
+}

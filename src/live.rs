@@ -1,0 +1,385 @@
+//! The live configuration (SPEC §5): an `arc-swap`ped [`Snapshot`] that every request
+//! loads once, a reloader that builds and validates a complete new snapshot off the
+//! request path before swapping it in, and a `notify` watcher on the directories of the
+//! config and secret files (Kubernetes swaps a `..data` symlink rather than writing the
+//! files, editors write-and-rename, `cp` truncates in place: watching directories sees all
+//! three). `SIGHUP` feeds the same reloader.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+
+use crate::config::{Config, ConfigErrors, LoadOptions};
+use crate::metrics::Metrics;
+use crate::released::SecretSource;
+
+/// Quiet time after the last file event before reloading (editors and Kubernetes write in
+/// bursts).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Upper bound on how long a steady stream of events can postpone a reload.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+
+/// Everything a request needs, built and validated as one unit.
+pub struct Snapshot {
+    /// The validated config.
+    pub config: Config,
+    /// The app, with its address resolved and TLS and timeouts applied.
+    pub upstream: HttpPeer,
+    /// Increments with each successful reload (1 at start).
+    pub generation: u64,
+    fingerprint: u64,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a loaded config; `text` is the config source for change
+    /// detection.
+    pub fn build(config: Config, text: &str, generation: u64) -> Result<Snapshot, String> {
+        let upstream = crate::proxy::upstream_peer(&config)?;
+        let fingerprint = fingerprint(&config, text, &upstream);
+        Ok(Snapshot {
+            config,
+            upstream,
+            generation,
+            fingerprint,
+        })
+    }
+}
+
+fn fingerprint(config: &Config, text: &str, upstream: &HttpPeer) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    upstream.address().to_string().hash(&mut h);
+    for route in &config.routes.0 {
+        route.released.secret.expose().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched file or directory changed.
+    FileChange,
+    /// `SIGHUP`.
+    Signal,
+}
+
+/// Why a reload was refused (the previous config stays active).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The new config is valid but cannot be put to use (upstream does not resolve…).
+    #[error("{0}")]
+    Build(String),
+}
+
+/// The active snapshot and how to replace it.
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    path: PathBuf,
+    metrics: Arc<Metrics>,
+    reloading: Mutex<()>,
+}
+
+impl Live {
+    /// Loads the config at `path` for the first time.
+    pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Live, ReloadError> {
+        let snapshot = build(path, 1)?;
+        metrics.config_last_success.set(unix_now());
+        Ok(Live {
+            current: ArcSwap::from_pointee(snapshot),
+            path: path.to_path_buf(),
+            metrics,
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The active snapshot. Load it once per request and keep it: a request never mixes two
+    /// configs.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Builds a new snapshot and swaps it in, or keeps the current one and reports why.
+    /// Returns whether anything changed.
+    pub fn reload(&self, trigger: Trigger) -> Result<bool, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.snapshot();
+        let next = match build(&self.path, old.generation + 1) {
+            Ok(next) => next,
+            Err(e) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    trigger = ?trigger,
+                    "config reload failed; still serving generation {}:\n{e}",
+                    old.generation
+                );
+                return Err(e);
+            }
+        };
+        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        self.metrics.config_last_success.set(unix_now());
+        if next.fingerprint == old.fingerprint {
+            match trigger {
+                Trigger::Signal => tracing::info!(generation = old.generation, "config reloaded: no changes"),
+                Trigger::FileChange => tracing::debug!("watched files touched; config unchanged"),
+            }
+            return Ok(false);
+        }
+        let changes = describe_changes(&old.config, &next.config);
+        for warning in restart_needed(&old.config, &next.config) {
+            tracing::warn!("{warning}; the running process keeps the old value until restarted");
+        }
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        tracing::info!(generation, trigger = ?trigger, changes = %changes, "config reloaded");
+        Ok(true)
+    }
+
+    /// The config file and every secret file of the active snapshot.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let snapshot = self.snapshot();
+        let mut files = vec![self.path.clone()];
+        files.extend(snapshot.config.secret_files.iter().cloned());
+        files
+    }
+}
+
+fn build(path: &Path, generation: u64) -> Result<Snapshot, ReloadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ReloadError::Build(format!("cannot read the config file {}: {e}", path.display()))
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let config = Config::parse(&text, &path.display().to_string(), base, &LoadOptions::default())?;
+    Snapshot::build(config, &text, generation).map_err(ReloadError::Build)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Settings a reload cannot apply to a running process.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push(format!("`listen` changed from {} to {}: needs a restart", old.listen, new.listen));
+    }
+    if old.admin_listen != new.admin_listen {
+        out.push(format!(
+            "`admin.listen` changed from {} to {}: needs a restart",
+            old.admin_listen, new.admin_listen
+        ));
+    }
+    if old.workers != new.workers {
+        out.push(format!("`workers` changed from {} to {}: needs a restart", old.workers, new.workers));
+    }
+    if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
+        out.push("`timeouts.shutdown_grace` changed: needs a restart".to_string());
+    }
+    out
+}
+
+/// A one-line, secret-free summary of what a reload changed.
+fn describe_changes(old: &Config, new: &Config) -> String {
+    let mut parts = Vec::new();
+    if old.upstream != new.upstream {
+        parts.push(format!("upstream {} -> {}", old.upstream.url, new.upstream.url));
+    }
+    let names = |c: &Config| c.routes.0.iter().map(|r| r.name.clone()).collect::<BTreeSet<_>>();
+    let (before, after) = (names(old), names(new));
+    let added: Vec<_> = after.difference(&before).cloned().collect();
+    let removed: Vec<_> = before.difference(&after).cloned().collect();
+    if !added.is_empty() {
+        parts.push(format!("routes added: {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("routes removed: {}", removed.join(", ")));
+    }
+    let mut rotated = BTreeSet::new();
+    for route in &new.routes.0 {
+        let Some(prev) = old.routes.0.iter().find(|r| r.name == route.name) else {
+            continue;
+        };
+        let (a, b) = (&prev.released, &route.released);
+        if a.secret != b.secret {
+            rotated.insert(match &b.secret_source {
+                SecretSource::File(p) => format!("file {}", p.display()),
+                SecretSource::Env(n) => format!("env {n}"),
+            });
+        }
+        let matcher = |r: &crate::routes::Route| {
+            (r.host.clone(), r.path.as_ref().map(|p| p.as_str().to_string()))
+        };
+        if matcher(prev) != matcher(route)
+            || a.account_id != b.account_id
+            || a.api_url != b.api_url
+            || a.timeout != b.timeout
+            || a.cooldown.policy() != b.cooldown.policy()
+            || format!("{:?}", prev.identity) != format!("{:?}", route.identity)
+        {
+            parts.push(format!("route {} changed", route.name));
+        }
+    }
+    if !rotated.is_empty() {
+        parts.push(format!(
+            "secret rotated ({})",
+            rotated.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if old.trusted_proxies != new.trusted_proxies {
+        parts.push("trusted_proxies changed".into());
+    }
+    if old.embed.tags.names() != new.embed.tags.names() || old.embed.memory_limit != new.embed.memory_limit {
+        parts.push("embed changed".into());
+    }
+    if old.timeouts != new.timeouts {
+        parts.push("timeouts changed".into());
+    }
+    if parts.is_empty() {
+        "formatting only".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Handle to the reload thread: send [`Trigger`]s (the SIGHUP handler does).
+#[derive(Clone)]
+pub struct Reloader {
+    tx: Sender<Trigger>,
+}
+
+impl Reloader {
+    /// Asks for a reload; never blocks.
+    pub fn trigger(&self, trigger: Trigger) {
+        let _ = self.tx.send(trigger);
+    }
+}
+
+/// Starts watching the config and secret files and the thread that reloads on changes or
+/// on [`Reloader::trigger`].
+pub fn spawn_reloader(live: Arc<Live>) -> Result<Reloader, notify::Error> {
+    let (tx, rx) = mpsc::channel::<Trigger>();
+    let events_tx = tx.clone();
+    let watch_set = Arc::new(Mutex::new(WatchSet::default()));
+    let filter = Arc::clone(&watch_set);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let relevant = filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_relevant(&event.paths);
+        if relevant {
+            let _ = events_tx.send(Trigger::FileChange);
+        }
+    })?;
+    let initial = live.watched_files();
+    watch_set
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .update(&mut watcher, &initial);
+
+    std::thread::Builder::new()
+        .name("config-reloader".into())
+        .spawn(move || reload_loop(live, rx, watcher, watch_set))
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(Reloader { tx })
+}
+
+fn reload_loop(
+    live: Arc<Live>,
+    rx: Receiver<Trigger>,
+    mut watcher: notify::RecommendedWatcher,
+    watch_set: Arc<Mutex<WatchSet>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut trigger = first;
+        // Collapse a burst into one reload: wait for DEBOUNCE of quiet, at most DEBOUNCE_MAX.
+        let burst_started = Instant::now();
+        loop {
+            match rx.recv_timeout(DEBOUNCE) {
+                Ok(t) => {
+                    if t == Trigger::Signal {
+                        trigger = Trigger::Signal;
+                    }
+                    if burst_started.elapsed() >= DEBOUNCE_MAX {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        let _ = live.reload(trigger);
+        // A new config may name new secret files (or drop some): follow them.
+        let files = live.watched_files();
+        watch_set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(&mut watcher, &files);
+    }
+}
+
+/// Which directories are watched and which file names in them matter.
+#[derive(Default)]
+struct WatchSet {
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeSet<PathBuf>,
+}
+
+impl WatchSet {
+    fn update(&mut self, watcher: &mut notify::RecommendedWatcher, files: &[PathBuf]) {
+        let files: BTreeSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        for gone in self.dirs.difference(&dirs) {
+            let _ = watcher.unwatch(gone);
+        }
+        for new in dirs.difference(&self.dirs) {
+            if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %new.display(), error = %e, "cannot watch directory; reload with SIGHUP instead");
+            }
+        }
+        self.dirs = dirs;
+        self.files = files;
+    }
+
+    /// An event matters if it touches a watched file, or a `..`-prefixed entry next to one
+    /// (the `..data` symlink and timestamped directories of a Kubernetes volume).
+    fn is_relevant(&self, paths: &[PathBuf]) -> bool {
+        paths.iter().any(|p| {
+            self.files.contains(p)
+                || (p.parent().is_some_and(|d| self.dirs.contains(d))
+                    && p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("..")))
+        })
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}

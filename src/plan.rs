@@ -1,0 +1,140 @@
+//! The decision at the heart of SPEC §2: does this request get a token, for whom, and if
+//! not, exactly why. One pure function shared by the proxy and by `explain`, so the dry
+//! run can never disagree with what the proxy does.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::header::HeaderMap;
+use http::Method;
+
+use crate::config::Config;
+use crate::identity::{Dropped, IdentityError};
+use crate::released::TokenRequest;
+use crate::routes::{page_load, NotPageLoad, Route};
+
+/// What the planner looks at: the TCP peer and the request head.
+pub struct RequestFacts<'a> {
+    /// The TCP peer (never a forwarded-for header).
+    pub peer: Option<IpAddr>,
+    /// Request method.
+    pub method: &'a Method,
+    /// Host without port, from the URI authority or the `Host` header.
+    pub host: Option<&'a str>,
+    /// Path without query.
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Why a request gets no token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoToken {
+    /// No route matches: plain proxy.
+    NoRoute,
+    /// Not a page load.
+    NotPageLoad(NotPageLoad),
+    /// The TCP peer is not in `trusted_proxies`; its identity headers were stripped.
+    UntrustedPeer,
+    /// The identity headers do not yield a valid user.
+    Identity(IdentityError),
+}
+
+impl NoToken {
+    /// A stable short label for `released_sidecar_token_skips_total{reason}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NoToken::NoRoute => "no_route",
+            NoToken::NotPageLoad(_) => "not_page_load",
+            NoToken::UntrustedPeer => "untrusted_peer",
+            NoToken::Identity(e) => e.problem.label(),
+        }
+    }
+}
+
+impl fmt::Display for NoToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoToken::NoRoute => write!(f, "no route matches: the request is proxied as is"),
+            NoToken::NotPageLoad(why) => write!(f, "not a page load: {why}"),
+            NoToken::UntrustedPeer => write!(
+                f,
+                "the TCP peer is not in trusted_proxies: identity headers are stripped and ignored"
+            ),
+            NoToken::Identity(e) => write!(f, "no valid identity: {e}"),
+        }
+    }
+}
+
+/// The planner's answer.
+#[derive(Debug)]
+pub struct Plan {
+    /// Index of the matching route in `config.routes`.
+    pub route: Option<usize>,
+    /// Whether the peer may carry identity headers.
+    pub trusted: bool,
+    /// Whether the request is a page load (on a matching route).
+    pub page_load: bool,
+    /// The token request to send, or why there is none.
+    pub decision: Result<Planned, NoToken>,
+}
+
+/// A token request ready to send.
+#[derive(Debug)]
+pub struct Planned {
+    /// The JSON body.
+    pub request: TokenRequest,
+    /// Optional fields left out, and why.
+    pub dropped: Vec<Dropped>,
+}
+
+impl Plan {
+    /// The matching route, if any.
+    pub fn route<'c>(&self, config: &'c Config) -> Option<&'c Route> {
+        self.route.and_then(|i| config.routes.0.get(i))
+    }
+}
+
+/// Decides whether (and for whom) `facts` get a token under `config`.
+pub fn plan(config: &Config, facts: &RequestFacts<'_>) -> Plan {
+    let trusted = facts
+        .peer
+        .is_some_and(|ip| config.trusted_proxies.contains(ip));
+    let Some(route_index) = config
+        .routes
+        .0
+        .iter()
+        .position(|r| r.matches(facts.host, facts.path))
+    else {
+        return Plan {
+            route: None,
+            trusted,
+            page_load: false,
+            decision: Err(NoToken::NoRoute),
+        };
+    };
+    let route = &config.routes.0[route_index];
+    let mut plan = Plan {
+        route: Some(route_index),
+        trusted,
+        page_load: false,
+        decision: Err(NoToken::NoRoute),
+    };
+    if let Err(why) = page_load(facts.method, facts.headers) {
+        plan.decision = Err(NoToken::NotPageLoad(why));
+        return plan;
+    }
+    plan.page_load = true;
+    if !trusted {
+        plan.decision = Err(NoToken::UntrustedPeer);
+        return plan;
+    }
+    plan.decision = match route.identity.extract(facts.headers) {
+        Ok(extraction) => Ok(Planned {
+            request: TokenRequest::new(&route.released.account_id, extraction.identity),
+            dropped: extraction.dropped,
+        }),
+        Err(e) => Err(NoToken::Identity(e)),
+    };
+    plan
+}

@@ -1,0 +1,629 @@
+//! The request path: the pingora [`ProxyHttp`] implementation. Each phase method is short
+//! and delegates to the module that owns the concern; read top to bottom, this file is the
+//! table of contents of a request:
+//!
+//! 1. `early_request_filter`: take one config snapshot, plan the token (trust, route, page
+//!    load, identity) and, for a token page load, arm response recompression.
+//! 2. `request_filter`: start the token call in a task, so it runs while the app works.
+//! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
+//!    for an uncompressed, unconditional page when a token is coming.
+//! 4. `adjust_upstream_modules` / `response_filter`: once the app's header shows a
+//!    rewritable page, wait (within the deadline) for the token and set up the rewrite;
+//!    otherwise drop the token task and leave the response untouched.
+//! 5. `response_body_filter`: rewrite chunk by chunk.
+//! 6. `logging`: one access-log line and the request metrics.
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::protocols::http::compression::Algorithm;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use sync_wrapper::SyncWrapper;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::live::{Live, Snapshot};
+use crate::metrics::Metrics;
+use crate::plan::{plan, NoToken, RequestFacts};
+use crate::released::{ReleasedClient, TokenError, TokenRequest};
+use crate::rewrite::{Charset, Rewriter};
+use crate::routes::host_without_port;
+use crate::secret::Token;
+
+/// gzip level for recompressing rewritten pages (nginx's default is 1; 5 trades a little
+/// CPU for noticeably smaller pages).
+const GZIP_LEVEL: u32 = 5;
+/// brotli quality for recompressing rewritten pages (streaming-friendly).
+const BROTLI_LEVEL: u32 = 4;
+
+/// The sidecar's proxy logic; one instance serves every request.
+pub struct Sidecar {
+    live: Arc<Live>,
+    released: ReleasedClient,
+    metrics: Arc<Metrics>,
+}
+
+impl Sidecar {
+    /// Wires the live config, the token client and the metrics together.
+    pub fn new(live: Arc<Live>, released: ReleasedClient, metrics: Arc<Metrics>) -> Self {
+        Self {
+            live,
+            released,
+            metrics,
+        }
+    }
+}
+
+/// Where the token of a page load stands.
+enum TokenState {
+    /// No token for this request (and why, for the access log).
+    NotNeeded(&'static str),
+    /// Planned but not yet started (between `early_request_filter` and `request_filter`).
+    Planned(TokenRequest),
+    /// The call is in flight.
+    Pending {
+        task: JoinHandle<Result<Token, TokenError>>,
+        deadline: Instant,
+    },
+    /// Settled: used, failed, or not usable for this response.
+    Settled(&'static str),
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    route: Option<usize>,
+    trusted: bool,
+    token: TokenState,
+    rewrite: Option<SyncWrapper<Rewriter>>,
+    upstream_sent: Option<Instant>,
+    _in_flight: InFlight,
+}
+
+impl RequestCtx {
+    fn route_name(&self) -> &str {
+        self.route
+            .and_then(|i| self.snapshot.config.routes.0.get(i))
+            .map_or("", |r| r.name.as_str())
+    }
+
+    fn token_pending(&self) -> bool {
+        matches!(self.token, TokenState::Pending { .. })
+    }
+}
+
+/// Counts a request in `released_sidecar_in_flight_requests` for as long as it lives; the
+/// shutdown drain waits for this gauge to reach zero.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Sidecar {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.live.snapshot(),
+            started: Instant::now(),
+            route: None,
+            trusted: false,
+            token: TokenState::NotNeeded("no_route"),
+            rewrite: None,
+            upstream_sent: None,
+            _in_flight: InFlight::new(&self.metrics.in_flight),
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        self.plan_token(session, ctx);
+        if matches!(ctx.token, TokenState::Planned(_)) {
+            // Must happen before the compression module reads Accept-Encoding, which is
+            // right after this phase.
+            if let Some(c) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                c.adjust_algorithm_level(Algorithm::Gzip, GZIP_LEVEL);
+                c.adjust_algorithm_level(Algorithm::Brotli, BROTLI_LEVEL);
+            }
+            session.upstream_compression.adjust_decompression(true);
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.start_token_call(ctx);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(ctx.snapshot.upstream.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !ctx.trusted {
+            for name in &ctx.snapshot.config.identity_headers {
+                upstream_request.remove_header(name);
+            }
+        }
+        if ctx.token_pending() {
+            // `identity` rather than no header: without Accept-Encoding any coding is
+            // acceptable (RFC 9110 §12.5.3). The page must come back whole and fresh so
+            // it can carry this page load's token.
+            upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+            upstream_request.remove_header(&header::IF_NONE_MATCH);
+            upstream_request.remove_header(&header::IF_MODIFIED_SINCE);
+        }
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn adjust_upstream_modules(
+        &self,
+        session: &mut Session,
+        upstream_response: &ResponseHeader,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Decompression was armed for a page that can carry a token; anything else must
+        // reach the client byte for byte, compressed or not.
+        if ctx.token_pending()
+            && !upstream_response.status.is_informational()
+            && session.upstream_compression.is_header_phase()
+            && (end_of_stream || rewritable(upstream_response).is_none())
+        {
+            session.upstream_compression.adjust_decompression(false);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        self.metrics
+            .upstream_responses
+            .with_label_values(&[upstream_response.status.as_str()])
+            .inc();
+        if let Some(sent) = ctx.upstream_sent {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[ctx.route_name()])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !ctx.token_pending() || response.status.is_informational() {
+            return Ok(());
+        }
+        let charset = rewritable(response);
+        let token = match charset {
+            Some(_) => self.await_token(ctx).await,
+            None => {
+                self.abandon_token(ctx, "not_rewritable");
+                None
+            }
+        };
+        match (token, charset) {
+            (Some(token), Some(charset)) => {
+                prepare_rewritten_headers(response)?;
+                let embed = &ctx.snapshot.config.embed;
+                let rewriter = Rewriter::new(&embed.tags, &token, charset, embed.memory_limit);
+                ctx.rewrite = Some(SyncWrapper::new(rewriter));
+            }
+            _ => {
+                // Unchanged page: no recompression either, the client gets the app's bytes.
+                if let Some(c) = session
+                    .downstream_modules_ctx
+                    .get_mut::<ResponseCompression>()
+                {
+                    if c.is_header_phase() {
+                        c.adjust_level(0);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(rewrite) = ctx.rewrite.as_mut() else {
+            return Ok(None);
+        };
+        let rewriter = rewrite.get_mut();
+        let mut out = match body.take() {
+            Some(chunk) => rewriter.write(&chunk),
+            None => Bytes::new(),
+        };
+        if end_of_stream {
+            let tail = rewriter.end();
+            if !tail.is_empty() {
+                out = concat(out, tail);
+            }
+        }
+        *body = Some(out);
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(write_error) = respond_plain(session, code).await {
+                tracing::debug!(error = %write_error, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let mut tags = 0;
+        if let Some(rewrite) = ctx.rewrite.as_mut() {
+            let rewriter = rewrite.get_mut();
+            tags = rewriter.tags_rewritten();
+            self.metrics.tags_rewritten.inc_by(tags as u64);
+            if rewriter.bailed_out() {
+                self.metrics.rewrite_bailouts.inc();
+            }
+        }
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        let route = ctx.route_name();
+        self.metrics
+            .requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        let token = match &ctx.token {
+            TokenState::NotNeeded(why) | TokenState::Settled(why) => *why,
+            TokenState::Planned(_) | TokenState::Pending { .. } => "unused",
+        };
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            method = %req.method,
+            path = %req.uri.path(),
+            status,
+            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            route,
+            token,
+            tags,
+            error = error.map(|e| e.etype().as_str()),
+        );
+    }
+}
+
+impl Sidecar {
+    /// Runs the planner on the request head and records its verdict.
+    fn plan_token(&self, session: &Session, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        let host = req
+            .uri
+            .host()
+            .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .map(host_without_port);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let config: &Config = &ctx.snapshot.config;
+        let plan = plan(
+            config,
+            &RequestFacts {
+                peer,
+                method: &req.method,
+                host,
+                path: req.uri.path(),
+                headers: &req.headers,
+            },
+        );
+        ctx.route = plan.route;
+        ctx.trusted = plan.trusted;
+        if plan.page_load {
+            let route = plan.route(config).map_or("", |r| r.name.as_str());
+            self.metrics.page_loads.with_label_values(&[route]).inc();
+        }
+        ctx.token = match plan.decision {
+            Ok(planned) => TokenState::Planned(planned.request),
+            Err(NoToken::NoRoute) => TokenState::NotNeeded("no_route"),
+            Err(NoToken::NotPageLoad(_)) => TokenState::NotNeeded("not_page_load"),
+            Err(reason) => {
+                let label = reason.label();
+                tracing::debug!(reason = %reason, route = ctx.route_name(), "page load without token");
+                self.metrics.token_skips.with_label_values(&[label]).inc();
+                TokenState::NotNeeded(label)
+            }
+        };
+    }
+
+    /// Starts the planned token call in its own task, unless the cool-down is open.
+    fn start_token_call(&self, ctx: &mut RequestCtx) {
+        let TokenState::Planned(_) = &ctx.token else {
+            return;
+        };
+        let TokenState::Planned(request) = std::mem::replace(&mut ctx.token, TokenState::Settled("cooldown")) else {
+            return;
+        };
+        let Some(route) = ctx.route.and_then(|i| ctx.snapshot.config.routes.0.get(i)) else {
+            return;
+        };
+        let settings = Arc::clone(&route.released);
+        if !settings.cooldown.admit() {
+            self.metrics.token_requests.with_label_values(&["cooldown"]).inc();
+            return;
+        }
+        let deadline = ctx.started + settings.timeout;
+        let client = self.released.clone();
+        let task = tokio::spawn(async move { client.fetch(&settings, &request, deadline).await });
+        ctx.token = TokenState::Pending { task, deadline };
+    }
+
+    /// Waits for the token until the deadline; `None` if it failed or came too late.
+    async fn await_token(&self, ctx: &mut RequestCtx) -> Option<Token> {
+        let TokenState::Pending { task, deadline } = &mut ctx.token else {
+            return None;
+        };
+        let outcome = tokio::time::timeout_at((*deadline).into(), task).await;
+        let (state, token) = match outcome {
+            Ok(Ok(Ok(token))) => ("used", Some(token)),
+            Ok(Ok(Err(e))) => (e.label(), None),
+            Ok(Err(join_error)) => {
+                tracing::error!(error = %join_error, "token task failed");
+                ("task_failed", None)
+            }
+            // The task keeps running to its own (identical) deadline and records the
+            // timeout itself; dropping the handle detaches it.
+            Err(_elapsed) => ("timeout", None),
+        };
+        ctx.token = TokenState::Settled(state);
+        token
+    }
+
+    /// The response cannot carry a token: stop the call.
+    fn abandon_token(&self, ctx: &mut RequestCtx, why: &'static str) {
+        if let TokenState::Pending { task, .. } = std::mem::replace(&mut ctx.token, TokenState::Settled(why)) {
+            if !task.is_finished() {
+                task.abort();
+                self.metrics.token_requests.with_label_values(&["abandoned"]).inc();
+            }
+        }
+    }
+}
+
+/// The charset to rewrite in, if this response can carry a token: a `200` `text/html`
+/// body in an encoding we can read (identity, or gzip/br that pingora undoes) and an
+/// ASCII-compatible charset.
+fn rewritable(response: &ResponseHeader) -> Option<Charset> {
+    if response.status != StatusCode::OK {
+        return None;
+    }
+    let content_type = response.headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mime = content_type.split(';').next().unwrap_or_default().trim();
+    if !mime.eq_ignore_ascii_case("text/html") {
+        return None;
+    }
+    if response.headers.contains_key(header::CONTENT_RANGE) {
+        return None;
+    }
+    let encodings = response.headers.get_all(header::CONTENT_ENCODING);
+    let mut count = 0;
+    for value in encodings.iter() {
+        count += 1;
+        let coding = value.to_str().ok()?.trim();
+        let decodable = coding.eq_ignore_ascii_case("identity")
+            || coding.eq_ignore_ascii_case("gzip")
+            || coding.eq_ignore_ascii_case("br");
+        if !decodable || count > 1 {
+            return None;
+        }
+    }
+    match Charset::from_content_type(content_type) {
+        Charset::Unsupported => None,
+        charset => Some(charset),
+    }
+}
+
+/// SPEC §2.6: the page now carries a per-user secret and a different length.
+fn prepare_rewritten_headers(response: &mut ResponseHeader) -> Result<()> {
+    response.remove_header(&header::CONTENT_LENGTH);
+    response.remove_header(&header::ETAG);
+    response.remove_header(&header::LAST_MODIFIED);
+    response.remove_header(&header::ACCEPT_RANGES);
+    response.remove_header(&header::EXPIRES);
+    response.insert_header(header::CACHE_CONTROL, "private, no-store")?;
+    if response.headers.get(header::TRANSFER_ENCODING).is_none() {
+        // Chunked framing needs HTTP/1.1 (an HTTP/1.0 app's response is upgraded, as
+        // pingora does for its own chunking).
+        response.set_version(http::Version::HTTP_11);
+        response.insert_header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+    }
+    Ok(())
+}
+
+fn concat(a: Bytes, b: Bytes) -> Bytes {
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = BytesMut::with_capacity(a.len() + b.len());
+    out.extend_from_slice(&a);
+    out.extend_from_slice(&b);
+    out.freeze()
+}
+
+/// A short plain-text error page (no HTML, no internals).
+async fn respond_plain(session: &mut Session, code: u16) -> Result<()> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    let text = match code {
+        502 => "502 Bad Gateway: the application is not reachable\n".to_string(),
+        504 => "504 Gateway Timeout: the application did not answer in time\n".to_string(),
+        _ => format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("Error")),
+    };
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, text.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(header::CONNECTION, "close")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(text)), true)
+        .await
+}
+
+/// The app as a pingora peer: address resolved now (at start and on each reload, never
+/// per request), TLS settings and timeouts applied.
+pub fn upstream_peer(config: &Config) -> Result<HttpPeer, String> {
+    let up = &config.upstream;
+    let addr = (up.host.as_str(), up.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("upstream host `{}` does not resolve: {e}", up.host))?
+        .next()
+        .ok_or_else(|| format!("upstream host `{}` has no address", up.host))?;
+    let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+    let t = &config.timeouts;
+    peer.options.connection_timeout = Some(t.upstream_connect);
+    peer.options.total_connection_timeout = Some(t.upstream_connect);
+    peer.options.read_timeout = Some(t.upstream_read);
+    peer.options.write_timeout = Some(t.upstream_write);
+    peer.options.idle_timeout = Some(t.upstream_idle);
+    peer.options.verify_cert = up.verify;
+    peer.options.verify_hostname = up.verify;
+    if let Some(ca_file) = &up.ca_file {
+        peer.options.ca = Some(Arc::from(load_ca(ca_file)?));
+    }
+    Ok(peer)
+}
+
+fn load_ca(path: &std::path::Path) -> Result<Box<[pingora::utils::tls::WrappedX509]>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("CA file {} holds no certificate", path.display()));
+    }
+    Ok(certs
+        .into_iter()
+        .map(|der| {
+            pingora::utils::tls::WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, headers: &[(&'static str, &'static str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn only_whole_readable_html_pages_are_rewritable() {
+        let html = ("content-type", "text/html; charset=utf-8");
+        let cases: &[(u16, &[(&'static str, &'static str)], bool)] = &[
+            (200, &[html], true),
+            (200, &[("content-type", "TEXT/HTML")], true),
+            (200, &[html, ("content-encoding", "gzip")], true),
+            (200, &[html, ("content-encoding", "br")], true),
+            (200, &[html, ("content-encoding", "zstd")], false),
+            (200, &[html, ("content-encoding", "deflate")], false),
+            (200, &[html, ("content-encoding", "gzip"), ("content-encoding", "br")], false),
+            (200, &[("content-type", "text/html; charset=utf-16")], false),
+            (200, &[("content-type", "application/json")], false),
+            (200, &[("content-type", "application/xhtml+xml")], false),
+            (200, &[], false),
+            (404, &[html], false),
+            (500, &[html], false),
+            (206, &[html, ("content-range", "bytes 0-1/10")], false),
+            (304, &[html], false),
+            (204, &[html], false),
+        ];
+        for (status, headers, want) in cases {
+            assert_eq!(rewritable(&response(*status, headers)).is_some(), *want, "{status} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn rewritten_headers_drop_validators_and_forbid_caching() {
+        let mut r = response(
+            200,
+            &[
+                ("content-type", "text/html"),
+                ("content-length", "10"),
+                ("etag", "\"abc\""),
+                ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+                ("cache-control", "public, max-age=3600"),
+                ("accept-ranges", "bytes"),
+            ],
+        );
+        prepare_rewritten_headers(&mut r).unwrap();
+        for gone in ["content-length", "etag", "last-modified", "accept-ranges"] {
+            assert!(r.headers.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(r.headers.get("cache-control").unwrap(), "private, no-store");
+        assert_eq!(r.headers.get("transfer-encoding").unwrap(), "chunked");
+    }
+}

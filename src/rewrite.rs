@@ -1,0 +1,342 @@
+//! The streaming HTML rewrite: every start tag named in `embed.tags` gets
+//! `auth-token="<token>"` (replacing any existing one) as chunks pass through lol_html.
+//! Knows nothing about HTTP: bytes in, bytes out, chunk by chunk, with a hard bound on
+//! the memory one response may hold.
+//!
+//! Past the bound (a hostile page with a huge or unterminated tag), lol_html flushes what
+//! it holds unchanged and the rest of the response passes through untouched: the page is
+//! always complete; tags after that point get no token.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use lol_html::errors::RewritingError;
+use lol_html::send::{Element, ElementContentHandlers, HtmlRewriter, Settings};
+use lol_html::{AsciiCompatibleEncoding, MemorySettings, Selector};
+
+use crate::secret::Token;
+
+/// The attribute the Released embed reads.
+pub const TOKEN_ATTRIBUTE: &str = "auth-token";
+
+/// The compiled `embed.tags`: names and the selector matching them.
+#[derive(Debug, Clone)]
+pub struct EmbedTags {
+    names: Vec<String>,
+    selector: Selector,
+}
+
+impl EmbedTags {
+    /// Compiles a list of lowercase tag names (validated by the config).
+    pub fn new(names: &[String]) -> Result<Self, String> {
+        let selector = Selector::from_str(&names.join(", "))
+            .map_err(|e| format!("embed tags do not form a valid selector: {e}"))?;
+        Ok(Self {
+            names: names.to_vec(),
+            selector,
+        })
+    }
+
+    /// The tag names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// Which encoding a response body is in, from its `Content-Type` charset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    /// Declared and ASCII-compatible: rewrite in it.
+    Declared(AsciiCompatibleEncoding),
+    /// Not declared: start as UTF-8 and follow a `<meta charset>` if the page has one.
+    Sniffed,
+    /// Declared but not ASCII-compatible (UTF-16…) or unknown: pass the body through.
+    Unsupported,
+}
+
+impl Charset {
+    /// Reads the `charset` parameter of a `Content-Type` value.
+    pub fn from_content_type(content_type: &str) -> Charset {
+        let label = content_type.split(';').skip(1).find_map(|param| {
+            let (key, value) = param.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"'))
+        });
+        match label {
+            None => Charset::Sniffed,
+            Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())
+                .and_then(AsciiCompatibleEncoding::new)
+                .map_or(Charset::Unsupported, Charset::Declared),
+        }
+    }
+}
+
+/// What the lol_html callbacks share with the [`Rewriter`] that owns them.
+#[derive(Default)]
+struct Shared {
+    out: Mutex<BytesMut>,
+    tags: AtomicUsize,
+}
+
+impl Shared {
+    fn push(&self, bytes: &[u8]) {
+        self.out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+    }
+
+    fn take(&self) -> Bytes {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        // split() keeps the spare capacity here, so steady-state chunks reuse one buffer.
+        out.split().freeze()
+    }
+
+    fn reserve(&self, additional: usize) {
+        self.out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(additional);
+    }
+}
+
+type Sink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// One response's rewrite. Feed chunks with [`Rewriter::write`], finish with
+/// [`Rewriter::end`]; each returns the output ready to send.
+pub struct Rewriter {
+    html: Option<HtmlRewriter<'static, Sink>>,
+    shared: Arc<Shared>,
+    bailed_out: bool,
+}
+
+impl Rewriter {
+    /// A rewriter that writes `token` into every `tags` start tag, holding at most
+    /// `memory_limit` bytes of unfinished markup.
+    pub fn new(tags: &EmbedTags, token: &Token, charset: Charset, memory_limit: usize) -> Self {
+        let shared = Arc::new(Shared::default());
+        let value = escape_attribute(token.expose());
+        let counter = Arc::clone(&shared);
+        let encoding = match charset {
+            Charset::Declared(e) => e,
+            Charset::Sniffed | Charset::Unsupported => {
+                AsciiCompatibleEncoding::new(encoding_rs::UTF_8).expect("UTF-8 is ASCII-compatible")
+            }
+        };
+        let settings = Settings::new_send()
+            .append_element_content_handler((
+                Cow::Borrowed(&tags.selector),
+                ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                    el.remove_attribute(TOKEN_ATTRIBUTE);
+                    el.set_attribute(TOKEN_ATTRIBUTE, &value)?;
+                    counter.tags.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+            ))
+            .with_encoding(encoding)
+            .with_adjust_charset_on_meta_tag(charset == Charset::Sniffed)
+            // Strict mode turns rare ambiguous markup into a hard error that cannot be
+            // recovered mid-stream; lol_html's best guess keeps the page whole.
+            .with_strict(false)
+            .with_memory_settings(
+                MemorySettings::new()
+                    .with_max_allowed_memory_usage(memory_limit)
+                    .with_graceful_bail_out_on_memory_limit_exceeded(true),
+            );
+        let sink_shared = Arc::clone(&shared);
+        let sink: Sink = Box::new(move |bytes: &[u8]| sink_shared.push(bytes));
+        Self {
+            html: Some(HtmlRewriter::new(settings, sink)),
+            shared,
+            bailed_out: false,
+        }
+    }
+
+    /// Rewrites one chunk and returns the output ready so far (possibly empty: lol_html
+    /// holds back an unfinished tag until its end arrives).
+    pub fn write(&mut self, chunk: &[u8]) -> Bytes {
+        let Some(html) = self.html.as_mut() else {
+            return Bytes::copy_from_slice(chunk);
+        };
+        self.shared.reserve(chunk.len() + 256);
+        if let Err(e) = html.write(chunk) {
+            self.stop(&e);
+        }
+        self.shared.take()
+    }
+
+    /// Flushes whatever is held back at the end of the body.
+    pub fn end(&mut self) -> Bytes {
+        if let Some(html) = self.html.take() {
+            if let Err(e) = html.end() {
+                self.stop(&e);
+            }
+        }
+        self.shared.take()
+    }
+
+    /// Start tags that received the token so far.
+    pub fn tags_rewritten(&self) -> usize {
+        self.shared.tags.load(Ordering::Relaxed)
+    }
+
+    /// Whether the memory bound was hit and the rest passed through unchanged.
+    pub fn bailed_out(&self) -> bool {
+        self.bailed_out
+    }
+
+    fn stop(&mut self, error: &RewritingError) {
+        // With graceful bail-out the sink already holds every input byte not yet
+        // emitted, unchanged; from here on chunks are copied through as they are.
+        self.html = None;
+        self.bailed_out = true;
+        tracing::warn!(error = %error, "HTML rewrite stopped; the rest of the page passes through unchanged");
+    }
+}
+
+/// Escapes a value for a double-quoted attribute (lol_html itself only escapes `"`).
+pub fn escape_attribute(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags() -> EmbedTags {
+        EmbedTags::new(&[
+            "released-page".to_string(),
+            "released-widget".to_string(),
+            "released-form".to_string(),
+        ])
+        .unwrap()
+    }
+
+    fn rewrite_chunks(chunks: &[&[u8]], token: &str, charset: Charset, limit: usize) -> (Vec<u8>, Rewriter) {
+        let mut r = Rewriter::new(&tags(), &Token::new(token), charset, limit);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&r.write(c));
+        }
+        out.extend_from_slice(&r.end());
+        (out, r)
+    }
+
+    fn rewrite(html: &str) -> String {
+        let (out, _) = rewrite_chunks(&[html.as_bytes()], "T0K", Charset::Sniffed, 1 << 20);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn tag_rewrite_table() {
+        let cases = [
+            ("<released-page></released-page>", r#"<released-page auth-token="T0K"></released-page>"#),
+            (r#"<released-page account="a">"#, r#"<released-page account="a" auth-token="T0K">"#),
+            (r#"<RELEASED-WIDGET Auth-Token="old">"#, r#"<RELEASED-WIDGET auth-token="T0K">"#),
+            (r#"<released-form auth-token=a auth-token=b>"#, r#"<released-form auth-token="T0K">"#),
+            ("<released-page/>", r#"<released-page auth-token="T0K" />"#),
+            ("<div><p>no tags</p></div>", "<div><p>no tags</p></div>"),
+            ("<released-pages></released-pages>", "<released-pages></released-pages>"),
+            ("<!-- <released-page> -->", "<!-- <released-page> -->"),
+            ("<script>'<released-page>'</script>", "<script>'<released-page>'</script>"),
+            ("<textarea><released-page></textarea>", "<textarea><released-page></textarea>"),
+            ("</released-page>", "</released-page>"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(rewrite(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn token_is_html_escaped() {
+        let (out, _) = rewrite_chunks(&[b"<released-page>"], r#"a"b<c>&'d"#, Charset::Sniffed, 1 << 20);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"<released-page auth-token="a&quot;b&lt;c&gt;&amp;&#39;d">"#
+        );
+    }
+
+    #[test]
+    fn every_chunking_gives_the_same_output() {
+        let html = r#"<html><body><RELEASED-PAGE id="x" auth-token="stale"></RELEASED-PAGE><released-widget/></body></html>"#;
+        let whole = rewrite(html);
+        let bytes = html.as_bytes();
+        let ones: Vec<&[u8]> = bytes.chunks(1).collect();
+        let (out, r) = rewrite_chunks(&ones, "T0K", Charset::Sniffed, 1 << 20);
+        assert_eq!(String::from_utf8(out).unwrap(), whole);
+        assert_eq!(r.tags_rewritten(), 2);
+        for split in 0..bytes.len() {
+            let (out, _) = rewrite_chunks(&[&bytes[..split], &bytes[split..]], "T0K", Charset::Sniffed, 1 << 20);
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_ascii_compatible_charsets_are_rewritten_byte_exactly() {
+        // "café" in windows-1252 around the tag: the é byte must survive untouched.
+        let page: &[u8] = b"<p>caf\xe9</p><released-page></released-page><p>\xe9</p>";
+        let charset = Charset::from_content_type("text/html; charset=windows-1252");
+        assert!(matches!(charset, Charset::Declared(_)));
+        let (out, _) = rewrite_chunks(&[page], "T0K", charset, 1 << 20);
+        assert_eq!(
+            out,
+            b"<p>caf\xe9</p><released-page auth-token=\"T0K\"></released-page><p>\xe9</p>".to_vec()
+        );
+    }
+
+    #[test]
+    fn charset_parsing() {
+        assert_eq!(Charset::from_content_type("text/html"), Charset::Sniffed);
+        assert!(matches!(Charset::from_content_type("text/html; charset=\"UTF-8\""), Charset::Declared(_)));
+        assert!(matches!(Charset::from_content_type("text/html;CHARSET=iso-8859-1"), Charset::Declared(_)));
+        assert_eq!(Charset::from_content_type("text/html; charset=utf-16le"), Charset::Unsupported);
+        assert_eq!(Charset::from_content_type("text/html; charset=klingon"), Charset::Unsupported);
+    }
+
+    fn page_with_huge_tag(tag: &str) -> Vec<u8> {
+        let mut page = b"<released-page></released-page>".to_vec();
+        page.extend_from_slice(format!("<{tag} data-x=\"").as_bytes());
+        page.extend(std::iter::repeat_n(b'a', 200_000));
+        page.extend_from_slice(b"\"><released-page></released-page>");
+        page
+    }
+
+    #[test]
+    fn past_the_memory_bound_the_rest_passes_through_whole() {
+        // An embed tag far bigger than the bound: everything from there on is the input
+        // unchanged (the later tag gets no token), and nothing is lost.
+        let page = page_with_huge_tag("released-widget");
+        let chunks: Vec<&[u8]> = page.chunks(4096).collect();
+        let (out, r) = rewrite_chunks(&chunks, "T0K", Charset::Sniffed, 32 * 1024);
+        assert!(r.bailed_out());
+        assert_eq!(r.tags_rewritten(), 1);
+        let mut want = b"<released-page auth-token=\"T0K\"></released-page>".to_vec();
+        want.extend_from_slice(&page[b"<released-page></released-page>".len()..]);
+        assert!(out == want, "output differs from input plus one attribute");
+    }
+
+    #[test]
+    fn huge_tags_that_are_not_embed_tags_need_no_buffering() {
+        let page = page_with_huge_tag("div");
+        let chunks: Vec<&[u8]> = page.chunks(4096).collect();
+        let (out, r) = rewrite_chunks(&chunks, "T0K", Charset::Sniffed, 32 * 1024);
+        assert!(!r.bailed_out());
+        assert_eq!(r.tags_rewritten(), 2);
+        assert_eq!(out.len(), page.len() + 2 * b" auth-token=\"T0K\"".len());
+    }
+}
