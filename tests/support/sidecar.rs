@@ -1,0 +1,270 @@
+//! The real `released-sidecar` binary, started on free loopback ports with a config
+//! written to a temporary directory, its stderr captured to a file. Stopped (SIGKILL, by
+//! PID) when dropped if the test did not stop it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// The shared secret tests configure unless they choose another.
+pub const SECRET: &str = "test-shared-secret-9f8e7d";
+
+/// A standard config with placeholders: `{listen}`, `{admin}`, `{upstream}`, `{api}`,
+/// `{secret_file}`, `{dir}`.
+pub const DEFAULT_CONFIG: &str = r#"listen: "{listen}"
+admin: { listen: "{admin}" }
+upstream: "{upstream}"
+workers: 1
+released:
+  api_url: "{api}"
+  account_id: "acct-test"
+  shared_secret_file: "{secret_file}"
+  timeout: "1500ms"
+identity:
+  user_id: { header: X-Forwarded-User, transform: [escape] }
+  user_email: { header: X-Forwarded-Email }
+  name: { header: X-Forwarded-Preferred-Username }
+  avatar_url: { header: X-Forwarded-Avatar }
+"#;
+
+/// Builds a sidecar start.
+pub struct SidecarBuilder {
+    template: String,
+    upstream: String,
+    api: String,
+    secret: String,
+    extra: String,
+    env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+}
+
+impl SidecarBuilder {
+    /// A sidecar in front of `upstream` using the stand-in at `api`.
+    pub fn new(upstream: &str, api: &str) -> Self {
+        Self {
+            template: DEFAULT_CONFIG.to_string(),
+            upstream: upstream.to_string(),
+            api: api.to_string(),
+            secret: SECRET.to_string(),
+            extra: String::new(),
+            env: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Replaces the whole config template (placeholders still apply).
+    pub fn template(mut self, template: &str) -> Self {
+        self.template = template.to_string();
+        self
+    }
+
+    /// Appends top-level YAML to the template.
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        if !yaml.ends_with('\n') {
+            self.extra.push('\n');
+        }
+        self
+    }
+
+    /// The content of the secret file.
+    pub fn secret(mut self, secret: &str) -> Self {
+        self.secret = secret.to_string();
+        self
+    }
+
+    /// A file written into the sidecar's directory (`{dir}/name`) before it starts.
+    pub fn file(mut self, name: &str, content: &str) -> Self {
+        self.files.push((name.to_string(), content.to_string()));
+        self
+    }
+
+    /// An environment variable for the process (`RUST_LOG`, …).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the binary and waits until `/readyz` answers 200.
+    pub async fn start(self) -> Sidecar {
+        let mut last_logs = String::new();
+        for _attempt in 0..3 {
+            match self.try_start().await {
+                Ok(s) => return s,
+                Err(logs) if logs.contains("cannot listen") => last_logs = logs,
+                Err(logs) => panic!("sidecar did not start:\n{logs}"),
+            }
+        }
+        panic!("sidecar could not find free ports:\n{last_logs}");
+    }
+
+    async fn try_start(&self) -> Result<Sidecar, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let secret_file = dir.path().join("shared-secret");
+        std::fs::write(&secret_file, format!("{}\n", self.secret)).unwrap();
+        for (name, content) in &self.files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let mut sidecar = Sidecar {
+            child: None,
+            listen,
+            admin,
+            vars: vec![
+                ("{listen}".into(), listen.to_string()),
+                ("{admin}".into(), admin.to_string()),
+                ("{upstream}".into(), self.upstream.clone()),
+                ("{api}".into(), self.api.clone()),
+                ("{secret_file}".into(), secret_file.display().to_string()),
+                ("{dir}".into(), dir.path().display().to_string()),
+            ],
+            log_path: dir.path().join("stderr.log"),
+            config_path: dir.path().join("config.yaml"),
+            secret_path: secret_file,
+            dir,
+        };
+        sidecar.write_config(&format!("{}{}", self.template, self.extra));
+        let log = std::fs::File::create(&sidecar.log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_released-sidecar"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&sidecar.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env_remove("RELEASED_SIDECAR_CONFIG")
+            .env("RUST_LOG", "info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        sidecar.child = Some(cmd.spawn().expect("spawn released-sidecar"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = sidecar.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(format!("exited with {status}:\n{}", sidecar.logs()));
+            }
+            if let Ok(resp) = super::client().get(sidecar.admin_url("/readyz")).send().await {
+                if resp.status() == 200 {
+                    return Ok(sidecar);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(format!("not ready after 20s:\n{}", sidecar.logs()))
+    }
+}
+
+/// A running sidecar process.
+pub struct Sidecar {
+    child: Option<Child>,
+    /// Proxy address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    vars: Vec<(String, String)>,
+    /// Captured stderr.
+    pub log_path: PathBuf,
+    /// The config file the process watches.
+    pub config_path: PathBuf,
+    /// The secret file the default config names.
+    pub secret_path: PathBuf,
+    /// The temporary directory holding all of it.
+    pub dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// `http://LISTEN{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, `libc::SIGHUP`, …) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        assert!(pid > 0);
+        // SAFETY: kill(2) with our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok()? {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Writes a new config (placeholders applied), replacing the file in place.
+    pub fn write_config(&self, template: &str) {
+        let mut text = template.to_string();
+        for (k, v) in &self.vars {
+            text = text.replace(k, v);
+        }
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// The current config text.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap()
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        super::client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample line of `/metrics` (e.g.
+    /// `released_sidecar_token_requests_total{result="success"}`), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- released-sidecar stderr ----\n{}", self.logs());
+        }
+    }
+}
