@@ -8,6 +8,8 @@
 //! Run with `scripts/demo.sh` (or `cargo run --example demo`). `--once` makes one checked
 //! request and exits (0 if the token was injected).
 
+// The stand-in is shared with the integration tests; the demo uses only part of it.
+#[allow(dead_code)]
 #[path = "../tests/support/standin.rs"]
 mod standin;
 
