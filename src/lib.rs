@@ -9,6 +9,7 @@
 //! [`server`] assembles the process.
 
 pub mod admin;
+pub mod compress;
 pub mod config;
 pub mod explain;
 pub mod identity;

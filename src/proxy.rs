@@ -2,15 +2,15 @@
 //! and delegates to the module that owns the concern; read top to bottom, this file is the
 //! table of contents of a request:
 //!
-//! 1. `early_request_filter`: take one config snapshot, plan the token (trust, route, page
-//!    load, identity) and, for a token page load, arm response recompression.
-//! 2. `request_filter`: start the token call in a task, so it runs while the app works.
+//! 1. `new_ctx`: take one config snapshot for the whole request.
+//! 2. `request_filter`: plan the token (trust, route, page load, identity) and start the
+//!    call in a task, so it runs while the app works.
 //! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
 //!    for an uncompressed, unconditional page when a token is coming.
 //! 4. `adjust_upstream_modules` / `response_filter`: once the app's header shows a
 //!    rewritable page, wait (within the deadline) for the token and set up the rewrite;
 //!    otherwise drop the token task and leave the response untouched.
-//! 5. `response_body_filter`: rewrite chunk by chunk.
+//! 5. `response_body_filter`: rewrite (and recompress) chunk by chunk.
 //! 6. `logging`: one access-log line and the request metrics.
 
 use std::net::ToSocketAddrs;
@@ -22,14 +22,13 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::StatusCode;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::modules::http::compression::ResponseCompression;
-use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use sync_wrapper::SyncWrapper;
 use tokio::task::JoinHandle;
 
+use crate::compress::{Coding, Compressor};
 use crate::config::Config;
 use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
@@ -38,12 +37,6 @@ use crate::released::{ReleasedClient, TokenError, TokenRequest};
 use crate::rewrite::{Charset, Rewriter};
 use crate::routes::host_without_port;
 use crate::secret::Token;
-
-/// gzip level for recompressing rewritten pages (nginx's default is 1; 5 trades a little
-/// CPU for noticeably smaller pages).
-const GZIP_LEVEL: u32 = 5;
-/// brotli quality for recompressing rewritten pages (streaming-friendly).
-const BROTLI_LEVEL: u32 = 4;
 
 /// The sidecar's proxy logic; one instance serves every request.
 pub struct Sidecar {
@@ -85,7 +78,7 @@ pub struct RequestCtx {
     route: Option<usize>,
     trusted: bool,
     token: TokenState,
-    rewrite: Option<SyncWrapper<Rewriter>>,
+    rewrite: Option<SyncWrapper<PageRewrite>>,
     upstream_sent: Option<Instant>,
     _in_flight: InFlight,
 }
@@ -99,6 +92,30 @@ impl RequestCtx {
 
     fn token_pending(&self) -> bool {
         matches!(self.token, TokenState::Pending { .. })
+    }
+}
+
+/// The body transformation of a page that carries a token.
+struct PageRewrite {
+    rewriter: Rewriter,
+    compressor: Option<Compressor>,
+}
+
+impl PageRewrite {
+    /// Rewrites (and compresses) one chunk; `end` also flushes everything held back.
+    fn process(&mut self, chunk: Option<&[u8]>, end: bool) -> Bytes {
+        let mut out = chunk.map_or_else(Bytes::new, |c| self.rewriter.write(c));
+        if end {
+            out = concat(out, self.rewriter.end());
+        }
+        let Some(compressor) = self.compressor.as_mut() else {
+            return out;
+        };
+        let mut compressed = compressor.write(&out);
+        if end {
+            compressed = concat(compressed, compressor.finish());
+        }
+        compressed
     }
 }
 
@@ -136,25 +153,13 @@ impl ProxyHttp for Sidecar {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.plan_token(session, ctx);
-        if matches!(ctx.token, TokenState::Planned(_)) {
-            // Must happen before the compression module reads Accept-Encoding, which is
-            // right after this phase.
-            if let Some(c) = session
-                .downstream_modules_ctx
-                .get_mut::<ResponseCompression>()
-            {
-                c.adjust_algorithm_level(Algorithm::Gzip, GZIP_LEVEL);
-                c.adjust_algorithm_level(Algorithm::Brotli, BROTLI_LEVEL);
-            }
+        if self.start_token_call(ctx) {
+            // A safety net for apps that compress although asked not to: pingora undoes
+            // gzip/br for this response (disarmed again below if it is not a page).
             session.upstream_compression.adjust_decompression(true);
         }
-        Ok(())
-    }
-
-    async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.start_token_call(ctx);
         Ok(false)
     }
 
@@ -243,24 +248,15 @@ impl ProxyHttp for Sidecar {
                 None
             }
         };
-        match (token, charset) {
-            (Some(token), Some(charset)) => {
-                prepare_rewritten_headers(response)?;
-                let embed = &ctx.snapshot.config.embed;
-                let rewriter = Rewriter::new(&embed.tags, &token, charset, embed.memory_limit);
-                ctx.rewrite = Some(SyncWrapper::new(rewriter));
-            }
-            _ => {
-                // Unchanged page: no recompression either, the client gets the app's bytes.
-                if let Some(c) = session
-                    .downstream_modules_ctx
-                    .get_mut::<ResponseCompression>()
-                {
-                    if c.is_header_phase() {
-                        c.adjust_level(0);
-                    }
-                }
-            }
+        if let (Some(token), Some(charset)) = (token, charset) {
+            let accept = session.req_header().headers.get(header::ACCEPT_ENCODING);
+            let coding = Coding::negotiate(accept.map(|v| v.as_bytes()));
+            prepare_rewritten_headers(response, coding)?;
+            let embed = &ctx.snapshot.config.embed;
+            ctx.rewrite = Some(SyncWrapper::new(PageRewrite {
+                rewriter: Rewriter::new(&embed.tags, &token, charset, embed.memory_limit),
+                compressor: coding.map(Compressor::new),
+            }));
         }
         Ok(())
     }
@@ -272,21 +268,10 @@ impl ProxyHttp for Sidecar {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let Some(rewrite) = ctx.rewrite.as_mut() else {
-            return Ok(None);
-        };
-        let rewriter = rewrite.get_mut();
-        let mut out = match body.take() {
-            Some(chunk) => rewriter.write(&chunk),
-            None => Bytes::new(),
-        };
-        if end_of_stream {
-            let tail = rewriter.end();
-            if !tail.is_empty() {
-                out = concat(out, tail);
-            }
+        if let Some(rewrite) = ctx.rewrite.as_mut() {
+            let chunk = body.take();
+            *body = Some(rewrite.get_mut().process(chunk.as_deref(), end_of_stream));
         }
-        *body = Some(out);
         Ok(None)
     }
 
@@ -316,7 +301,7 @@ impl ProxyHttp for Sidecar {
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let mut tags = 0;
         if let Some(rewrite) = ctx.rewrite.as_mut() {
-            let rewriter = rewrite.get_mut();
+            let rewriter = &rewrite.get_mut().rewriter;
             tags = rewriter.tags_rewritten();
             self.metrics.tags_rewritten.inc_by(tags as u64);
             if rewriter.bailed_out() {
@@ -394,25 +379,24 @@ impl Sidecar {
     }
 
     /// Starts the planned token call in its own task, unless the cool-down is open.
-    fn start_token_call(&self, ctx: &mut RequestCtx) {
-        let TokenState::Planned(_) = &ctx.token else {
-            return;
-        };
+    /// Returns whether a call is now in flight.
+    fn start_token_call(&self, ctx: &mut RequestCtx) -> bool {
         let TokenState::Planned(request) = std::mem::replace(&mut ctx.token, TokenState::Settled("cooldown")) else {
-            return;
+            return false;
         };
         let Some(route) = ctx.route.and_then(|i| ctx.snapshot.config.routes.0.get(i)) else {
-            return;
+            return false;
         };
         let settings = Arc::clone(&route.released);
         if !settings.cooldown.admit() {
             self.metrics.token_requests.with_label_values(&["cooldown"]).inc();
-            return;
+            return false;
         }
         let deadline = ctx.started + settings.timeout;
         let client = self.released.clone();
         let task = tokio::spawn(async move { client.fetch(&settings, &request, deadline).await });
         ctx.token = TokenState::Pending { task, deadline };
+        true
     }
 
     /// Waits for the token until the deadline; `None` if it failed or came too late.
@@ -480,14 +464,26 @@ fn rewritable(response: &ResponseHeader) -> Option<Charset> {
     }
 }
 
-/// SPEC §2.6: the page now carries a per-user secret and a different length.
-fn prepare_rewritten_headers(response: &mut ResponseHeader) -> Result<()> {
+/// SPEC §2.6: the page now carries a per-user secret, a different length and maybe a new
+/// encoding.
+fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Coding>) -> Result<()> {
     response.remove_header(&header::CONTENT_LENGTH);
     response.remove_header(&header::ETAG);
     response.remove_header(&header::LAST_MODIFIED);
     response.remove_header(&header::ACCEPT_RANGES);
     response.remove_header(&header::EXPIRES);
     response.insert_header(header::CACHE_CONTROL, "private, no-store")?;
+    response.remove_header(&header::CONTENT_ENCODING);
+    if let Some(coding) = coding {
+        response.insert_header(header::CONTENT_ENCODING, coding.token())?;
+    }
+    let varies = response.headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding")))
+    });
+    if !varies {
+        response.append_header(header::VARY, "Accept-Encoding")?;
+    }
     if response.headers.get(header::TRANSFER_ENCODING).is_none() {
         // Chunked framing needs HTTP/1.1 (an HTTP/1.0 app's response is upgraded, as
         // pingora does for its own chunking).
@@ -619,10 +615,12 @@ mod tests {
                 ("accept-ranges", "bytes"),
             ],
         );
-        prepare_rewritten_headers(&mut r).unwrap();
+        prepare_rewritten_headers(&mut r, Some(Coding::Gzip)).unwrap();
         for gone in ["content-length", "etag", "last-modified", "accept-ranges"] {
             assert!(r.headers.get(gone).is_none(), "{gone}");
         }
+        assert_eq!(r.headers.get("content-encoding").unwrap(), "gzip");
+        assert_eq!(r.headers.get("vary").unwrap(), "Accept-Encoding");
         assert_eq!(r.headers.get("cache-control").unwrap(), "private, no-store");
         assert_eq!(r.headers.get("transfer-encoding").unwrap(), "chunked");
     }
