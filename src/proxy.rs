@@ -381,6 +381,9 @@ impl Sidecar {
     /// Starts the planned token call in its own task, unless the cool-down is open.
     /// Returns whether a call is now in flight.
     fn start_token_call(&self, ctx: &mut RequestCtx) -> bool {
+        if !matches!(ctx.token, TokenState::Planned(_)) {
+            return false;
+        }
         let TokenState::Planned(request) = std::mem::replace(&mut ctx.token, TokenState::Settled("cooldown")) else {
             return false;
         };

@@ -39,6 +39,8 @@ pub struct SidecarBuilder {
     extra: String,
     env: Vec<(String, String)>,
     files: Vec<(String, String)>,
+    args: Vec<String>,
+    prepare: Option<Box<dyn Fn(&std::path::Path)>>,
 }
 
 impl SidecarBuilder {
@@ -52,6 +54,8 @@ impl SidecarBuilder {
             extra: String::new(),
             env: Vec::new(),
             files: Vec::new(),
+            args: Vec::new(),
+            prepare: None,
         }
     }
 
@@ -79,6 +83,18 @@ impl SidecarBuilder {
     /// A file written into the sidecar's directory (`{dir}/name`) before it starts.
     pub fn file(mut self, name: &str, content: &str) -> Self {
         self.files.push((name.to_string(), content.to_string()));
+        self
+    }
+
+    /// Runs `f` on the sidecar's directory before it starts (symlink layouts…).
+    pub fn prepare(mut self, f: impl Fn(&std::path::Path) + 'static) -> Self {
+        self.prepare = Some(Box::new(f));
+        self
+    }
+
+    /// An extra argument after `run --config PATH`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
         self
     }
 
@@ -110,6 +126,9 @@ impl SidecarBuilder {
         for (name, content) in &self.files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
+        if let Some(prepare) = &self.prepare {
+            prepare(dir.path());
+        }
         let mut sidecar = Sidecar {
             child: None,
             listen,
@@ -133,6 +152,7 @@ impl SidecarBuilder {
         cmd.arg("run")
             .arg("--config")
             .arg(&sidecar.config_path)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

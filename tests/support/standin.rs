@@ -51,7 +51,7 @@ pub struct Call {
 }
 
 struct State {
-    secret: String,
+    secrets: Vec<String>,
     behavior: Behavior,
     calls: Vec<Call>,
     issued: u64,
@@ -77,7 +77,7 @@ impl StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
-            secret: secret.to_string(),
+            secrets: vec![secret.to_string()],
             behavior: Behavior::Token,
             calls: Vec::new(),
             issued: 0,
@@ -111,9 +111,14 @@ impl StandIn {
         self.state.lock().unwrap().behavior = behavior;
     }
 
-    /// Changes the accepted bearer secret (a rotation on Released's side).
+    /// Accepts only `secret` from now on (a rotation on Released's side).
     pub fn set_secret(&self, secret: &str) {
-        self.state.lock().unwrap().secret = secret.to_string();
+        self.state.lock().unwrap().secrets = vec![secret.to_string()];
+    }
+
+    /// Accepts `secret` as well (an overlap window during a rotation).
+    pub fn also_accept(&self, secret: &str) {
+        self.state.lock().unwrap().secrets.push(secret.to_string());
     }
 
     /// Every call so far.
@@ -151,15 +156,19 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
     let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
 
-    let (secret, behavior) = {
+    let (secrets, behavior) = {
         let s = state.lock().unwrap();
-        (s.secret.clone(), s.behavior.clone())
+        (s.secrets.clone(), s.behavior.clone())
     };
+    let bearer_ok = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|given| secrets.iter().any(|s| s == given));
     let rejection = if !path_ok {
         Some((404, "unknown path".to_string()))
     } else if !method_ok {
         Some((405, "POST only".to_string()))
-    } else if authorization.as_deref() != Some(&format!("Bearer {secret}")) {
+    } else if !bearer_ok {
         Some((401, "bad or missing bearer secret".to_string()))
     } else if !content_type_ok {
         Some((415, "Content-Type must be application/json".to_string()))

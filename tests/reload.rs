@@ -1,0 +1,232 @@
+//! Hot reload (SPEC §5): config and secret changes take effect without a restart or a
+//! failed request; a bad change keeps the old config serving.
+
+mod support;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::sidecar::{Sidecar, DEFAULT_CONFIG};
+use support::{client, eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream};
+
+const OLD_SECRET: &str = "old-secret-aaaa";
+const NEW_SECRET: &str = "new-secret-bbbb";
+const PAGE: &str = "<released-page></released-page>";
+
+async fn page_has_token(sidecar: &Sidecar, path: &str) -> bool {
+    let resp = client()
+        .get(sidecar.url(path))
+        .headers(navigation("alice", "alice@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokens_in(&resp.text().await.unwrap()).len() == 1
+}
+
+/// A Kubernetes secret volume: `shared-secret -> ..data/shared-secret`,
+/// `..data -> ..<timestamp>`.
+fn kubernetes_volume(dir: &Path, secret: &str) {
+    let volume = dir.join("secret-volume");
+    let stamp = volume.join("..2026_11_28_10_00_00.000000001");
+    std::fs::create_dir_all(&stamp).unwrap();
+    std::fs::write(stamp.join("shared-secret"), secret).unwrap();
+    symlink("..2026_11_28_10_00_00.000000001", volume.join("..data")).unwrap();
+    symlink("..data/shared-secret", volume.join("shared-secret")).unwrap();
+}
+
+/// What the kubelet does on an update: a new timestamped directory, an atomic swap of
+/// the `..data` symlink, then the old directory is removed.
+fn kubernetes_rotate(dir: &Path, secret: &str, generation: u32) {
+    let volume = dir.join("secret-volume");
+    let name = format!("..2026_11_28_10_00_{generation:02}.000000002");
+    std::fs::create_dir_all(volume.join(&name)).unwrap();
+    std::fs::write(volume.join(&name).join("shared-secret"), secret).unwrap();
+    let old = std::fs::read_link(volume.join("..data")).unwrap();
+    symlink(&name, volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    std::fs::remove_dir_all(volume.join(old)).unwrap();
+}
+
+fn kubernetes_config() -> String {
+    DEFAULT_CONFIG.replace("{secret_file}", "{dir}/secret-volume/shared-secret")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_the_kubernetes_way_is_used_for_the_next_page_loads() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(OLD_SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .template(&kubernetes_config())
+        .prepare(|dir| kubernetes_volume(dir, OLD_SECRET))
+        .start()
+        .await;
+    assert!(page_has_token(&sidecar, "/").await);
+
+    standin.set_secret(NEW_SECRET);
+    kubernetes_rotate(sidecar.dir.path(), NEW_SECRET, 1);
+    let rotated = eventually(Duration::from_secs(5), || async {
+        standin.calls().last().and_then(|c| c.authorization.clone()) == Some(format!("Bearer {NEW_SECRET}"))
+            || page_has_token(&sidecar, "/").await
+    })
+    .await;
+    assert!(rotated, "new secret not used within 5s:\n{}", sidecar.logs());
+    assert!(page_has_token(&sidecar, "/").await);
+    assert!(sidecar.logs().contains("secret rotated"), "{}", sidecar.logs());
+    assert!(!sidecar.logs().contains(NEW_SECRET) && !sidecar.logs().contains(OLD_SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_config_changes_routes_without_a_restart() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let routes = "routes:\n  - name: feedback\n    match: { path: \"^/feedback\" }\n";
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).extra(routes).start().await;
+    assert!(page_has_token(&sidecar, "/feedback").await);
+    assert!(!page_has_token(&sidecar, "/roadmap").await, "no route for /roadmap yet");
+
+    // An editor's save: write a temporary file, then rename it over the config.
+    let text = sidecar.config_text().replace("^/feedback", "^/(feedback|roadmap)");
+    let tmp = sidecar.dir.path().join(".config.yaml.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &sidecar.config_path).unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(5), || page_has_token(&sidecar, "/roadmap")).await,
+        "route change not applied:\n{}",
+        sidecar.logs()
+    );
+    assert!(sidecar.logs().contains("route feedback changed"), "{}", sidecar.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_keeps_the_previous_one_serving() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let good = sidecar.config_text();
+
+    std::fs::write(&sidecar.config_path, format!("{good}workers: [oops\n")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.metric("released_sidecar_config_reloads_total{result=\"error\"}").await >= 1.0
+        })
+        .await,
+        "{}",
+        sidecar.logs()
+    );
+    assert!(sidecar.logs().contains("config reload failed; still serving generation 1"));
+    assert!(sidecar.logs().contains("YAML syntax error"), "{}", sidecar.logs());
+
+    std::fs::write(&sidecar.config_path, good.replace("acct-test", "${NOT_SET_ANYWHERE}")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.metric("released_sidecar_config_reloads_total{result=\"error\"}").await >= 2.0
+        })
+        .await
+    );
+    assert!(sidecar.logs().contains("released.account_id: environment variable `NOT_SET_ANYWHERE` is not set"), "{}", sidecar.logs());
+
+    let ready = client().get(sidecar.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(page_has_token(&sidecar, "/").await, "old config still serves");
+    assert_eq!(standin.issued().last().unwrap().body["account_id"], "acct-test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_listen_changes_are_refused_until_restart() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+
+    sidecar.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await >= 1.0
+        })
+        .await
+    );
+    assert!(sidecar.logs().contains("config reloaded: no changes"), "{}", sidecar.logs());
+
+    let other_port = support::free_port();
+    let moved = sidecar
+        .config_text()
+        .replace(&sidecar.listen.to_string(), &format!("127.0.0.1:{other_port}"))
+        .replace("acct-test", "acct-moved");
+    std::fs::write(&sidecar.config_path, moved).unwrap();
+    sidecar.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.logs().contains("`listen` changed") && sidecar.logs().contains("needs a restart")
+        })
+        .await,
+        "{}",
+        sidecar.logs()
+    );
+    assert!(page_has_token(&sidecar, "/").await, "the old socket keeps serving");
+    assert_eq!(standin.issued().last().unwrap().body["account_id"], "acct-moved", "the rest of the change applies");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", other_port)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn page_loads_under_load_all_succeed_while_config_and_secret_reload_ten_times() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let secrets = ["rotation-secret-1", "rotation-secret-2"];
+    for s in secrets {
+        standin.also_accept(s);
+    }
+    let sidecar = Arc::new(SidecarBuilder::new(&upstream.url(), &standin.url()).start().await);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (sidecar, stop) = (Arc::clone(&sidecar), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let mut done = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let resp = c
+                    .get(sidecar.url("/"))
+                    .headers(navigation("alice", "alice@example.com"))
+                    .send()
+                    .await
+                    .expect("no request may fail or be reset");
+                assert_eq!(resp.status(), 200);
+                let body = resp.text().await.expect("complete body");
+                assert_eq!(tokens_in(&body).len(), 1, "page not rewritten: {body}");
+                done += 1;
+            }
+            done
+        }));
+    }
+
+    let template = sidecar.config_text();
+    for i in 0..12u32 {
+        let before = sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await;
+        if i % 2 == 0 {
+            std::fs::write(&sidecar.secret_path, secrets[(i / 2 % 2) as usize]).unwrap();
+        } else {
+            std::fs::write(&sidecar.config_path, template.replace("1500ms", &format!("{}ms", 1500 + i))).unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await > before
+            })
+            .await,
+            "reload {i} not seen:\n{}",
+            sidecar.logs()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        total += w.await.expect("worker panicked");
+    }
+    assert!(total >= 40, "only {total} page loads during the reloads");
+    assert!(sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await >= 10.0);
+    assert_eq!(sidecar.metric("released_sidecar_config_reloads_total{result=\"error\"}").await, 0.0);
+}
