@@ -139,7 +139,11 @@ fn probe_address(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-async fn serve(tcp: tokio::net::TcpStream, health: &Health, metrics: &Metrics) -> pingora::Result<()> {
+async fn serve(
+    tcp: tokio::net::TcpStream,
+    health: &Health,
+    metrics: &Metrics,
+) -> pingora::Result<()> {
     let mut session = ServerSession::new_http1(Box::new(Stream::from(tcp)));
     if !session.read_request().await? {
         return Ok(());
@@ -149,7 +153,9 @@ async fn serve(tcp: tokio::net::TcpStream, health: &Health, metrics: &Metrics) -
         (req.method.clone(), req.uri.path().to_string())
     };
     let (status, content_type, body) = match (&method, path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
+        }
         (&Method::GET | &Method::HEAD, "/readyz") => {
             let (status, text) = health.readiness();
             (status, "text/plain", Bytes::from_static(text.as_bytes()))
@@ -190,9 +196,18 @@ mod tests {
 
     #[test]
     fn wildcard_listeners_are_probed_on_loopback() {
-        assert_eq!(probe_address("0.0.0.0:8080".parse().unwrap()), "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(probe_address("[::]:8080".parse().unwrap()), "[::1]:8080".parse().unwrap());
-        assert_eq!(probe_address("10.1.2.3:80".parse().unwrap()), "10.1.2.3:80".parse().unwrap());
+        assert_eq!(
+            probe_address("0.0.0.0:8080".parse().unwrap()),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            probe_address("[::]:8080".parse().unwrap()),
+            "[::1]:8080".parse().unwrap()
+        );
+        assert_eq!(
+            probe_address("10.1.2.3:80".parse().unwrap()),
+            "10.1.2.3:80".parse().unwrap()
+        );
     }
 
     #[test]
@@ -202,6 +217,9 @@ mod tests {
         h.proxy_accepting.store(true, Ordering::Release);
         assert!(h.is_ready());
         h.start_draining();
-        assert_eq!(h.readiness(), (StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
+        assert_eq!(
+            h.readiness(),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        );
     }
 }

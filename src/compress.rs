@@ -43,7 +43,11 @@ impl Coding {
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
             let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
                 .find_map(|v| v.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
             match name.as_str() {
@@ -78,7 +82,10 @@ impl Compressor {
     /// A compressor for `coding`.
     pub fn new(coding: Coding) -> Self {
         let inner = match coding {
-            Coding::Gzip => Inner::Gzip(GzEncoder::new(Vec::new(), flate2::Compression::new(GZIP_LEVEL))),
+            Coding::Gzip => Inner::Gzip(GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(GZIP_LEVEL),
+            )),
             Coding::Brotli => Inner::Brotli(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 16 * 1024,
@@ -139,7 +146,11 @@ mod tests {
             (Some("GZIP ; q=0.8"), Some(Coding::Gzip)),
         ];
         for (header, want) in cases {
-            assert_eq!(Coding::negotiate(header.map(str::as_bytes)), *want, "{header:?}");
+            assert_eq!(
+                Coding::negotiate(header.map(str::as_bytes)),
+                *want,
+                "{header:?}"
+            );
         }
     }
 
@@ -152,8 +163,12 @@ mod tests {
         out.extend_from_slice(&c.finish());
         let mut plain = Vec::new();
         match coding {
-            Coding::Gzip => flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut plain).unwrap(),
-            Coding::Brotli => brotli::Decompressor::new(&out[..], 4096).read_to_end(&mut plain).unwrap(),
+            Coding::Gzip => flate2::read::GzDecoder::new(&out[..])
+                .read_to_end(&mut plain)
+                .unwrap(),
+            Coding::Brotli => brotli::Decompressor::new(&out[..], 4096)
+                .read_to_end(&mut plain)
+                .unwrap(),
         };
         plain
     }

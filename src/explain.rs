@@ -41,11 +41,17 @@ pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
 pub fn explain(config: &Config, request: &ExplainRequest) -> String {
     let mut headers = request.headers.clone();
     let mut notes = Vec::new();
-    if request.method == Method::GET && !headers.contains_key(ACCEPT) && !headers.contains_key("sec-fetch-dest") {
+    if request.method == Method::GET
+        && !headers.contains_key(ACCEPT)
+        && !headers.contains_key("sec-fetch-dest")
+    {
         headers.insert(ACCEPT, HeaderValue::from_static("text/html"));
         notes.push("no Accept header given: assuming a browser navigation (Accept: text/html)");
     }
-    let host = request.url.host_str().map(|h| host_without_port(h.trim_start_matches('[').trim_end_matches(']')));
+    let host = request
+        .url
+        .host_str()
+        .map(|h| host_without_port(h.trim_start_matches('[').trim_end_matches(']')));
     let facts = RequestFacts {
         peer: Some(request.peer),
         method: &request.method,
@@ -55,7 +61,11 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
     };
     let plan = plan(config, &facts);
     let mut out = String::new();
-    let _ = writeln!(out, "request:    {} {} from {}", request.method, request.url, request.peer);
+    let _ = writeln!(
+        out,
+        "request:    {} {} from {}",
+        request.method, request.url, request.peer
+    );
     for note in notes {
         let _ = writeln!(out, "            ({note})");
     }
@@ -63,8 +73,14 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
     let route = plan.route(config);
     match route {
         Some(r) => {
-            let host = r.host.as_ref().map_or("any host".to_string(), |h| format!("host {h}"));
-            let path = r.path.as_ref().map_or("any path".to_string(), |p| format!("path ~ {}", p.as_str()));
+            let host = r
+                .host
+                .as_ref()
+                .map_or("any host".to_string(), |h| format!("host {h}"));
+            let path = r
+                .path
+                .as_ref()
+                .map_or("any path".to_string(), |p| format!("path ~ {}", p.as_str()));
             let _ = writeln!(out, "route:      {} ({host}, {path})", r.name);
         }
         None => {
@@ -86,7 +102,11 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
             .join(", ")
     );
     if route.is_some() {
-        let _ = writeln!(out, "page load:  {}", if plan.page_load { "yes" } else { "no" });
+        let _ = writeln!(
+            out,
+            "page load:  {}",
+            if plan.page_load { "yes" } else { "no" }
+        );
     }
     if let Some(r) = route {
         if plan.page_load && plan.trusted {
@@ -100,7 +120,11 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
             }
             let _ = writeln!(out, "token:      would be requested (concurrently with the app), page waits at most {:?}", r.released.timeout);
             let _ = writeln!(out, "  POST {}", r.released.api_url);
-            let _ = writeln!(out, "  Authorization: Bearer [redacted] (secret from {})", r.released.secret_source);
+            let _ = writeln!(
+                out,
+                "  Authorization: Bearer [redacted] (secret from {})",
+                r.released.secret_source
+            );
             let _ = writeln!(out, "  Content-Type: application/json");
             let _ = writeln!(out, "  {}", planned.request.to_json());
             let _ = writeln!(
@@ -133,8 +157,16 @@ fn describe_rules(out: &mut String, rules: &IdentityRules) {
         }
         s
     };
-    let _ = writeln!(out, "identity:   user_id    <- {}", describe(&rules.user_id));
-    let _ = writeln!(out, "            user_email <- {}", describe(&rules.user_email));
+    let _ = writeln!(
+        out,
+        "identity:   user_id    <- {}",
+        describe(&rules.user_id)
+    );
+    let _ = writeln!(
+        out,
+        "            user_email <- {}",
+        describe(&rules.user_email)
+    );
     if let Some(r) = &rules.name {
         let _ = writeln!(out, "            name       <- {}", describe(r));
     }

@@ -254,19 +254,24 @@ impl IdentityRules {
         }
 
         let mut dropped = Vec::new();
-        let mut optional = |field: Field, rule: Option<&FieldRule>, check: fn(String) -> Result<String, FieldProblem>| {
-            let value = read_field(rule?, headers).and_then(check);
-            match value {
-                Ok(v) => Some(v),
-                // An absent optional header is the normal case, not worth reporting.
-                Err(FieldProblem::MissingHeader(_)) => None,
-                Err(reason) => {
-                    dropped.push(Dropped { field, reason });
-                    None
+        let mut optional =
+            |field: Field,
+             rule: Option<&FieldRule>,
+             check: fn(String) -> Result<String, FieldProblem>| {
+                let value = read_field(rule?, headers).and_then(check);
+                match value {
+                    Ok(v) => Some(v),
+                    // An absent optional header is the normal case, not worth reporting.
+                    Err(FieldProblem::MissingHeader(_)) => None,
+                    Err(reason) => {
+                        dropped.push(Dropped { field, reason });
+                        None
+                    }
                 }
-            }
-        };
-        let name = optional(Field::Name, self.name.as_ref(), |v| Ok(truncate_chars(v, NAME_MAX_CHARS)));
+            };
+        let name = optional(Field::Name, self.name.as_ref(), |v| {
+            Ok(truncate_chars(v, NAME_MAX_CHARS))
+        });
         let avatar_url = optional(Field::AvatarUrl, self.avatar_url.as_ref(), |v| {
             if valid_avatar_url(&v) {
                 Ok(v)
@@ -297,8 +302,8 @@ fn read_field(rule: &FieldRule, headers: &HeaderMap) -> Result<String, FieldProb
     if extra > 0 {
         return Err(FieldProblem::MultipleValues(header.clone(), extra + 1));
     }
-    let raw = std::str::from_utf8(first.as_bytes())
-        .map_err(|_| FieldProblem::NotUtf8(header.clone()))?;
+    let raw =
+        std::str::from_utf8(first.as_bytes()).map_err(|_| FieldProblem::NotUtf8(header.clone()))?;
 
     let mut value = match &rule.pattern {
         None => raw.to_string(),
@@ -324,8 +329,7 @@ fn read_field(rule: &FieldRule, headers: &HeaderMap) -> Result<String, FieldProb
 /// `^[a-zA-Z0-9:_-]{1,255}$` without a regex on the hot path.
 pub fn valid_user_id(s: &str) -> bool {
     (1..=USER_ID_MAX).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
 }
 
@@ -355,7 +359,9 @@ pub fn valid_email(s: &str) -> bool {
 /// An absolute http or https URL with a host.
 pub fn valid_avatar_url(s: &str) -> bool {
     match url::Url::parse(s) {
-        Ok(u) => matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()),
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        }
         Err(_) => false,
     }
 }
@@ -438,7 +444,11 @@ mod tests {
                 &[Transform::Sha256],
                 "2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90",
             ),
-            (" Bob ", &[Transform::Trim, Transform::Lowercase, Transform::Escape], "bob"),
+            (
+                " Bob ",
+                &[Transform::Trim, Transform::Lowercase, Transform::Escape],
+                "bob",
+            ),
             (" Bob ", &[Transform::Escape, Transform::Trim], ":20Bob:20"),
         ];
         for (input, transforms, want) in cases {
@@ -468,7 +478,10 @@ mod tests {
         let ok = headers(&[("x-goog", b"accounts.google.com:alice@example.com")]);
         assert_eq!(read_field(&r, &ok).unwrap(), "alice@example.com");
         let miss = headers(&[("x-goog", b"alice@example.com")]);
-        assert!(matches!(read_field(&r, &miss), Err(FieldProblem::PatternMismatch(_))));
+        assert!(matches!(
+            read_field(&r, &miss),
+            Err(FieldProblem::PatternMismatch(_))
+        ));
         let whole = rule("x-goog", Some("[a-z]+"), &[]);
         assert_eq!(read_field(&whole, &ok).unwrap(), "accounts");
     }
@@ -499,17 +512,45 @@ mod tests {
         let mut raw_rules = rules();
         raw_rules.user_id.transforms.clear();
         let cases: Vec<(HeaderMap, Field, &str)> = vec![
-            (headers(&[("x-email", b"a@b.co")]), Field::UserId, "missing_header"),
             (
-                headers(&[("x-user", b"alice"), ("x-user", b"mallory"), ("x-email", b"a@b.co")]),
+                headers(&[("x-email", b"a@b.co")]),
+                Field::UserId,
+                "missing_header",
+            ),
+            (
+                headers(&[
+                    ("x-user", b"alice"),
+                    ("x-user", b"mallory"),
+                    ("x-email", b"a@b.co"),
+                ]),
                 Field::UserId,
                 "multiple_values",
             ),
-            (headers(&[("x-user", b"al\xffce"), ("x-email", b"a@b.co")]), Field::UserId, "not_utf8"),
-            (headers(&[("x-user", b"alice smith"), ("x-email", b"a@b.co")]), Field::UserId, "invalid_user_id"),
-            (headers(&[("x-user", &[b'a'; 256]), ("x-email", b"a@b.co")]), Field::UserId, "invalid_user_id"),
-            (headers(&[("x-user", b"alice"), ("x-email", b"not-an-email")]), Field::UserEmail, "invalid_email"),
-            (headers(&[("x-user", b"alice")]), Field::UserEmail, "missing_header"),
+            (
+                headers(&[("x-user", b"al\xffce"), ("x-email", b"a@b.co")]),
+                Field::UserId,
+                "not_utf8",
+            ),
+            (
+                headers(&[("x-user", b"alice smith"), ("x-email", b"a@b.co")]),
+                Field::UserId,
+                "invalid_user_id",
+            ),
+            (
+                headers(&[("x-user", &[b'a'; 256]), ("x-email", b"a@b.co")]),
+                Field::UserId,
+                "invalid_user_id",
+            ),
+            (
+                headers(&[("x-user", b"alice"), ("x-email", b"not-an-email")]),
+                Field::UserEmail,
+                "invalid_email",
+            ),
+            (
+                headers(&[("x-user", b"alice")]),
+                Field::UserEmail,
+                "missing_header",
+            ),
         ];
         for (h, field, label) in cases {
             let err = raw_rules.extract(&h).unwrap_err();
@@ -535,15 +576,27 @@ mod tests {
     #[test]
     fn bad_optional_fields_are_dropped_not_fatal() {
         let cases: &[(&[u8], Option<&str>, Option<&str>)] = &[
-            (b"https://x.example/a.png", Some("https://x.example/a.png"), None),
-            (b"http://x.example/a.png", Some("http://x.example/a.png"), None),
+            (
+                b"https://x.example/a.png",
+                Some("https://x.example/a.png"),
+                None,
+            ),
+            (
+                b"http://x.example/a.png",
+                Some("http://x.example/a.png"),
+                None,
+            ),
             (b"/relative.png", None, Some("invalid_avatar_url")),
             (b"javascript:alert(1)", None, Some("invalid_avatar_url")),
             (b"ftp://x.example/a.png", None, Some("invalid_avatar_url")),
             (b"\xff", None, Some("not_utf8")),
         ];
         for (avatar, want, dropped) in cases {
-            let h = headers(&[("x-user", b"alice"), ("x-email", b"a@b.co"), ("x-avatar", avatar)]);
+            let h = headers(&[
+                ("x-user", b"alice"),
+                ("x-email", b"a@b.co"),
+                ("x-avatar", avatar),
+            ]);
             let got = rules().extract(&h).unwrap();
             assert_eq!(got.identity.avatar_url.as_deref(), *want);
             assert_eq!(got.dropped.first().map(|d| d.reason.label()), *dropped);
@@ -555,7 +608,9 @@ mod tests {
         for ok in ["a@b.co", "first.last+tag@sub.example.com", "ü@exämple.de"] {
             assert!(valid_email(ok), "{ok}");
         }
-        for bad in ["", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@b..co", "a@-b.co", "a@b@c.de", "<a>@b.co"] {
+        for bad in [
+            "", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@b..co", "a@-b.co", "a@b@c.de", "<a>@b.co",
+        ] {
             assert!(!valid_email(bad), "{bad}");
         }
     }

@@ -113,12 +113,18 @@ impl Live {
     /// Builds a new snapshot and swaps it in, or keeps the current one and reports why.
     /// Returns whether anything changed.
     pub fn reload(&self, trigger: Trigger) -> Result<bool, ReloadError> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
         let next = match build(&self.path, old.generation + 1) {
             Ok(next) => next,
             Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::error!(
                     trigger = ?trigger,
                     "config reload failed; still serving generation {}:\n{e}",
@@ -127,11 +133,16 @@ impl Live {
                 return Err(e);
             }
         };
-        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .inc();
         self.metrics.config_last_success.set(unix_now());
         if next.fingerprint == old.fingerprint {
             match trigger {
-                Trigger::Signal => tracing::info!(generation = old.generation, "config reloaded: no changes"),
+                Trigger::Signal => {
+                    tracing::info!(generation = old.generation, "config reloaded: no changes")
+                }
                 Trigger::FileChange => tracing::debug!("watched files touched; config unchanged"),
             }
             return Ok(false);
@@ -157,10 +168,18 @@ impl Live {
 
 fn build(path: &Path, generation: u64) -> Result<Snapshot, ReloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ReloadError::Build(format!("cannot read the config file {}: {e}", path.display()))
+        ReloadError::Build(format!(
+            "cannot read the config file {}: {e}",
+            path.display()
+        ))
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let config = Config::parse(&text, &path.display().to_string(), base, &LoadOptions::default())?;
+    let config = Config::parse(
+        &text,
+        &path.display().to_string(),
+        base,
+        &LoadOptions::default(),
+    )?;
     Snapshot::build(config, &text, generation).map_err(ReloadError::Build)
 }
 
@@ -174,7 +193,10 @@ fn unix_now() -> i64 {
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if old.listen != new.listen {
-        out.push(format!("`listen` changed from {} to {}: needs a restart", old.listen, new.listen));
+        out.push(format!(
+            "`listen` changed from {} to {}: needs a restart",
+            old.listen, new.listen
+        ));
     }
     if old.admin_listen != new.admin_listen {
         out.push(format!(
@@ -183,7 +205,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ));
     }
     if old.workers != new.workers {
-        out.push(format!("`workers` changed from {} to {}: needs a restart", old.workers, new.workers));
+        out.push(format!(
+            "`workers` changed from {} to {}: needs a restart",
+            old.workers, new.workers
+        ));
     }
     if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
         out.push("`timeouts.shutdown_grace` changed: needs a restart".to_string());
@@ -195,9 +220,18 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 fn describe_changes(old: &Config, new: &Config) -> String {
     let mut parts = Vec::new();
     if old.upstream != new.upstream {
-        parts.push(format!("upstream {} -> {}", old.upstream.url, new.upstream.url));
+        parts.push(format!(
+            "upstream {} -> {}",
+            old.upstream.url, new.upstream.url
+        ));
     }
-    let names = |c: &Config| c.routes.0.iter().map(|r| r.name.clone()).collect::<BTreeSet<_>>();
+    let names = |c: &Config| {
+        c.routes
+            .0
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<BTreeSet<_>>()
+    };
     let (before, after) = (names(old), names(new));
     let added: Vec<_> = after.difference(&before).cloned().collect();
     let removed: Vec<_> = before.difference(&after).cloned().collect();
@@ -220,7 +254,10 @@ fn describe_changes(old: &Config, new: &Config) -> String {
             });
         }
         let matcher = |r: &crate::routes::Route| {
-            (r.host.clone(), r.path.as_ref().map(|p| p.as_str().to_string()))
+            (
+                r.host.clone(),
+                r.path.as_ref().map(|p| p.as_str().to_string()),
+            )
         };
         if matcher(prev) != matcher(route)
             || a.account_id != b.account_id
@@ -241,7 +278,9 @@ fn describe_changes(old: &Config, new: &Config) -> String {
     if old.trusted_proxies != new.trusted_proxies {
         parts.push("trusted_proxies changed".into());
     }
-    if old.embed.tags.names() != new.embed.tags.names() || old.embed.memory_limit != new.embed.memory_limit {
+    if old.embed.tags.names() != new.embed.tags.names()
+        || old.embed.memory_limit != new.embed.memory_limit
+    {
         parts.push("embed changed".into());
     }
     if old.timeouts != new.timeouts {
@@ -366,8 +405,7 @@ impl WatchSet {
         paths.iter().any(|p| {
             self.files.contains(p)
                 || (p.parent().is_some_and(|d| self.dirs.contains(d))
-                    && p
-                        .file_name()
+                    && p.file_name()
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.starts_with("..")))
         })

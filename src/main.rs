@@ -91,7 +91,10 @@ fn main() -> ExitCode {
             eprintln!("released-sidecar: {err}");
             ExitCode::FAILURE
         }
-        Command::Check { config, skip_secrets } => {
+        Command::Check {
+            config,
+            skip_secrets,
+        } => {
             let options = LoadOptions {
                 read_secrets: !skip_secrets,
                 ..LoadOptions::default()
@@ -159,8 +162,9 @@ fn run_explain(
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     // pingora is chatty at info (every service start); keep its warnings and errors.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -48,7 +48,9 @@ impl Metrics {
             .expect("static registry options are valid");
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let requests = counter_vec(
@@ -106,7 +108,9 @@ impl Metrics {
             .expect("unique metric");
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let tags_rewritten = counter(
@@ -119,7 +123,9 @@ impl Metrics {
         );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let config_last_success = gauge(
@@ -130,11 +136,21 @@ impl Metrics {
 
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("unique metric");
 
         // Pre-create the outcome series so dashboards see zeros, not gaps.
-        for result in ["success", "timeout", "http_error", "bad_response", "transport_error", "cooldown", "abandoned"] {
+        for result in [
+            "success",
+            "timeout",
+            "http_error",
+            "bad_response",
+            "transport_error",
+            "cooldown",
+            "abandoned",
+        ] {
             token_requests.with_label_values(&[result]);
         }
         for result in ["success", "error"] {

@@ -163,7 +163,11 @@ impl ProxyHttp for Sidecar {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         Ok(Box::new(ctx.snapshot.upstream.clone()))
     }
 
@@ -275,7 +279,12 @@ impl ProxyHttp for Sidecar {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -308,9 +317,7 @@ impl ProxyHttp for Sidecar {
                 self.metrics.rewrite_bailouts.inc();
             }
         }
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_name();
         self.metrics
             .requests
@@ -384,7 +391,9 @@ impl Sidecar {
         if !matches!(ctx.token, TokenState::Planned(_)) {
             return false;
         }
-        let TokenState::Planned(request) = std::mem::replace(&mut ctx.token, TokenState::Settled("cooldown")) else {
+        let TokenState::Planned(request) =
+            std::mem::replace(&mut ctx.token, TokenState::Settled("cooldown"))
+        else {
             return false;
         };
         let Some(route) = ctx.route.and_then(|i| ctx.snapshot.config.routes.0.get(i)) else {
@@ -392,7 +401,10 @@ impl Sidecar {
         };
         let settings = Arc::clone(&route.released);
         if !settings.cooldown.admit() {
-            self.metrics.token_requests.with_label_values(&["cooldown"]).inc();
+            self.metrics
+                .token_requests
+                .with_label_values(&["cooldown"])
+                .inc();
             return false;
         }
         let deadline = ctx.started + settings.timeout;
@@ -425,10 +437,15 @@ impl Sidecar {
 
     /// The response cannot carry a token: stop the call.
     fn abandon_token(&self, ctx: &mut RequestCtx, why: &'static str) {
-        if let TokenState::Pending { task, .. } = std::mem::replace(&mut ctx.token, TokenState::Settled(why)) {
+        if let TokenState::Pending { task, .. } =
+            std::mem::replace(&mut ctx.token, TokenState::Settled(why))
+        {
             if !task.is_finished() {
                 task.abort();
-                self.metrics.token_requests.with_label_values(&["abandoned"]).inc();
+                self.metrics
+                    .token_requests
+                    .with_label_values(&["abandoned"])
+                    .inc();
             }
         }
     }
@@ -481,8 +498,10 @@ fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Codin
         response.insert_header(header::CONTENT_ENCODING, coding.token())?;
     }
     let varies = response.headers.get_all(header::VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding")))
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
     });
     if !varies {
         response.append_header(header::VARY, "Accept-Encoding")?;
@@ -491,7 +510,10 @@ fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Codin
         // Chunked framing needs HTTP/1.1 (an HTTP/1.0 app's response is upgraded, as
         // pingora does for its own chunking).
         response.set_version(http::Version::HTTP_11);
-        response.insert_header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+        response.insert_header(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        )?;
     }
     Ok(())
 }
@@ -512,7 +534,11 @@ async fn respond_plain(session: &mut Session, code: u16) -> Result<()> {
     let text = match code {
         502 => "502 Bad Gateway: the application is not reachable\n".to_string(),
         504 => "504 Gateway Timeout: the application did not answer in time\n".to_string(),
-        _ => format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("Error")),
+        _ => format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        ),
     };
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
@@ -581,27 +607,40 @@ mod tests {
 
     #[test]
     fn only_whole_readable_html_pages_are_rewritable() {
-        let html = ("content-type", "text/html; charset=utf-8");
-        let cases: &[(u16, &[(&'static str, &'static str)], bool)] = &[
-            (200, &[html], true),
+        const HTML: (&str, &str) = ("content-type", "text/html; charset=utf-8");
+        type Headers = &'static [(&'static str, &'static str)];
+        let cases: &[(u16, Headers, bool)] = &[
+            (200, &[HTML], true),
             (200, &[("content-type", "TEXT/HTML")], true),
-            (200, &[html, ("content-encoding", "gzip")], true),
-            (200, &[html, ("content-encoding", "br")], true),
-            (200, &[html, ("content-encoding", "zstd")], false),
-            (200, &[html, ("content-encoding", "deflate")], false),
-            (200, &[html, ("content-encoding", "gzip"), ("content-encoding", "br")], false),
+            (200, &[HTML, ("content-encoding", "gzip")], true),
+            (200, &[HTML, ("content-encoding", "br")], true),
+            (200, &[HTML, ("content-encoding", "zstd")], false),
+            (200, &[HTML, ("content-encoding", "deflate")], false),
+            (
+                200,
+                &[
+                    HTML,
+                    ("content-encoding", "gzip"),
+                    ("content-encoding", "br"),
+                ],
+                false,
+            ),
             (200, &[("content-type", "text/html; charset=utf-16")], false),
             (200, &[("content-type", "application/json")], false),
             (200, &[("content-type", "application/xhtml+xml")], false),
             (200, &[], false),
-            (404, &[html], false),
-            (500, &[html], false),
-            (206, &[html, ("content-range", "bytes 0-1/10")], false),
-            (304, &[html], false),
-            (204, &[html], false),
+            (404, &[HTML], false),
+            (500, &[HTML], false),
+            (206, &[HTML, ("content-range", "bytes 0-1/10")], false),
+            (304, &[HTML], false),
+            (204, &[HTML], false),
         ];
         for (status, headers, want) in cases {
-            assert_eq!(rewritable(&response(*status, headers)).is_some(), *want, "{status} {headers:?}");
+            assert_eq!(
+                rewritable(&response(*status, headers)).is_some(),
+                *want,
+                "{status} {headers:?}"
+            );
         }
     }
 

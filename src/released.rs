@@ -87,7 +87,8 @@ pub struct Profile {
 impl TokenRequest {
     /// The request for `identity` under `account_id`.
     pub fn new(account_id: &str, identity: Identity) -> Self {
-        let profile = (identity.name.is_some() || identity.avatar_url.is_some()).then(|| Profile {
+        let has_profile = identity.name.is_some() || identity.avatar_url.is_some();
+        let profile = has_profile.then_some(Profile {
             name: identity.name,
             avatar_url: identity.avatar_url,
         });
@@ -151,8 +152,14 @@ pub fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
         serde_json::Value::Object(map) => ["token", "auth_token", "access_token"]
             .iter()
             .find_map(|k| map.get(*k).and_then(|v| v.as_str()))
-            .ok_or(TokenError::BadResponse("JSON object without token, auth_token or access_token"))?,
-        _ => return Err(TokenError::BadResponse("JSON that is neither a string nor an object")),
+            .ok_or(TokenError::BadResponse(
+                "JSON object without token, auth_token or access_token",
+            ))?,
+        _ => {
+            return Err(TokenError::BadResponse(
+                "JSON that is neither a string nor an object",
+            ))
+        }
     };
     if token.trim().is_empty() {
         return Err(TokenError::BadResponse("empty token"));
@@ -202,7 +209,10 @@ impl ReleasedClient {
             Ok(_) => "success",
             Err(e) => e.label(),
         };
-        self.metrics.token_requests.with_label_values(&[label]).inc();
+        self.metrics
+            .token_requests
+            .with_label_values(&[label])
+            .inc();
         match &result {
             Ok(_) => settings.cooldown.record_success(),
             Err(e) => {
@@ -354,7 +364,10 @@ impl CoolDown {
 
     /// Records a failed call; opens (or re-opens) the cool-down at the threshold.
     pub fn record_failure(&self) {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
         if failures < self.policy.after_failures {
             return;
         }
@@ -390,7 +403,11 @@ mod tests {
             (" \"spaced\" \n", "spaced"),
         ];
         for (body, want) in ok {
-            assert_eq!(parse_token(body.as_bytes()).unwrap().expose(), *want, "{body}");
+            assert_eq!(
+                parse_token(body.as_bytes()).unwrap().expose(),
+                *want,
+                "{body}"
+            );
         }
         let bad = [
             "",
@@ -406,7 +423,10 @@ mod tests {
         ];
         for body in bad {
             assert!(
-                matches!(parse_token(body.as_bytes()), Err(TokenError::BadResponse(_))),
+                matches!(
+                    parse_token(body.as_bytes()),
+                    Err(TokenError::BadResponse(_))
+                ),
                 "{body}"
             );
         }

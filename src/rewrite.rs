@@ -227,7 +227,12 @@ mod tests {
         .unwrap()
     }
 
-    fn rewrite_chunks(chunks: &[&[u8]], token: &str, charset: Charset, limit: usize) -> (Vec<u8>, Rewriter) {
+    fn rewrite_chunks(
+        chunks: &[&[u8]],
+        token: &str,
+        charset: Charset,
+        limit: usize,
+    ) -> (Vec<u8>, Rewriter) {
         let mut r = Rewriter::new(&tags(), &Token::new(token), charset, limit);
         let mut out = Vec::new();
         for c in chunks {
@@ -245,16 +250,37 @@ mod tests {
     #[test]
     fn tag_rewrite_table() {
         let cases = [
-            ("<released-page></released-page>", r#"<released-page auth-token="T0K"></released-page>"#),
-            (r#"<released-page account="a">"#, r#"<released-page account="a" auth-token="T0K">"#),
-            (r#"<RELEASED-WIDGET Auth-Token="old">"#, r#"<RELEASED-WIDGET auth-token="T0K">"#),
-            (r#"<released-form auth-token=a auth-token=b>"#, r#"<released-form auth-token="T0K">"#),
+            (
+                "<released-page></released-page>",
+                r#"<released-page auth-token="T0K"></released-page>"#,
+            ),
+            (
+                r#"<released-page account="a">"#,
+                r#"<released-page account="a" auth-token="T0K">"#,
+            ),
+            (
+                r#"<RELEASED-WIDGET Auth-Token="old">"#,
+                r#"<RELEASED-WIDGET auth-token="T0K">"#,
+            ),
+            (
+                r#"<released-form auth-token=a auth-token=b>"#,
+                r#"<released-form auth-token="T0K">"#,
+            ),
             ("<released-page/>", r#"<released-page auth-token="T0K" />"#),
             ("<div><p>no tags</p></div>", "<div><p>no tags</p></div>"),
-            ("<released-pages></released-pages>", "<released-pages></released-pages>"),
+            (
+                "<released-pages></released-pages>",
+                "<released-pages></released-pages>",
+            ),
             ("<!-- <released-page> -->", "<!-- <released-page> -->"),
-            ("<script>'<released-page>'</script>", "<script>'<released-page>'</script>"),
-            ("<textarea><released-page></textarea>", "<textarea><released-page></textarea>"),
+            (
+                "<script>'<released-page>'</script>",
+                "<script>'<released-page>'</script>",
+            ),
+            (
+                "<textarea><released-page></textarea>",
+                "<textarea><released-page></textarea>",
+            ),
             ("</released-page>", "</released-page>"),
         ];
         for (input, want) in cases {
@@ -264,7 +290,12 @@ mod tests {
 
     #[test]
     fn token_is_html_escaped() {
-        let (out, _) = rewrite_chunks(&[b"<released-page>"], r#"a"b<c>&'d"#, Charset::Sniffed, 1 << 20);
+        let (out, _) = rewrite_chunks(
+            &[b"<released-page>"],
+            r#"a"b<c>&'d"#,
+            Charset::Sniffed,
+            1 << 20,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"<released-page auth-token="a&quot;b&lt;c&gt;&amp;&#39;d">"#
@@ -281,7 +312,12 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), whole);
         assert_eq!(r.tags_rewritten(), 2);
         for split in 0..bytes.len() {
-            let (out, _) = rewrite_chunks(&[&bytes[..split], &bytes[split..]], "T0K", Charset::Sniffed, 1 << 20);
+            let (out, _) = rewrite_chunks(
+                &[&bytes[..split], &bytes[split..]],
+                "T0K",
+                Charset::Sniffed,
+                1 << 20,
+            );
             assert_eq!(String::from_utf8(out).unwrap(), whole, "split at {split}");
         }
     }
@@ -302,10 +338,22 @@ mod tests {
     #[test]
     fn charset_parsing() {
         assert_eq!(Charset::from_content_type("text/html"), Charset::Sniffed);
-        assert!(matches!(Charset::from_content_type("text/html; charset=\"UTF-8\""), Charset::Declared(_)));
-        assert!(matches!(Charset::from_content_type("text/html;CHARSET=iso-8859-1"), Charset::Declared(_)));
-        assert_eq!(Charset::from_content_type("text/html; charset=utf-16le"), Charset::Unsupported);
-        assert_eq!(Charset::from_content_type("text/html; charset=klingon"), Charset::Unsupported);
+        assert!(matches!(
+            Charset::from_content_type("text/html; charset=\"UTF-8\""),
+            Charset::Declared(_)
+        ));
+        assert!(matches!(
+            Charset::from_content_type("text/html;CHARSET=iso-8859-1"),
+            Charset::Declared(_)
+        ));
+        assert_eq!(
+            Charset::from_content_type("text/html; charset=utf-16le"),
+            Charset::Unsupported
+        );
+        assert_eq!(
+            Charset::from_content_type("text/html; charset=klingon"),
+            Charset::Unsupported
+        );
     }
 
     fn page_with_huge_tag(tag: &str) -> Vec<u8> {

@@ -174,13 +174,10 @@ pub fn page_load(method: &Method, headers: &HeaderMap) -> Result<(), NotPageLoad
         .get_all(ACCEPT)
         .iter()
         .any(|v| contains_ignore_ascii_case(v.as_bytes(), b"text/html"));
-    let document_dest = headers
-        .get_all("sec-fetch-dest")
-        .iter()
-        .any(|v| {
-            let v = v.as_bytes().trim_ascii();
-            v.eq_ignore_ascii_case(b"document") || v.eq_ignore_ascii_case(b"iframe")
-        });
+    let document_dest = headers.get_all("sec-fetch-dest").iter().any(|v| {
+        let v = v.as_bytes().trim_ascii();
+        v.eq_ignore_ascii_case(b"document") || v.eq_ignore_ascii_case(b"iframe")
+    });
     if accepts_html || document_dest {
         Ok(())
     } else {
@@ -210,19 +207,48 @@ mod tests {
     #[test]
     fn page_load_detection_table() {
         use NotPageLoad::{NotDocument, Range, Upgrade};
-        let html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
-        let cases: &[(Method, &[(&'static str, &'static str)], Result<(), NotPageLoad>)] = &[
-            (Method::GET, &[("accept", html)], Ok(())),
+        const HTML: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        type Headers = &'static [(&'static str, &'static str)];
+        let cases: &[(Method, Headers, Result<(), NotPageLoad>)] = &[
+            (Method::GET, &[("accept", HTML)], Ok(())),
             (Method::GET, &[("accept", "TEXT/HTML")], Ok(())),
             (Method::GET, &[("sec-fetch-dest", "document")], Ok(())),
-            (Method::GET, &[("sec-fetch-dest", "iframe"), ("accept", "*/*")], Ok(())),
-            (Method::GET, &[("accept", "application/json")], Err(NotDocument)),
-            (Method::GET, &[("accept", "*/*"), ("sec-fetch-dest", "script")], Err(NotDocument)),
+            (
+                Method::GET,
+                &[("sec-fetch-dest", "iframe"), ("accept", "*/*")],
+                Ok(()),
+            ),
+            (
+                Method::GET,
+                &[("accept", "application/json")],
+                Err(NotDocument),
+            ),
+            (
+                Method::GET,
+                &[("accept", "*/*"), ("sec-fetch-dest", "script")],
+                Err(NotDocument),
+            ),
             (Method::GET, &[], Err(NotDocument)),
-            (Method::HEAD, &[("accept", html)], Err(NotPageLoad::Method(Method::HEAD))),
-            (Method::POST, &[("accept", html)], Err(NotPageLoad::Method(Method::POST))),
-            (Method::GET, &[("accept", html), ("range", "bytes=0-10")], Err(Range)),
-            (Method::GET, &[("accept", html), ("upgrade", "websocket")], Err(Upgrade)),
+            (
+                Method::HEAD,
+                &[("accept", HTML)],
+                Err(NotPageLoad::Method(Method::HEAD)),
+            ),
+            (
+                Method::POST,
+                &[("accept", HTML)],
+                Err(NotPageLoad::Method(Method::POST)),
+            ),
+            (
+                Method::GET,
+                &[("accept", HTML), ("range", "bytes=0-10")],
+                Err(Range),
+            ),
+            (
+                Method::GET,
+                &[("accept", HTML), ("upgrade", "websocket")],
+                Err(Upgrade),
+            ),
         ];
         for (method, h, want) in cases {
             assert_eq!(&page_load(method, &headers(h)), want, "{method} {h:?}");

@@ -76,7 +76,10 @@ mod tests {
             format!("{t:?}"),
             format!("{:?}", Some(&s)),
         ] {
-            assert_eq!(text.trim_start_matches("Some(").trim_end_matches(')'), "[redacted]");
+            assert_eq!(
+                text.trim_start_matches("Some(").trim_end_matches(')'),
+                "[redacted]"
+            );
         }
         assert_eq!(s.expose(), "hunter2");
         assert_eq!(t.expose(), "eyJhbGciOi");

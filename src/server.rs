@@ -90,7 +90,12 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     server.add_service(proxy);
     server.add_service(background_service(
         "released-sidecar admin",
-        AdminServer::new(admin_listener, config.listen, Arc::clone(&health), Arc::clone(&metrics)),
+        AdminServer::new(
+            admin_listener,
+            config.listen,
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+        ),
     ));
 
     spawn_drain_watcher(&server, Arc::clone(&metrics), grace);

@@ -6,7 +6,9 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use support::{client, eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream};
+use support::{
+    client, eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream,
+};
 
 const SECRET: &str = support::sidecar::SECRET;
 const PAGE: &str = "<released-page></released-page>";
@@ -15,9 +17,15 @@ const PAGE: &str = "<released-page></released-page>";
 async fn admin_endpoints_live_on_the_admin_port_only() {
     let upstream = Upstream::start(|_| Reply::with(200, "text/plain", "from the app")).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let c = client();
-    for (path, status, body) in [("/healthz", 200, "ok\n"), ("/readyz", 200, "ready\n"), ("/nope", 404, "")] {
+    for (path, status, body) in [
+        ("/healthz", 200, "ok\n"),
+        ("/readyz", 200, "ready\n"),
+        ("/nope", 404, ""),
+    ] {
         let resp = c.get(sidecar.admin_url(path)).send().await.unwrap();
         assert_eq!(resp.status(), status, "{path}");
         if !body.is_empty() {
@@ -25,10 +33,23 @@ async fn admin_endpoints_live_on_the_admin_port_only() {
         }
     }
     let metrics = c.get(sidecar.admin_url("/metrics")).send().await.unwrap();
-    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     for path in ["/metrics", "/healthz", "/readyz"] {
-        let proxied = c.get(sidecar.url(path)).send().await.unwrap().text().await.unwrap();
-        assert_eq!(proxied, "from the app", "{path} on the proxy port goes to the app");
+        let proxied = c
+            .get(sidecar.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            proxied, "from the app",
+            "{path} on the proxy port goes to the app"
+        );
     }
 }
 
@@ -53,7 +74,9 @@ fn parse_sample(line: &str) -> Result<(String, HashMap<String, String>, f64), St
             (name.to_string(), labels)
         }
     };
-    let valid_name = name.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()));
+    let valid_name = name.chars().enumerate().all(|(i, c)| {
+        c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+    });
     if !valid_name {
         return Err(format!("bad metric name {name}"));
     }
@@ -64,7 +87,9 @@ fn parse_sample(line: &str) -> Result<(String, HashMap<String, String>, f64), St
 async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
     let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let body = client()
         .get(sidecar.url("/"))
         .headers(navigation("alice", "alice@example.com"))
@@ -76,7 +101,15 @@ async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
         .unwrap();
     assert_eq!(tokens_in(&body).len(), 1);
     // The access metrics are recorded after the response is sent.
-    assert!(eventually(Duration::from_secs(2), || async { sidecar.metric("released_sidecar_requests_total{code=\"200\",route=\"default\"}").await == 1.0 }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sidecar
+                .metric("released_sidecar_requests_total{code=\"200\",route=\"default\"}")
+                .await
+                == 1.0
+        })
+        .await
+    );
 
     let text = sidecar.metrics().await;
     let mut types: HashMap<String, String> = HashMap::new();
@@ -91,10 +124,19 @@ async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
         }
     }
     for (name, kind) in &types {
-        assert!(name.starts_with("released_sidecar_") || name.starts_with("process_"), "{name}");
+        assert!(
+            name.starts_with("released_sidecar_") || name.starts_with("process_"),
+            "{name}"
+        );
         match kind.as_str() {
-            "counter" => assert!(name.ends_with("_total"), "counter {name} must end in _total"),
-            "histogram" => assert!(name.ends_with("_seconds"), "histogram {name} must be in seconds"),
+            "counter" => assert!(
+                name.ends_with("_total"),
+                "counter {name} must end in _total"
+            ),
+            "histogram" => assert!(
+                name.ends_with("_seconds"),
+                "histogram {name} must be in seconds"
+            ),
             "gauge" => assert!(!name.ends_with("_total"), "{name}"),
             other => panic!("unexpected type {other} for {name}"),
         }
@@ -116,24 +158,70 @@ async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
     let value = |name: &str, label: Option<(&str, &str)>| {
         samples
             .iter()
-            .find(|(n, l, _)| n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
+            .find(|(n, l, _)| {
+                n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
+            })
             .map(|(_, _, v)| *v)
     };
-    assert_eq!(value("released_sidecar_token_requests_total", Some(("result", "success"))), Some(1.0));
-    assert_eq!(value("released_sidecar_page_loads_total", Some(("route", "default"))), Some(1.0));
-    assert_eq!(value("released_sidecar_upstream_responses_total", Some(("code", "200"))), Some(1.0));
-    assert_eq!(value("released_sidecar_token_request_duration_seconds_count", None), Some(1.0));
+    assert_eq!(
+        value(
+            "released_sidecar_token_requests_total",
+            Some(("result", "success"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "released_sidecar_page_loads_total",
+            Some(("route", "default"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "released_sidecar_upstream_responses_total",
+            Some(("code", "200"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "released_sidecar_token_request_duration_seconds_count",
+            None
+        ),
+        Some(1.0)
+    );
     assert!(!text.contains(SECRET) && !text.contains(&standin.issued()[0].token.clone().unwrap()));
 
-    match std::process::Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn() {
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
         Ok(mut child) => {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "promtool check metrics:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Err(_) if std::env::var_os("CI").is_none() => eprintln!("promtool not installed; skipped (scripts/deps.sh test installs it)"),
-        Err(e) => eprintln!("promtool unavailable in CI ({e}); the line-by-line checks above still ran"),
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not installed; skipped (scripts/deps.sh test installs it)")
+        }
+        Err(e) => {
+            eprintln!("promtool unavailable in CI ({e}); the line-by-line checks above still ran")
+        }
     }
 }
 
@@ -159,9 +247,21 @@ async fn debug_logs_never_contain_the_secret_or_the_token() {
     }
     // A failing call and a reload are logged too.
     standin.set_behavior(support::standin::Behavior::Status(401));
-    let _ = client().get(sidecar.url("/")).headers(navigation("bob", "bob@example.com")).send().await.unwrap().text().await;
+    let _ = client()
+        .get(sidecar.url("/"))
+        .headers(navigation("bob", "bob@example.com"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
     sidecar.signal(libc::SIGHUP);
-    assert!(eventually(Duration::from_secs(5), || async { sidecar.logs().contains("config reloaded") }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.logs().contains("config reloaded")
+        })
+        .await
+    );
 
     let logs = sidecar.logs();
     assert!(logs.contains("DEBUG"), "debug logging is on");
@@ -182,13 +282,32 @@ async fn one_json_access_line_per_request_without_identity_values() {
         .start()
         .await;
     let c = client();
-    let _ = c.get(sidecar.url("/page?q=1")).headers(navigation("alice", "alice@example.com")).send().await.unwrap().text().await;
-    let _ = c.post(sidecar.url("/form")).send().await.unwrap().text().await;
-    assert!(eventually(Duration::from_secs(2), || async { sidecar.logs().matches("\"target\":\"access\"").count() == 2 }).await);
+    let _ = c
+        .get(sidecar.url("/page?q=1"))
+        .headers(navigation("alice", "alice@example.com"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
+    let _ = c
+        .post(sidecar.url("/form"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sidecar.logs().matches("\"target\":\"access\"").count() == 2
+        })
+        .await
+    );
 
     let mut access = Vec::new();
     for line in sidecar.logs().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if v["target"] == "access" {
             access.push(v);
         }
@@ -204,5 +323,8 @@ async fn one_json_access_line_per_request_without_identity_values() {
     assert!(page["duration_ms"].is_u64());
     assert_eq!(access[1]["token"], "not_page_load");
     let logs = sidecar.logs();
-    assert!(!logs.contains("alice"), "identity values are not logged at info");
+    assert!(
+        !logs.contains("alice"),
+        "identity values are not logged at info"
+    );
 }

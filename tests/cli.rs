@@ -55,7 +55,10 @@ fn check_prints_one_summary_line_and_exits_zero_on_a_good_config() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(stdout.starts_with("config OK: listen 127.0.0.1:18080 -> upstream http://127.0.0.1:3000"), "{stdout}");
+    assert!(
+        stdout.starts_with("config OK: listen 127.0.0.1:18080 -> upstream http://127.0.0.1:3000"),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 route (portal)"), "{stdout}");
     assert!(!stdout.contains(SECRET));
 }
@@ -64,10 +67,19 @@ fn check_prints_one_summary_line_and_exits_zero_on_a_good_config() {
 fn check_lists_every_error_with_path_and_line_and_exits_one() {
     let dir = workdir();
     let bad = GOOD
-        .replace("transform: [escape]", "transform: [escape], pattern: \"([\"")
+        .replace(
+            "transform: [escape]",
+            "transform: [escape], pattern: \"([\"",
+        )
         .replace("acct-1\"", "acct-1\"\n  timeout: soon")
-        .replace("path: \"^/(feedback|roadmap)\"", "path: \"^/(feedback|roadmap)\", hots: x");
-    let config = write(dir.path(), &format!("{bad}trusted_proxies: [\"not-a-cidr\"]\n"));
+        .replace(
+            "path: \"^/(feedback|roadmap)\"",
+            "path: \"^/(feedback|roadmap)\", hots: x",
+        );
+    let config = write(
+        dir.path(),
+        &format!("{bad}trusted_proxies: [\"not-a-cidr\"]\n"),
+    );
     let out = sidecar(&["check", "--config", config.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
@@ -80,18 +92,34 @@ fn check_lists_every_error_with_path_and_line_and_exits_one() {
         format!("{path}:14: routes[0].match.hots: unknown key (did you mean `host`?)"),
         format!("{path}:15: trusted_proxies[0]: `not-a-cidr` is not an IP address or CIDR range"),
     ] {
-        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
 #[test]
 fn check_reports_a_missing_secret_unless_secrets_are_skipped() {
     let dir = workdir();
-    let config = write(dir.path(), &GOOD.replace("shared_secret_file: secret", "shared_secret_file: /nonexistent/shared-secret"));
+    let config = write(
+        dir.path(),
+        &GOOD.replace(
+            "shared_secret_file: secret",
+            "shared_secret_file: /nonexistent/shared-secret",
+        ),
+    );
     let out = sidecar(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).1.contains("released.shared_secret_file: cannot read secret file /nonexistent/shared-secret"));
-    let out = sidecar(&["check", "--skip-secrets", "--config", config.to_str().unwrap()]);
+    assert!(text(&out).1.contains(
+        "released.shared_secret_file: cannot read secret file /nonexistent/shared-secret"
+    ));
+    let out = sidecar(&[
+        "check",
+        "--skip-secrets",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
 }
 
@@ -108,7 +136,11 @@ fn config_path_comes_from_the_environment_or_defaults_to_etc() {
     let out = sidecar(&["check"]);
     if !Path::new("/etc/released-sidecar/config.yaml").exists() {
         assert_eq!(out.status.code(), Some(1));
-        assert!(text(&out).1.contains("/etc/released-sidecar/config.yaml"), "{}", text(&out).1);
+        assert!(
+            text(&out).1.contains("/etc/released-sidecar/config.yaml"),
+            "{}",
+            text(&out).1
+        );
     }
 }
 
@@ -161,23 +193,55 @@ fn explain_shows_the_token_request_that_would_be_sent() {
 fn explain_says_exactly_why_no_token_would_be_requested() {
     let dir = workdir();
     let config = write(dir.path(), GOOD);
-    let user = ["-H", "X-Forwarded-User: alice", "-H", "X-Forwarded-Email: alice@example.com"];
+    let user = [
+        "-H",
+        "X-Forwarded-User: alice",
+        "-H",
+        "X-Forwarded-Email: alice@example.com",
+    ];
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--url", "https://other.example.com/feedback"], "token:      none: no route matches"),
         (
-            vec!["--url", "https://app.example.com/feedback", "-H", "Accept: application/json"],
+            vec!["--url", "https://other.example.com/feedback"],
+            "token:      none: no route matches",
+        ),
+        (
+            vec![
+                "--url",
+                "https://app.example.com/feedback",
+                "-H",
+                "Accept: application/json",
+            ],
             "token:      none: not a page load: neither Accept contains text/html",
         ),
         (
-            vec!["--url", "https://app.example.com/feedback", "-X", "POST", "-H", "Accept: text/html"],
+            vec![
+                "--url",
+                "https://app.example.com/feedback",
+                "-X",
+                "POST",
+                "-H",
+                "Accept: text/html",
+            ],
             "token:      none: not a page load: method is POST",
         ),
         (
-            vec!["--url", "https://app.example.com/feedback", "--peer", "203.0.113.9"],
+            vec![
+                "--url",
+                "https://app.example.com/feedback",
+                "--peer",
+                "203.0.113.9",
+            ],
             "token:      none: the TCP peer is not in trusted_proxies",
         ),
         (
-            vec!["--url", "https://app.example.com/roadmap", "-H", "X-Forwarded-User: a", "-H", "X-Forwarded-User: b"],
+            vec![
+                "--url",
+                "https://app.example.com/roadmap",
+                "-H",
+                "X-Forwarded-User: a",
+                "-H",
+                "X-Forwarded-User: b",
+            ],
             "token:      none: no valid identity: user_id: header x-forwarded-user appears 2 times",
         ),
     ];

@@ -33,11 +33,16 @@ async fn get_and_post_of_5_mb_pass_through_byte_exact() {
     })
     .await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
 
     let got = client().get(sidecar.url("/blob")).send().await.unwrap();
     assert_eq!(got.status(), 200);
-    assert_eq!(got.headers()["content-length"], (5 << 20).to_string().as_str());
+    assert_eq!(
+        got.headers()["content-length"],
+        (5 << 20).to_string().as_str()
+    );
     assert!(got.bytes().await.unwrap() == download, "GET body differs");
 
     let upload = pseudo_random(5 << 20, 11);
@@ -49,7 +54,10 @@ async fn get_and_post_of_5_mb_pass_through_byte_exact() {
         .unwrap();
     assert_eq!(echoed.status(), 200);
     assert!(echoed.bytes().await.unwrap() == upload, "POST body differs");
-    assert!(standin.calls().is_empty(), "no token call for non-page-loads");
+    assert!(
+        standin.calls().is_empty(),
+        "no token call for non-page-loads"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +65,9 @@ async fn head_gets_the_apps_headers_and_no_body() {
     const PAGE: &str = "<released-page></released-page>";
     let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let resp = client()
         .head(sidecar.url("/"))
         .headers(support::navigation("alice", "alice@example.com"))
@@ -65,7 +75,10 @@ async fn head_gets_the_apps_headers_and_no_body() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-length"], PAGE.len().to_string().as_str());
+    assert_eq!(
+        resp.headers()["content-length"],
+        PAGE.len().to_string().as_str()
+    );
     assert!(resp.bytes().await.unwrap().is_empty());
     assert_eq!(upstream.seen()[0].method, "HEAD");
     assert!(standin.calls().is_empty(), "HEAD never requests a token");
@@ -77,12 +90,19 @@ async fn server_sent_events_arrive_as_they_are_sent() {
         status: 200,
         headers: vec![("content-type".into(), "text/event-stream".into())],
         chunks: (0..4)
-            .map(|i| (Duration::from_millis(300), Bytes::from(format!("data: {i}\n\n"))))
+            .map(|i| {
+                (
+                    Duration::from_millis(300),
+                    Bytes::from(format!("data: {i}\n\n")),
+                )
+            })
             .collect(),
     })
     .await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
 
     let started = Instant::now();
     let mut resp = client()
@@ -110,13 +130,19 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 async fn websocket_upgrade_passes_through_and_echoes() {
     let upstream = Upstream::start(|_| Reply::WebSocketEcho).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
 
     let url = format!("ws://{}/socket", sidecar.listen);
-    let (mut ws, response) = tokio_tungstenite::connect_async(url).await.expect("ws handshake");
+    let (mut ws, response) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws handshake");
     assert_eq!(response.status(), 101);
     for msg in ["hello", "second message", &"x".repeat(100_000)] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(msg)).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
+            .await
+            .unwrap();
         let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
             .expect("echo in time")
@@ -140,41 +166,72 @@ async fn unreachable_upstream_gives_502_with_a_short_plain_body() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 502);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let body = resp.text().await.unwrap();
-    assert!(body.len() < 100 && body.starts_with("502 Bad Gateway"), "{body:?}");
-    assert!(!body.contains("127.0.0.1"), "no internals in the error page");
+    assert!(
+        body.len() < 100 && body.starts_with("502 Bad Gateway"),
+        "{body:?}"
+    );
+    assert!(
+        !body.contains("127.0.0.1"),
+        "no internals in the error page"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     let upstream = Upstream::start(|_| {
-        Reply::Delayed(Duration::from_millis(1500), Box::new(Reply::with(200, "text/plain", "slow but complete")))
+        Reply::Delayed(
+            Duration::from_millis(1500),
+            Box::new(Reply::with(200, "text/plain", "slow but complete")),
+        )
     })
     .await;
     let standin = StandIn::start(SECRET).await;
-    let mut sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let mut sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
 
     let url = sidecar.url("/slow");
-    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     sidecar.signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let ready = client().get(sidecar.admin_url("/readyz")).send().await.unwrap();
+    let ready = client()
+        .get(sidecar.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503, "not ready while draining");
     assert!(
         std::net::TcpStream::connect(sidecar.listen).is_err(),
         "no new connections while draining"
     );
     assert_eq!(in_flight.await.unwrap(), "slow but complete");
-    let status = sidecar.wait_exit(Duration::from_secs(10)).await.expect("exits after the drain");
+    let status = sidecar
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after the drain");
     assert_eq!(status.code(), Some(0), "{}", sidecar.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_is_verified_against_the_configured_ca() {
-    let (upstream, ca_pem) = Upstream::start_tls(|_| Reply::with(200, "text/plain", "over tls")).await;
+    let (upstream, ca_pem) =
+        Upstream::start_tls(|_| Reply::with(200, "text/plain", "over tls")).await;
     let standin = StandIn::start(SECRET).await;
     let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
         .file("app-ca.pem", &ca_pem)
@@ -190,7 +247,9 @@ async fn https_upstream_is_verified_against_the_configured_ca() {
 async fn https_upstream_with_an_unknown_certificate_is_refused() {
     let (upstream, _ca) = Upstream::start_tls(|_| Reply::with(200, "text/plain", "over tls")).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let resp = client().get(sidecar.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
 }
@@ -199,14 +258,20 @@ async fn https_upstream_with_an_unknown_certificate_is_refused() {
 async fn upstream_connections_are_kept_alive() {
     let upstream = Upstream::start(|_| Reply::with(200, "application/json", "{}")).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let c = client();
     for _ in 0..20 {
         let resp = c.get(sidecar.url("/api")).send().await.unwrap();
         assert_eq!(resp.bytes().await.unwrap(), "{}");
     }
     assert_eq!(upstream.seen().len(), 20);
-    assert!(upstream.connections() <= 2, "{} upstream connections for 20 sequential requests", upstream.connections());
+    assert!(
+        upstream.connections() <= 2,
+        "{} upstream connections for 20 sequential requests",
+        upstream.connections()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,5 +298,8 @@ async fn a_taken_port_fails_the_start_with_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (listen)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (listen)")),
+        "{stderr}"
+    );
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::sidecar::{Sidecar, DEFAULT_CONFIG};
-use support::{client, eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream};
+use support::{
+    client, eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream,
+};
 
 const OLD_SECRET: &str = "old-secret-aaaa";
 const NEW_SECRET: &str = "new-secret-bbbb";
@@ -69,13 +71,22 @@ async fn a_secret_rotated_the_kubernetes_way_is_used_for_the_next_page_loads() {
     standin.set_secret(NEW_SECRET);
     kubernetes_rotate(sidecar.dir.path(), NEW_SECRET, 1);
     let rotated = eventually(Duration::from_secs(5), || async {
-        standin.calls().last().and_then(|c| c.authorization.clone()) == Some(format!("Bearer {NEW_SECRET}"))
+        standin.calls().last().and_then(|c| c.authorization.clone())
+            == Some(format!("Bearer {NEW_SECRET}"))
             || page_has_token(&sidecar, "/").await
     })
     .await;
-    assert!(rotated, "new secret not used within 5s:\n{}", sidecar.logs());
+    assert!(
+        rotated,
+        "new secret not used within 5s:\n{}",
+        sidecar.logs()
+    );
     assert!(page_has_token(&sidecar, "/").await);
-    assert!(sidecar.logs().contains("secret rotated"), "{}", sidecar.logs());
+    assert!(
+        sidecar.logs().contains("secret rotated"),
+        "{}",
+        sidecar.logs()
+    );
     assert!(!sidecar.logs().contains(NEW_SECRET) && !sidecar.logs().contains(OLD_SECRET));
 }
 
@@ -84,90 +95,159 @@ async fn editing_the_config_changes_routes_without_a_restart() {
     let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
     let standin = StandIn::start(support::sidecar::SECRET).await;
     let routes = "routes:\n  - name: feedback\n    match: { path: \"^/feedback\" }\n";
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).extra(routes).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra(routes)
+        .start()
+        .await;
     assert!(page_has_token(&sidecar, "/feedback").await);
-    assert!(!page_has_token(&sidecar, "/roadmap").await, "no route for /roadmap yet");
+    assert!(
+        !page_has_token(&sidecar, "/roadmap").await,
+        "no route for /roadmap yet"
+    );
 
     // An editor's save: write a temporary file, then rename it over the config.
-    let text = sidecar.config_text().replace("^/feedback", "^/(feedback|roadmap)");
+    let text = sidecar
+        .config_text()
+        .replace("^/feedback", "^/(feedback|roadmap)");
     let tmp = sidecar.dir.path().join(".config.yaml.swp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &sidecar.config_path).unwrap();
 
     assert!(
-        eventually(Duration::from_secs(5), || page_has_token(&sidecar, "/roadmap")).await,
+        eventually(Duration::from_secs(5), || page_has_token(
+            &sidecar, "/roadmap"
+        ))
+        .await,
         "route change not applied:\n{}",
         sidecar.logs()
     );
-    assert!(sidecar.logs().contains("route feedback changed"), "{}", sidecar.logs());
+    assert!(
+        sidecar.logs().contains("route feedback changed"),
+        "{}",
+        sidecar.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_keeps_the_previous_one_serving() {
     let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
     let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let good = sidecar.config_text();
 
     std::fs::write(&sidecar.config_path, format!("{good}workers: [oops\n")).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            sidecar.metric("released_sidecar_config_reloads_total{result=\"error\"}").await >= 1.0
+            sidecar
+                .metric("released_sidecar_config_reloads_total{result=\"error\"}")
+                .await
+                >= 1.0
         })
         .await,
         "{}",
         sidecar.logs()
     );
-    assert!(sidecar.logs().contains("config reload failed; still serving generation 1"));
-    assert!(sidecar.logs().contains("YAML syntax error"), "{}", sidecar.logs());
+    assert!(sidecar
+        .logs()
+        .contains("config reload failed; still serving generation 1"));
+    assert!(
+        sidecar.logs().contains("YAML syntax error"),
+        "{}",
+        sidecar.logs()
+    );
 
-    std::fs::write(&sidecar.config_path, good.replace("acct-test", "${NOT_SET_ANYWHERE}")).unwrap();
+    std::fs::write(
+        &sidecar.config_path,
+        good.replace("acct-test", "${NOT_SET_ANYWHERE}"),
+    )
+    .unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            sidecar.metric("released_sidecar_config_reloads_total{result=\"error\"}").await >= 2.0
+            sidecar
+                .metric("released_sidecar_config_reloads_total{result=\"error\"}")
+                .await
+                >= 2.0
         })
         .await
     );
-    assert!(sidecar.logs().contains("released.account_id: environment variable `NOT_SET_ANYWHERE` is not set"), "{}", sidecar.logs());
+    assert!(
+        sidecar
+            .logs()
+            .contains("released.account_id: environment variable `NOT_SET_ANYWHERE` is not set"),
+        "{}",
+        sidecar.logs()
+    );
 
-    let ready = client().get(sidecar.admin_url("/readyz")).send().await.unwrap();
+    let ready = client()
+        .get(sidecar.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
-    assert!(page_has_token(&sidecar, "/").await, "old config still serves");
-    assert_eq!(standin.issued().last().unwrap().body["account_id"], "acct-test");
+    assert!(
+        page_has_token(&sidecar, "/").await,
+        "old config still serves"
+    );
+    assert_eq!(
+        standin.issued().last().unwrap().body["account_id"],
+        "acct-test"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_listen_changes_are_refused_until_restart() {
     let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
     let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
 
     sidecar.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await >= 1.0
+            sidecar
+                .metric("released_sidecar_config_reloads_total{result=\"success\"}")
+                .await
+                >= 1.0
         })
         .await
     );
-    assert!(sidecar.logs().contains("config reloaded: no changes"), "{}", sidecar.logs());
+    assert!(
+        sidecar.logs().contains("config reloaded: no changes"),
+        "{}",
+        sidecar.logs()
+    );
 
     let other_port = support::free_port();
     let moved = sidecar
         .config_text()
-        .replace(&sidecar.listen.to_string(), &format!("127.0.0.1:{other_port}"))
+        .replace(
+            &sidecar.listen.to_string(),
+            &format!("127.0.0.1:{other_port}"),
+        )
         .replace("acct-test", "acct-moved");
     std::fs::write(&sidecar.config_path, moved).unwrap();
     sidecar.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            sidecar.logs().contains("`listen` changed") && sidecar.logs().contains("needs a restart")
+            sidecar.logs().contains("`listen` changed")
+                && sidecar.logs().contains("needs a restart")
         })
         .await,
         "{}",
         sidecar.logs()
     );
-    assert!(page_has_token(&sidecar, "/").await, "the old socket keeps serving");
-    assert_eq!(standin.issued().last().unwrap().body["account_id"], "acct-moved", "the rest of the change applies");
+    assert!(
+        page_has_token(&sidecar, "/").await,
+        "the old socket keeps serving"
+    );
+    assert_eq!(
+        standin.issued().last().unwrap().body["account_id"],
+        "acct-moved",
+        "the rest of the change applies"
+    );
     assert!(std::net::TcpStream::connect(("127.0.0.1", other_port)).is_err());
 }
 
@@ -179,7 +259,11 @@ async fn page_loads_under_load_all_succeed_while_config_and_secret_reload_ten_ti
     for s in secrets {
         standin.also_accept(s);
     }
-    let sidecar = Arc::new(SidecarBuilder::new(&upstream.url(), &standin.url()).start().await);
+    let sidecar = Arc::new(
+        SidecarBuilder::new(&upstream.url(), &standin.url())
+            .start()
+            .await,
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -206,15 +290,24 @@ async fn page_loads_under_load_all_succeed_while_config_and_secret_reload_ten_ti
 
     let template = sidecar.config_text();
     for i in 0..12u32 {
-        let before = sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await;
+        let before = sidecar
+            .metric("released_sidecar_config_reloads_total{result=\"success\"}")
+            .await;
         if i % 2 == 0 {
             std::fs::write(&sidecar.secret_path, secrets[(i / 2 % 2) as usize]).unwrap();
         } else {
-            std::fs::write(&sidecar.config_path, template.replace("1500ms", &format!("{}ms", 1500 + i))).unwrap();
+            std::fs::write(
+                &sidecar.config_path,
+                template.replace("1500ms", &format!("{}ms", 1500 + i)),
+            )
+            .unwrap();
         }
         assert!(
             eventually(Duration::from_secs(5), || async {
-                sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await > before
+                sidecar
+                    .metric("released_sidecar_config_reloads_total{result=\"success\"}")
+                    .await
+                    > before
             })
             .await,
             "reload {i} not seen:\n{}",
@@ -227,6 +320,16 @@ async fn page_loads_under_load_all_succeed_while_config_and_secret_reload_ten_ti
         total += w.await.expect("worker panicked");
     }
     assert!(total >= 40, "only {total} page loads during the reloads");
-    assert!(sidecar.metric("released_sidecar_config_reloads_total{result=\"success\"}").await >= 10.0);
-    assert_eq!(sidecar.metric("released_sidecar_config_reloads_total{result=\"error\"}").await, 0.0);
+    assert!(
+        sidecar
+            .metric("released_sidecar_config_reloads_total{result=\"success\"}")
+            .await
+            >= 10.0
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_config_reloads_total{result=\"error\"}")
+            .await,
+        0.0
+    );
 }

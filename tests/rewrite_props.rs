@@ -26,7 +26,13 @@ fn same(s: String) -> Piece {
 fn random_case(name: &str, mask: u32) -> String {
     name.chars()
         .enumerate()
-        .map(|(i, c)| if mask & (1 << (i % 32)) != 0 { c.to_ascii_uppercase() } else { c })
+        .map(|(i, c)| {
+            if mask & (1 << (i % 32)) != 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -65,7 +71,11 @@ fn embed_tag() -> impl Strategy<Value = Piece> {
                 attrs_in.push_str(&format!(" {}=\"{old}\"", random_case("auth-token", mask)));
             }
             let close = if self_closing { " />" } else { ">" };
-            let end = if self_closing { String::new() } else { format!("{inner}</{name}>") };
+            let end = if self_closing {
+                String::new()
+            } else {
+                format!("{inner}</{name}>")
+            };
             Piece {
                 input: format!("<{name}{attrs_in}{close}{end}"),
                 expected: format!("<{name}{attrs_out} auth-token=\"\u{0}\"{close}{end}"),
@@ -77,16 +87,33 @@ fn embed_tag() -> impl Strategy<Value = Piece> {
 fn inert() -> impl Strategy<Value = Piece> {
     prop_oneof![
         text().prop_map(same),
-        (prop::sample::select(vec!["div", "p", "span", "section", "released-pages", "x-released-page"]), prop::collection::vec(attr(), 0..3), text())
+        (
+            prop::sample::select(vec![
+                "div",
+                "p",
+                "span",
+                "section",
+                "released-pages",
+                "x-released-page"
+            ]),
+            prop::collection::vec(attr(), 0..3),
+            text()
+        )
             .prop_map(|(tag, attrs, inner)| {
                 let attrs: String = attrs.iter().map(|(k, v)| format!(" {k}=\"{v}\"")).collect();
                 same(format!("<{tag}{attrs}>{inner}</{tag}>"))
             }),
         text().prop_map(|t| same(format!("<!-- <released-page {t}> -->"))),
-        text().prop_map(|t| same(format!("<script>var s = '<released-page>{}';</script>", t.replace('<', "")))),
+        text().prop_map(|t| same(format!(
+            "<script>var s = '<released-page>{}';</script>",
+            t.replace('<', "")
+        ))),
         text().prop_map(|t| same(format!("<textarea><released-widget>{t}</textarea>"))),
         text().prop_map(|t| same(format!("<title><released-form>{t}</title>"))),
-        text().prop_map(|t| same(format!("<style>/* <released-page> */ p {{}} {}</style>", t.replace('<', "")))),
+        text().prop_map(|t| same(format!(
+            "<style>/* <released-page> */ p {{}} {}</style>",
+            t.replace('<', "")
+        ))),
         Just(same("</released-page>".to_string())),
         Just(same("<br/>".to_string())),
     ]

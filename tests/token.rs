@@ -24,10 +24,14 @@ async fn page_load(sidecar: &support::sidecar::Sidecar, path: &str) -> reqwest::
         .unwrap()
 }
 
-async fn setup(reply: impl Fn(&support::upstream::Seen) -> Reply + Send + Sync + 'static) -> (Upstream, StandIn, support::sidecar::Sidecar) {
+async fn setup(
+    reply: impl Fn(&support::upstream::Seen) -> Reply + Send + Sync + 'static,
+) -> (Upstream, StandIn, support::sidecar::Sidecar) {
     let upstream = Upstream::start(reply).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     (upstream, standin, sidecar)
 }
 
@@ -51,32 +55,66 @@ async fn each_page_load_makes_one_call_and_every_tag_carries_its_token() {
         );
     }
     let call = &standin.issued()[0];
-    assert_eq!(call.authorization.as_deref(), Some(&*format!("Bearer {SECRET}")));
+    assert_eq!(
+        call.authorization.as_deref(),
+        Some(&*format!("Bearer {SECRET}"))
+    );
     assert_eq!(
         call.body,
         serde_json::json!({"account_id": "acct-test", "user_id": "alice:40example:2ecom", "user_email": "alice@example.com"})
     );
     assert_eq!(upstream.seen().len(), 3);
-    assert_eq!(sidecar.metric("released_sidecar_tags_rewritten_total").await, 9.0);
-    assert_eq!(sidecar.metric("released_sidecar_token_requests_total{result=\"success\"}").await, 3.0);
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_tags_rewritten_total")
+            .await,
+        9.0
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_requests_total{result=\"success\"}")
+            .await,
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_fields_follow_the_field_rules() {
     let (_upstream, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
     let mut headers = navigation("bob", "bob@example.com");
-    headers.insert("x-forwarded-preferred-username", "é".repeat(250).parse().unwrap());
-    headers.insert("x-forwarded-avatar", "/relative/avatar.png".parse().unwrap());
-    let body = client().get(sidecar.url("/")).headers(headers).send().await.unwrap().text().await.unwrap();
+    headers.insert(
+        "x-forwarded-preferred-username",
+        "é".repeat(250).parse().unwrap(),
+    );
+    headers.insert(
+        "x-forwarded-avatar",
+        "/relative/avatar.png".parse().unwrap(),
+    );
+    let body = client()
+        .get(sidecar.url("/"))
+        .headers(headers)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(tokens_in(&body).len(), 3);
     let sent = &standin.issued()[0].body;
-    assert_eq!(sent["profile"]["name"].as_str().unwrap().chars().count(), 200);
-    assert!(sent["profile"].get("avatar_url").is_none(), "bad avatar dropped: {sent}");
+    assert_eq!(
+        sent["profile"]["name"].as_str().unwrap().chars().count(),
+        200
+    );
+    assert!(
+        sent["profile"].get("avatar_url").is_none(),
+        "bad avatar dropped: {sent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_tokens_are_replaced_in_any_case_and_shape() {
-    let html = "<RELEASED-PAGE auth-token=\"stale\" AUTH-TOKEN='older'></RELEASED-PAGE><Released-Widget/>";
+    let html =
+        "<RELEASED-PAGE auth-token=\"stale\" AUTH-TOKEN='older'></RELEASED-PAGE><Released-Widget/>";
     let (_u, standin, sidecar) = setup(move |_| Reply::html(html)).await;
     let body = page_load(&sidecar, "/").await.text().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
@@ -91,13 +129,19 @@ async fn a_tag_split_into_one_byte_chunks_is_still_rewritten() {
     let (_u, standin, sidecar) = setup(|_| Reply::Stream {
         status: 200,
         headers: vec![("content-type".into(), "text/html".into())],
-        chunks: PAGE.bytes().map(|b| (Duration::ZERO, Bytes::from(vec![b]))).collect(),
+        chunks: PAGE
+            .bytes()
+            .map(|b| (Duration::ZERO, Bytes::from(vec![b])))
+            .collect(),
     })
     .await;
     let body = page_load(&sidecar, "/").await.text().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
     assert_eq!(tokens_in(&body), vec![token; 3]);
-    assert_eq!(body.replace(&format!(" auth-token=\"{}\"", tokens_in(&body)[0]), ""), PAGE.replace("<released-form/>", "<released-form />"));
+    assert_eq!(
+        body.replace(&format!(" auth-token=\"{}\"", tokens_in(&body)[0]), ""),
+        PAGE.replace("<released-form/>", "<released-form />")
+    );
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -108,7 +152,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn gunzip(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -123,7 +169,9 @@ fn brotli_compress(data: &[u8]) -> Vec<u8> {
 
 fn brotli_decompress(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    brotli::Decompressor::new(data, 4096).read_to_end(&mut out).unwrap();
+    brotli::Decompressor::new(data, 4096)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -140,7 +188,9 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_again() {
     })
     .await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
 
     for (path, accept, decode) in [
         ("/gz", None, None),
@@ -149,12 +199,17 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_again() {
         ("/br", Some("br"), Some("br")),
         ("/br", Some("gzip, deflate"), Some("gzip")),
     ] {
-        let mut req = client().get(sidecar.url(path)).headers(navigation("alice", "alice@example.com"));
+        let mut req = client()
+            .get(sidecar.url(path))
+            .headers(navigation("alice", "alice@example.com"));
         if let Some(a) = accept {
             req = req.header("accept-encoding", a);
         }
         let resp = req.send().await.unwrap();
-        let encoding = resp.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_string());
+        let encoding = resp
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
         assert_eq!(encoding.as_deref(), decode, "{path} {accept:?}");
         let raw = resp.bytes().await.unwrap();
         let html = match decode {
@@ -164,10 +219,18 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_again() {
         };
         let html = String::from_utf8(html).unwrap();
         let token = standin.issued().last().unwrap().token.clone().unwrap();
-        assert_eq!(tokens_in(&html), vec![token; 3], "{path} {accept:?}: {html}");
+        assert_eq!(
+            tokens_in(&html),
+            vec![token; 3],
+            "{path} {accept:?}: {html}"
+        );
     }
     for seen in upstream.seen() {
-        assert_eq!(seen.header("accept-encoding"), ["identity"], "the app is asked for an uncompressed page");
+        assert_eq!(
+            seen.header("accept-encoding"),
+            ["identity"],
+            "the app is asked for an uncompressed page"
+        );
     }
 }
 
@@ -176,14 +239,21 @@ async fn encodings_that_cannot_be_decoded_pass_through_untouched() {
     let body: Vec<u8> = (0..200u8).collect();
     let served = body.clone();
     let (_u, standin, sidecar) = setup(move |req| {
-        let coding = if req.path == "/zstd" { "zstd" } else { "deflate" };
+        let coding = if req.path == "/zstd" {
+            "zstd"
+        } else {
+            "deflate"
+        };
         Reply::html(served.clone()).header("content-encoding", coding)
     })
     .await;
     for path in ["/zstd", "/deflate"] {
         let resp = page_load(&sidecar, path).await;
         assert!(resp.headers().get("content-encoding").is_some());
-        assert!(resp.headers().get("cache-control").is_none(), "unchanged response, unchanged headers");
+        assert!(
+            resp.headers().get("cache-control").is_none(),
+            "unchanged response, unchanged headers"
+        );
         assert_eq!(resp.bytes().await.unwrap().to_vec(), body, "{path}");
     }
     // The call was made (the request looked like a page load) but nothing could use it.
@@ -192,8 +262,10 @@ async fn encodings_that_cannot_be_decoded_pass_through_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_utf8_page_keeps_every_byte_around_the_token() {
-    let page: &[u8] = b"<p>caf\xe9 cr\xe8me</p><released-page></released-page><p>\xe0 bient\xf4t</p>";
-    let (_u, standin, sidecar) = setup(move |_| Reply::with(200, "text/html; charset=windows-1252", page)).await;
+    let page: &[u8] =
+        b"<p>caf\xe9 cr\xe8me</p><released-page></released-page><p>\xe0 bient\xf4t</p>";
+    let (_u, standin, sidecar) =
+        setup(move |_| Reply::with(200, "text/html; charset=windows-1252", page)).await;
     let body = page_load(&sidecar, "/").await.bytes().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
     let mut want = b"<p>caf\xe9 cr\xe8me</p><released-page auth-token=\"".to_vec();
@@ -226,7 +298,10 @@ async fn rewritten_pages_lose_validators_and_become_uncacheable() {
     }
     assert_eq!(h["cache-control"], "private, no-store");
     let seen = &upstream.seen()[0];
-    assert!(seen.header("if-none-match").is_empty() && seen.header("if-modified-since").is_empty(), "the app must send the whole page");
+    assert!(
+        seen.header("if-none-match").is_empty() && seen.header("if-modified-since").is_empty(),
+        "the app must send the whole page"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,19 +315,36 @@ async fn everything_that_is_not_a_200_html_page_load_is_untouched_byte_for_byte(
         "/error" => Reply::with(500, "text/html", PAGE),
         "/partial" => Reply::Full {
             status: 206,
-            headers: vec![("content-type".into(), "text/html".into()), ("content-range".into(), format!("bytes 0-9/{}", PAGE.len()))],
+            headers: vec![
+                ("content-type".into(), "text/html".into()),
+                ("content-range".into(), format!("bytes 0-9/{}", PAGE.len())),
+            ],
             body: Bytes::from(&PAGE.as_bytes()[..10]),
         },
-        "/nothing" => Reply::Full { status: 204, headers: vec![], body: Bytes::new() },
+        "/nothing" => Reply::Full {
+            status: 204,
+            headers: vec![],
+            body: Bytes::new(),
+        },
         _ => Reply::html(PAGE),
     })
     .await;
 
     // Not page loads: no token call at all.
-    let api = client().get(sidecar.url("/api")).header("accept", "application/json").send().await.unwrap();
+    let api = client()
+        .get(sidecar.url("/api"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.headers()["etag"], "\"j\"");
     assert_eq!(api.text().await.unwrap(), json);
-    let script = client().get(sidecar.url("/app.js")).header("sec-fetch-dest", "script").send().await.unwrap();
+    let script = client()
+        .get(sidecar.url("/app.js"))
+        .header("sec-fetch-dest", "script")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(script.text().await.unwrap(), js);
     let ranged = client()
         .get(sidecar.url("/partial"))
@@ -263,9 +355,17 @@ async fn everything_that_is_not_a_200_html_page_load_is_untouched_byte_for_byte(
         .unwrap();
     assert_eq!(ranged.status(), 206);
     assert_eq!(ranged.bytes().await.unwrap(), &PAGE.as_bytes()[..10]);
-    let post = client().post(sidecar.url("/")).headers(navigation("alice", "alice@example.com")).send().await.unwrap();
+    let post = client()
+        .post(sidecar.url("/"))
+        .headers(navigation("alice", "alice@example.com"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.text().await.unwrap(), PAGE);
-    assert!(standin.calls().is_empty(), "no token for requests that are not page loads");
+    assert!(
+        standin.calls().is_empty(),
+        "no token for requests that are not page loads"
+    );
 
     // Page loads whose response cannot carry a token: untouched.
     for (path, status) in [("/missing", 404), ("/error", 500), ("/nothing", 204)] {
@@ -293,24 +393,51 @@ async fn a_malformed_identity_makes_no_call_and_serves_the_page_unchanged() {
             h
         },
     ] {
-        let body = client().get(sidecar.url("/")).headers(headers).send().await.unwrap().text().await.unwrap();
+        let body = client()
+            .get(sidecar.url("/"))
+            .headers(headers)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(body, PAGE);
     }
     assert!(standin.calls().is_empty());
-    assert_eq!(sidecar.metric("released_sidecar_token_skips_total{reason=\"invalid_email\"}").await, 1.0);
-    assert_eq!(sidecar.metric("released_sidecar_token_skips_total{reason=\"missing_header\"}").await, 1.0);
-    assert_eq!(sidecar.metric("released_sidecar_token_skips_total{reason=\"multiple_values\"}").await, 1.0);
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_skips_total{reason=\"invalid_email\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_skips_total{reason=\"missing_header\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_skips_total{reason=\"multiple_values\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_call_overlaps_the_app_so_latency_is_the_max_not_the_sum() {
-    let (_u, standin, sidecar) = setup(|_| Reply::Delayed(Duration::from_millis(1000), Box::new(Reply::html(PAGE)))).await;
+    let (_u, standin, sidecar) =
+        setup(|_| Reply::Delayed(Duration::from_millis(1000), Box::new(Reply::html(PAGE)))).await;
     standin.set_behavior(Behavior::Slow(Duration::from_millis(800)));
     let started = Instant::now();
     let body = page_load(&sidecar, "/").await.text().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(tokens_in(&body).len(), 3, "token arrived in time");
-    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}; sequential would be ≥1.8s");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "took {elapsed:?}; sequential would be ≥1.8s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,10 +448,16 @@ async fn a_slow_released_delays_the_page_by_at_most_the_timeout() {
     let body = page_load(&sidecar, "/").await.text().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(body, PAGE, "served without token");
-    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(2500), "took {elapsed:?} with a 1500ms timeout");
+    assert!(
+        elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(2500),
+        "took {elapsed:?} with a 1500ms timeout"
+    );
     assert!(
         support::eventually(Duration::from_secs(3), || async {
-            sidecar.metric("released_sidecar_token_requests_total{result=\"timeout\"}").await == 1.0
+            sidecar
+                .metric("released_sidecar_token_requests_total{result=\"timeout\"}")
+                .await
+                == 1.0
         })
         .await
     );
@@ -343,8 +476,16 @@ async fn released_failures_serve_the_page_at_once_unchanged() {
         let started = Instant::now();
         let body = page_load(&sidecar, "/").await.text().await.unwrap();
         assert_eq!(body, PAGE, "{behavior:?}");
-        assert!(started.elapsed() < Duration::from_millis(1000), "{behavior:?} took {:?}", started.elapsed());
-        let count = sidecar.metric(&format!("released_sidecar_token_requests_total{{result=\"{label}\"}}")).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{behavior:?} took {:?}",
+            started.elapsed()
+        );
+        let count = sidecar
+            .metric(&format!(
+                "released_sidecar_token_requests_total{{result=\"{label}\"}}"
+            ))
+            .await;
         assert!(count >= 1.0, "{label} not counted");
     }
 }
@@ -353,17 +494,30 @@ async fn released_failures_serve_the_page_at_once_unchanged() {
 async fn a_wrong_secret_is_refused_by_released_and_counted() {
     let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
     let standin = StandIn::start("the-real-secret").await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).secret("an-old-secret").start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .secret("an-old-secret")
+        .start()
+        .await;
     let body = page_load(&sidecar, "/").await.text().await.unwrap();
     assert_eq!(body, PAGE);
     assert_eq!(standin.calls()[0].status, 401);
-    assert_eq!(sidecar.metric("released_sidecar_token_requests_total{result=\"http_error\"}").await, 1.0);
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_requests_total{result=\"http_error\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_token_shape_is_accepted() {
     let (_u, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
-    for behavior in [Behavior::Token, Behavior::TokenIn("token"), Behavior::TokenIn("auth_token"), Behavior::TokenIn("access_token")] {
+    for behavior in [
+        Behavior::Token,
+        Behavior::TokenIn("token"),
+        Behavior::TokenIn("auth_token"),
+        Behavior::TokenIn("access_token"),
+    ] {
         standin.set_behavior(behavior.clone());
         let body = page_load(&sidecar, "/").await.text().await.unwrap();
         let token = standin.issued().last().unwrap().token.clone().unwrap();
@@ -390,9 +544,22 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
     for _ in 0..3 {
         assert_eq!(page_load(&sidecar, "/").await.text().await.unwrap(), PAGE);
     }
-    assert_eq!(standin.calls().len(), 2, "calls are skipped while the cool-down is open");
-    assert_eq!(sidecar.metric("released_sidecar_token_requests_total{result=\"cooldown\"}").await, 3.0);
-    assert!(sidecar.logs().contains("cool-down opened"), "{}", sidecar.logs());
+    assert_eq!(
+        standin.calls().len(),
+        2,
+        "calls are skipped while the cool-down is open"
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_requests_total{result=\"cooldown\"}")
+            .await,
+        3.0
+    );
+    assert!(
+        sidecar.logs().contains("cool-down opened"),
+        "{}",
+        sidecar.logs()
+    );
 
     standin.set_behavior(Behavior::Token);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -418,12 +585,23 @@ async fn a_20_mb_page_streams_through_with_small_memory() {
     const CHUNKS: usize = 320; // 20 MiB
     const HEAD: &[u8] = b"<html><body><released-page></released-page>";
     const TAIL: &[u8] = b"<released-widget></released-widget></body></html>";
-    let filler = Bytes::from("<div class=\"row\"><p>lorem ipsum dolor sit amet</p></div>\n".repeat(CHUNK / 57 + 1)[..CHUNK].to_string());
+    let filler = Bytes::from(
+        "<div class=\"row\"><p>lorem ipsum dolor sit amet</p></div>\n".repeat(CHUNK / 57 + 1)
+            [..CHUNK]
+            .to_string(),
+    );
     let (_u, standin, sidecar) = setup(move |_| {
         let mut chunks = vec![(Duration::ZERO, Bytes::from_static(HEAD))];
         for i in 0..CHUNKS {
             // The app takes ~1.6 s to send the whole page.
-            chunks.push((if i % 40 == 0 { Duration::from_millis(200) } else { Duration::ZERO }, filler.clone()));
+            chunks.push((
+                if i % 40 == 0 {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::ZERO
+                },
+                filler.clone(),
+            ));
         }
         chunks.push((Duration::ZERO, Bytes::from_static(TAIL)));
         Reply::Stream {
@@ -447,9 +625,19 @@ async fn a_20_mb_page_streams_through_with_small_memory() {
     let done_at = started.elapsed();
     let token = standin.issued()[0].token.clone().unwrap();
     assert!(String::from_utf8_lossy(&first).contains(&format!("auth-token=\"{token}\"")));
-    assert!(String::from_utf8_lossy(&tail).contains(&format!("<released-widget auth-token=\"{token}\">")));
-    assert_eq!(total, HEAD.len() + CHUNK * CHUNKS + TAIL.len() + 2 * format!(" auth-token=\"{token}\"").len());
-    assert!(first_at + Duration::from_millis(800) < done_at, "first byte at {first_at:?}, done at {done_at:?}: not streamed");
+    assert!(String::from_utf8_lossy(&tail)
+        .contains(&format!("<released-widget auth-token=\"{token}\">")));
+    assert_eq!(
+        total,
+        HEAD.len() + CHUNK * CHUNKS + TAIL.len() + 2 * format!(" auth-token=\"{token}\"").len()
+    );
+    assert!(
+        first_at + Duration::from_millis(800) < done_at,
+        "first byte at {first_at:?}, done at {done_at:?}: not streamed"
+    );
     let grown = vm_hwm_kib(sidecar.pid()).saturating_sub(baseline);
-    assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB for a 20 MiB page");
+    assert!(
+        grown < 16 * 1024,
+        "peak RSS grew by {grown} KiB for a 20 MiB page"
+    );
 }

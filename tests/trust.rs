@@ -9,7 +9,10 @@ use support::{client, navigation, Reply, SidecarBuilder, StandIn, Upstream};
 
 const SECRET: &str = support::sidecar::SECRET;
 
-async fn echoed_headers(sidecar: &support::sidecar::Sidecar, headers: reqwest::header::HeaderMap) -> HashMap<String, Vec<String>> {
+async fn echoed_headers(
+    sidecar: &support::sidecar::Sidecar,
+    headers: reqwest::header::HeaderMap,
+) -> HashMap<String, Vec<String>> {
     let resp = client()
         .get(sidecar.url("/echo"))
         .headers(headers)
@@ -23,7 +26,10 @@ async fn echoed_headers(sidecar: &support::sidecar::Sidecar, headers: reqwest::h
 fn forged() -> reqwest::header::HeaderMap {
     let mut h = navigation("admin", "admin@example.com");
     h.insert("x-forwarded-preferred-username", "Admin".parse().unwrap());
-    h.insert("x-forwarded-avatar", "https://evil.example/a.png".parse().unwrap());
+    h.insert(
+        "x-forwarded-avatar",
+        "https://evil.example/a.png".parse().unwrap(),
+    );
     h.insert("x-forwarded-for", "127.0.0.1".parse().unwrap());
     h.insert("x-real-ip", "127.0.0.1".parse().unwrap());
     h.insert("x-app-header", "kept".parse().unwrap());
@@ -46,10 +52,20 @@ async fn forged_identity_headers_from_an_untrusted_peer_are_stripped_and_mint_no
         "x-forwarded-preferred-username",
         "x-forwarded-avatar",
     ] {
-        assert!(!seen.contains_key(stripped), "{stripped} reached the app: {seen:?}");
+        assert!(
+            !seen.contains_key(stripped),
+            "{stripped} reached the app: {seen:?}"
+        );
     }
-    assert_eq!(seen["x-app-header"], ["kept"], "other headers are untouched");
-    assert!(standin.calls().is_empty(), "a forged identity minted a token");
+    assert_eq!(
+        seen["x-app-header"],
+        ["kept"],
+        "other headers are untouched"
+    );
+    assert!(
+        standin.calls().is_empty(),
+        "a forged identity minted a token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +88,10 @@ async fn x_forwarded_for_never_grants_trust() {
         .text()
         .await
         .unwrap();
-    assert_eq!(body, "<released-page></released-page>", "page served unchanged");
+    assert_eq!(
+        body, "<released-page></released-page>",
+        "page served unchanged"
+    );
     assert!(standin.calls().is_empty());
     let skips = sidecar
         .metric("released_sidecar_token_skips_total{reason=\"untrusted_peer\"}")
@@ -84,7 +103,9 @@ async fn x_forwarded_for_never_grants_trust() {
 async fn a_trusted_peer_keeps_its_identity_headers() {
     let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
     let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url()).start().await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
     let seen = echoed_headers(&sidecar, forged()).await;
     assert_eq!(seen["x-forwarded-user"], ["admin"]);
     assert_eq!(seen["x-forwarded-email"], ["admin@example.com"]);
@@ -101,8 +122,14 @@ async fn identity_headers_named_only_in_a_route_are_stripped_everywhere() {
         .start()
         .await;
     let mut headers = forged();
-    headers.insert("x-goog-authenticated-user-email", "accounts.google.com:ceo@example.com".parse().unwrap());
+    headers.insert(
+        "x-goog-authenticated-user-email",
+        "accounts.google.com:ceo@example.com".parse().unwrap(),
+    );
     let seen = echoed_headers(&sidecar, headers).await;
-    assert!(!seen.contains_key("x-goog-authenticated-user-email"), "{seen:?}");
+    assert!(
+        !seen.contains_key("x-goog-authenticated-user-email"),
+        "{seen:?}"
+    );
     assert!(!seen.contains_key("x-forwarded-user"));
 }

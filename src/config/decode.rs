@@ -109,10 +109,7 @@ impl<'e> Decoder<'e> {
                 self.error(
                     &key_path,
                     entry.key_line,
-                    format!(
-                        "unknown key{hint}; expected one of: {}",
-                        known.join(", ")
-                    ),
+                    format!("unknown key{hint}; expected one of: {}", known.join(", ")),
                 );
             } else if entries[..i].iter().any(|e| e.key == entry.key) {
                 self.error(&key_path, entry.key_line, "duplicate key");
@@ -226,7 +223,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let bad = || format!("invalid duration `{text}`: write a whole number with a unit, e.g. 1500ms, 2s, 1m, 1h");
+    let bad = || {
+        format!(
+            "invalid duration `{text}`: write a whole number with a unit, e.g. 1500ms, 2s, 1m, 1h"
+        )
+    };
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let millis = match unit {
         "ms" => Some(n),
@@ -268,7 +269,9 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
-            return Err(format!("`${{{inner}}}` is not a valid environment variable reference"));
+            return Err(format!(
+                "`${{{inner}}}` is not a valid environment variable reference"
+            ));
         }
         match (env(name), default) {
             (Some(value), _) => out.push_str(&value),
@@ -351,7 +354,15 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "2", "s", "1.5s", "2 days", "-1s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "2",
+            "s",
+            "1.5s",
+            "2 days",
+            "-1s",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -359,7 +370,10 @@ mod tests {
     #[test]
     fn typos_get_a_suggestion() {
         assert_eq!(suggest("hots", &["host", "path"]), Some("host"));
-        assert_eq!(suggest("upstrem", &["upstream", "listen"]), Some("upstream"));
+        assert_eq!(
+            suggest("upstrem", &["upstream", "listen"]),
+            Some("upstream")
+        );
         assert_eq!(suggest("zzzzzz", &["host", "path"]), None);
     }
 }

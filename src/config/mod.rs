@@ -19,15 +19,15 @@ use regex::Regex;
 use url::Url;
 
 use crate::identity::{FieldRule, IdentityRules, Transform};
-use crate::rewrite::EmbedTags;
 use crate::released::{
     CoolDown, CoolDownPolicy, ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT,
 };
+use crate::rewrite::EmbedTags;
 use crate::routes::{HostPattern, Route, Routes};
 use crate::secret::Secret;
 use crate::trust::{parse_net, TrustedProxies};
-use decode::{join, Decoder, Fields};
 pub use decode::parse_duration;
+use decode::{join, Decoder, Fields};
 use yaml::Node;
 
 /// Default proxy listener.
@@ -384,7 +384,9 @@ impl Schema<'_, '_> {
         let top = self.d.map(root, "", TOP_KEYS)?;
 
         let listen = self.socket_addr(&top, "listen", DEFAULT_LISTEN);
-        let admin = top.get("admin").and_then(|n| self.d.map(n, "admin", &["listen"]));
+        let admin = top
+            .get("admin")
+            .and_then(|n| self.d.map(n, "admin", &["listen"]));
         let admin_listen = match &admin {
             Some(a) => self.socket_addr(a, "admin.listen", DEFAULT_ADMIN_LISTEN),
             None => DEFAULT_ADMIN_LISTEN.parse().ok(),
@@ -489,9 +491,7 @@ impl Schema<'_, '_> {
     ) {
         let has = |written: &[&str], key: &str| {
             if key == "shared_secret_file" {
-                written
-                    .iter()
-                    .any(|k| k.starts_with("shared_secret"))
+                written.iter().any(|k| k.starts_with("shared_secret"))
             } else {
                 written.contains(&key)
             }
@@ -524,7 +524,11 @@ impl Schema<'_, '_> {
                 "is required".to_string()
             };
             let routes_note = if top.has("routes") {
-                format!(" (route{} {} set no own value)", if lacking.len() == 1 { "" } else { "s" }, lacking.join(", "))
+                format!(
+                    " (route{} {} set no own value)",
+                    if lacking.len() == 1 { "" } else { "s" },
+                    lacking.join(", ")
+                )
             } else {
                 String::new()
             };
@@ -538,7 +542,12 @@ impl Schema<'_, '_> {
         }
     }
 
-    fn socket_addr(&mut self, fields: &Fields<'_>, path: &str, default: &str) -> Option<SocketAddr> {
+    fn socket_addr(
+        &mut self,
+        fields: &Fields<'_>,
+        path: &str,
+        default: &str,
+    ) -> Option<SocketAddr> {
         let key = path.rsplit('.').next().unwrap_or(path);
         let Some(node) = fields.get(key) else {
             return default.parse().ok();
@@ -596,11 +605,8 @@ impl Schema<'_, '_> {
             }
         };
         if !url.username().is_empty() || url.password().is_some() {
-            self.d.error(
-                "upstream",
-                node.line,
-                "must not contain credentials",
-            );
+            self.d
+                .error("upstream", node.line, "must not contain credentials");
         }
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             self.d.error(
@@ -609,13 +615,18 @@ impl Schema<'_, '_> {
                 "must be scheme://host[:port] only: paths are forwarded as requested",
             );
         }
-        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
 
         let mut sni = host.clone();
         let mut verify = true;
         let mut ca_file = None;
         if let Some(tls_node) = top.get("upstream_tls") {
-            if let Some(t) = self.d.map(tls_node, "upstream_tls", &["ca_file", "verify", "sni"]) {
+            if let Some(t) = self
+                .d
+                .map(tls_node, "upstream_tls", &["ca_file", "verify", "sni"])
+            {
                 if !tls {
                     self.d.error(
                         "upstream_tls",
@@ -662,8 +673,11 @@ impl Schema<'_, '_> {
         let text = self.d.non_empty(node, path)?;
         let p = self.base.join(text);
         if !p.is_file() {
-            self.d
-                .error(path, node.line, format!("{} is not a readable file", p.display()));
+            self.d.error(
+                path,
+                node.line,
+                format!("{} is not a readable file", p.display()),
+            );
             return None;
         }
         Some(p)
@@ -730,7 +744,10 @@ impl Schema<'_, '_> {
         let mut memory_limit = DEFAULT_REWRITE_MEMORY;
         let (line, ok) = match top.get("embed") {
             None => (top.line, true),
-            Some(node) => (node.line, self.embed_fields(node, &mut tags, &mut memory_limit)?),
+            Some(node) => (
+                node.line,
+                self.embed_fields(node, &mut tags, &mut memory_limit)?,
+            ),
         };
         if !ok {
             return None;
@@ -744,13 +761,19 @@ impl Schema<'_, '_> {
         }
     }
 
-    fn embed_fields(&mut self, node: &Node, tags: &mut Vec<String>, memory_limit: &mut usize) -> Option<bool> {
+    fn embed_fields(
+        &mut self,
+        node: &Node,
+        tags: &mut Vec<String>,
+        memory_limit: &mut usize,
+    ) -> Option<bool> {
         let fields = self.d.map(node, "embed", &["tags", "memory_limit"])?;
         let mut ok = true;
         if let Some(n) = fields.get("tags") {
             match self.d.strings(n, "embed.tags") {
                 Some(items) if items.is_empty() => {
-                    self.d.error("embed.tags", n.line, "must name at least one tag");
+                    self.d
+                        .error("embed.tags", n.line, "must name at least one tag");
                     ok = false;
                 }
                 Some(items) => {
@@ -758,7 +781,9 @@ impl Schema<'_, '_> {
                     for (i, (tag, line)) in items.into_iter().enumerate() {
                         let tag = tag.trim().to_ascii_lowercase();
                         let valid = tag.starts_with(|c: char| c.is_ascii_alphabetic())
-                            && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                            && tag
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                         if !valid {
                             self.d.error(
                                 &format!("embed.tags[{i}]"),
@@ -779,7 +804,8 @@ impl Schema<'_, '_> {
             match text.as_deref().map(parse_size) {
                 Some(Ok(bytes)) if bytes >= 16 * 1024 => *memory_limit = bytes,
                 Some(Ok(_)) => {
-                    self.d.error("embed.memory_limit", n.line, "must be at least 16KiB");
+                    self.d
+                        .error("embed.memory_limit", n.line, "must be at least 16KiB");
                     ok = false;
                 }
                 Some(Err(msg)) => {
@@ -829,7 +855,10 @@ impl Schema<'_, '_> {
                         self.d.error(
                             &join(&path, "name"),
                             item.line,
-                            format!("duplicate route name `{}`", r.name.as_deref().unwrap_or_default()),
+                            format!(
+                                "duplicate route name `{}`",
+                                r.name.as_deref().unwrap_or_default()
+                            ),
                         );
                     }
                     routes.push(r);
@@ -853,21 +882,18 @@ impl Schema<'_, '_> {
         let mut path_re = None;
         if let Some(m) = fields.get("match") {
             let mpath = join(path, "match");
-            match self.d.map(m, &mpath, &["host", "path"]) {
-                Some(mf) => {
-                    if let Some(h) = mf.get("host") {
-                        let hp = join(&mpath, "host");
-                        match self.d.non_empty(h, &hp).map(|t| HostPattern::parse(&t)) {
-                            Some(Ok(p)) => host = Some(p),
-                            Some(Err(msg)) => self.d.error(&hp, h.line, msg),
-                            None => {}
-                        }
-                    }
-                    if let Some(p) = mf.get("path") {
-                        path_re = self.regex(p, &join(&mpath, "path"));
+            if let Some(mf) = self.d.map(m, &mpath, &["host", "path"]) {
+                if let Some(h) = mf.get("host") {
+                    let hp = join(&mpath, "host");
+                    match self.d.non_empty(h, &hp).map(|t| HostPattern::parse(&t)) {
+                        Some(Ok(p)) => host = Some(p),
+                        Some(Err(msg)) => self.d.error(&hp, h.line, msg),
+                        None => {}
                     }
                 }
-                None => {}
+                if let Some(p) = mf.get("path") {
+                    path_re = self.regex(p, &join(&mpath, "path"));
+                }
             }
         }
         let identity = fields
@@ -887,13 +913,16 @@ impl Schema<'_, '_> {
 
     fn regex(&mut self, node: &Node, path: &str) -> Option<Regex> {
         let text = self.d.non_empty(node, path)?;
-        match regex::RegexBuilder::new(&text)
-            .size_limit(1 << 20)
-            .build()
-        {
+        match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
             Ok(re) => Some(re),
             Err(e) => {
-                let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                let detail = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
                 self.d
                     .error(path, node.line, format!("invalid regex `{text}`: {detail}"));
                 None
@@ -1027,7 +1056,10 @@ impl Schema<'_, '_> {
                 "inline secrets are refused (config files end up in ConfigMaps and repos); use shared_secret_file or shared_secret_env",
             );
         }
-        match (fields.get("shared_secret_file"), fields.get("shared_secret_env")) {
+        match (
+            fields.get("shared_secret_file"),
+            fields.get("shared_secret_env"),
+        ) {
             (Some(_), Some(_)) => self.d.error(
                 &join(path, "shared_secret_env"),
                 fields.line_of("shared_secret_env"),
@@ -1091,8 +1123,11 @@ impl Schema<'_, '_> {
         }
         match std::fs::read_to_string(&file) {
             Ok(content) if content.trim().is_empty() => {
-                self.d
-                    .error(path, node.line, format!("secret file {} is empty", file.display()));
+                self.d.error(
+                    path,
+                    node.line,
+                    format!("secret file {} is empty", file.display()),
+                );
                 None
             }
             Ok(content) => Some((SecretSource::File(file), Secret::new(content.trim()))),
@@ -1114,15 +1149,23 @@ impl Schema<'_, '_> {
             return Some((SecretSource::Env(name), Secret::new("")));
         }
         match self.d.env_var(&name) {
-            Some(v) if !v.trim().is_empty() => Some((SecretSource::Env(name), Secret::new(v.trim()))),
+            Some(v) if !v.trim().is_empty() => {
+                Some((SecretSource::Env(name), Secret::new(v.trim())))
+            }
             Some(_) => {
-                self.d
-                    .error(path, node.line, format!("environment variable {name} is empty"));
+                self.d.error(
+                    path,
+                    node.line,
+                    format!("environment variable {name} is empty"),
+                );
                 None
             }
             None => {
-                self.d
-                    .error(path, node.line, format!("environment variable {name} is not set"));
+                self.d.error(
+                    path,
+                    node.line,
+                    format!("environment variable {name} is not set"),
+                );
                 None
             }
         }

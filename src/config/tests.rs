@@ -49,21 +49,33 @@ fn minimal_config_gets_every_default() {
     let c = load(MINIMAL).unwrap();
     assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-    assert_eq!((c.upstream.host.as_str(), c.upstream.port, c.upstream.tls), ("127.0.0.1", 3000, false));
+    assert_eq!(
+        (c.upstream.host.as_str(), c.upstream.port, c.upstream.tls),
+        ("127.0.0.1", 3000, false)
+    );
     assert_eq!(c.trusted_proxies, TrustedProxies::loopback());
     assert_eq!(c.embed.tags.names(), DEFAULT_EMBED_TAGS);
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.routes.0.len(), 1);
     let route = &c.routes.0[0];
     assert_eq!(route.name, "default");
-    assert_eq!(route.released.secret.expose(), SECRET, "secret file is trimmed");
+    assert_eq!(
+        route.released.secret.expose(),
+        SECRET,
+        "secret file is trimmed"
+    );
     assert_eq!(route.released.api_url.as_str(), DEFAULT_API_URL);
     assert_eq!(route.released.timeout, DEFAULT_TIMEOUT);
     assert_eq!(
-        c.identity_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        c.identity_headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect::<Vec<_>>(),
         ["x-forwarded-user", "x-forwarded-email"]
     );
-    assert!(c.summary().starts_with("config OK: listen 0.0.0.0:8080 -> upstream http://127.0.0.1:3000"));
+    assert!(c
+        .summary()
+        .starts_with("config OK: listen 0.0.0.0:8080 -> upstream http://127.0.0.1:3000"));
 }
 
 #[test]
@@ -100,10 +112,17 @@ embed:
     let portal = &c.routes.0[0];
     assert_eq!(portal.released.account_id, "other-account");
     assert_eq!(portal.released.timeout, Duration::from_secs(2));
-    assert_eq!(portal.released.secret.expose(), SECRET, "inherited from top level");
+    assert_eq!(
+        portal.released.secret.expose(),
+        SECRET,
+        "inherited from top level"
+    );
     let rest = &c.routes.0[1];
     assert_eq!(rest.released.account_id, "acc-from-env");
-    assert!(Arc::ptr_eq(&portal.identity, &rest.identity), "identity shared when not overridden");
+    assert!(
+        Arc::ptr_eq(&portal.identity, &rest.identity),
+        "identity shared when not overridden"
+    );
     assert_eq!(c.embed.tags.names(), ["released-page", "released-widget"]);
 }
 
@@ -114,13 +133,22 @@ fn route_identity_override_replaces_single_fields() {
     );
     let c = load(&text).unwrap();
     let id = &c.routes.0[0].identity;
-    assert_eq!(id.user_email.header.as_str(), "x-goog-authenticated-user-email");
+    assert_eq!(
+        id.user_email.header.as_str(),
+        "x-goog-authenticated-user-email"
+    );
     assert_eq!(id.user_id.header.as_str(), "x-forwarded-user");
-    assert!(c.identity_headers.iter().any(|h| h == "x-goog-authenticated-user-email"));
+    assert!(c
+        .identity_headers
+        .iter()
+        .any(|h| h == "x-goog-authenticated-user-email"));
 }
 
-/// (config text, [(path, line, message fragment)]) — each bad input and what must be said.
-fn error_cases() -> Vec<(String, Vec<(&'static str, usize, &'static str)>)> {
+/// An expected error: YAML path, line, and a fragment of the message.
+type Expected = (&'static str, usize, &'static str);
+
+/// Each bad input and every error it must produce.
+fn error_cases() -> Vec<(String, Vec<Expected>)> {
     vec![
         (
             MINIMAL.replace("X-Forwarded-User, transform: [escape]", "X-Forwarded-User, pattern: '(unclosed'"),
@@ -260,9 +288,10 @@ fn every_bad_input_reports_every_error_with_path_and_line() {
             Err(e) => e,
         };
         for (path, line, fragment) in &expected {
-            let found = errors.errors.iter().any(|e| {
-                e.path == *path && e.line == Some(*line) && e.message.contains(fragment)
-            });
+            let found = errors
+                .errors
+                .iter()
+                .any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(fragment));
             assert!(
                 found,
                 "expected `{path}` at line {line} containing {fragment:?}; got:\n{errors}\nfor:\n{text}"
@@ -279,7 +308,13 @@ fn every_bad_input_reports_every_error_with_path_and_line() {
 #[test]
 fn duplicate_keys_are_errors() {
     let errors = load(&format!("{MINIMAL}workers: 1\nworkers: 2\n")).unwrap_err();
-    assert!(errors.errors.iter().any(|e| e.path == "workers" && e.line == Some(9) && e.message == "duplicate key"), "{errors}");
+    assert!(
+        errors
+            .errors
+            .iter()
+            .any(|e| e.path == "workers" && e.line == Some(9) && e.message == "duplicate key"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -288,14 +323,29 @@ fn error_report_lists_file_line_and_path() {
     let text = errors.to_string();
     assert!(text.starts_with("test.yaml: 2 errors\n"), "{text}");
     assert!(text.contains("  test.yaml:8: lisen: unknown key"), "{text}");
-    assert!(text.contains("  test.yaml:9: workers: expected a whole number above 0"), "{text}");
+    assert!(
+        text.contains("  test.yaml:9: workers: expected a whole number above 0"),
+        "{text}"
+    );
 }
 
 #[test]
 fn skipping_secrets_validates_the_source_without_reading_it() {
-    let text = MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: /nonexistent/secret");
+    let text = MINIMAL.replace(
+        "shared_secret_file: secret",
+        "shared_secret_file: /nonexistent/secret",
+    );
     let dir = secret_dir();
-    let c = Config::parse(&text, "t", dir.path(), &LoadOptions { env: &env, read_secrets: false }).unwrap();
+    let c = Config::parse(
+        &text,
+        "t",
+        dir.path(),
+        &LoadOptions {
+            env: &env,
+            read_secrets: false,
+        },
+    )
+    .unwrap();
     assert_eq!(c.secret_files, [PathBuf::from("/nonexistent/secret")]);
     assert!(load(&text).is_err(), "but `run` must read it");
 }

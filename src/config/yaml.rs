@@ -192,16 +192,14 @@ impl MarkedEventReceiver for TreeBuilder {
                     self.complete(node, anchor);
                 }
             }
-            Event::Alias(id) => {
-                match self.anchors.iter().rev().find(|(a, _)| *a == id) {
-                    Some((_, node)) => {
-                        let mut node = node.clone();
-                        node.line = line;
-                        self.complete(node, 0);
-                    }
-                    None => self.fail(line, "alias refers to an unknown anchor".into()),
+            Event::Alias(id) => match self.anchors.iter().rev().find(|(a, _)| *a == id) {
+                Some((_, node)) => {
+                    let mut node = node.clone();
+                    node.line = line;
+                    self.complete(node, 0);
                 }
-            }
+                None => self.fail(line, "alias refers to an unknown anchor".into()),
+            },
             Event::Nothing
             | Event::StreamStart
             | Event::StreamEnd
@@ -217,7 +215,10 @@ mod tests {
 
     fn map_keys(node: &Node) -> Vec<(String, usize)> {
         match &node.value {
-            Value::Map(entries) => entries.iter().map(|e| (e.key.clone(), e.key_line)).collect(),
+            Value::Map(entries) => entries
+                .iter()
+                .map(|e| (e.key.clone(), e.key_line))
+                .collect(),
             other => panic!("expected a map, got {other:?}"),
         }
     }
@@ -234,8 +235,14 @@ mod tests {
         let Value::Map(entries) = doc.value else {
             panic!()
         };
-        assert!(matches!(&entries[0].value.value, Value::Scalar { plain: false, .. }));
-        assert!(matches!(&entries[1].value.value, Value::Scalar { plain: true, .. }));
+        assert!(matches!(
+            &entries[0].value.value,
+            Value::Scalar { plain: false, .. }
+        ));
+        assert!(matches!(
+            &entries[1].value.value,
+            Value::Scalar { plain: true, .. }
+        ));
         assert!(matches!(entries[2].value.value, Value::Null));
         assert!(matches!(entries[3].value.value, Value::Null));
     }
@@ -258,6 +265,9 @@ mod tests {
     #[test]
     fn empty_document_is_null() {
         assert!(matches!(parse("").unwrap().value, Value::Null));
-        assert!(matches!(parse("# only a comment\n").unwrap().value, Value::Null));
+        assert!(matches!(
+            parse("# only a comment\n").unwrap().value,
+            Value::Null
+        ));
     }
 }

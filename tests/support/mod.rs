@@ -36,7 +36,10 @@ pub fn client() -> reqwest::Client {
 /// Headers of a browser navigation by a signed-in user, as oauth2-proxy would send them.
 pub fn navigation(user: &str, email: &str) -> reqwest::header::HeaderMap {
     let mut h = reqwest::header::HeaderMap::new();
-    h.insert("accept", "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap());
+    h.insert(
+        "accept",
+        "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap(),
+    );
     h.insert("sec-fetch-dest", "document".parse().unwrap());
     h.insert("x-forwarded-user", user.parse().unwrap());
     h.insert("x-forwarded-email", email.parse().unwrap());

@@ -30,6 +30,9 @@ identity:
   avatar_url: { header: X-Forwarded-Avatar }
 "#;
 
+/// A step run on the sidecar's directory before it starts.
+type Prepare = Box<dyn Fn(&std::path::Path)>;
+
 /// Builds a sidecar start.
 pub struct SidecarBuilder {
     template: String,
@@ -40,7 +43,7 @@ pub struct SidecarBuilder {
     env: Vec<(String, String)>,
     files: Vec<(String, String)>,
     args: Vec<String>,
-    prepare: Option<Box<dyn Fn(&std::path::Path)>>,
+    prepare: Option<Prepare>,
 }
 
 impl SidecarBuilder {
@@ -167,7 +170,11 @@ impl SidecarBuilder {
             if let Some(status) = sidecar.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(format!("exited with {status}:\n{}", sidecar.logs()));
             }
-            if let Ok(resp) = super::client().get(sidecar.admin_url("/readyz")).send().await {
+            if let Ok(resp) = super::client()
+                .get(sidecar.admin_url("/readyz"))
+                .send()
+                .await
+            {
                 if resp.status() == 200 {
                     return Ok(sidecar);
                 }
@@ -269,7 +276,10 @@ impl Sidecar {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     }

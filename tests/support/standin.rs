@@ -74,7 +74,9 @@ impl Drop for StandIn {
 impl StandIn {
     /// Starts a stand-in that accepts `secret` as the bearer.
     pub async fn start(secret: &str) -> StandIn {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind stand-in");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             secrets: vec![secret.to_string()],
@@ -85,7 +87,9 @@ impl StandIn {
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -128,7 +132,10 @@ impl StandIn {
 
     /// Calls that followed the contract and got a token.
     pub fn issued(&self) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.token.is_some()).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.token.is_some())
+            .collect()
     }
 }
 
@@ -153,7 +160,12 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(';').next().unwrap_or_default().trim() == "application/json");
-    let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
 
     let (secrets, behavior) = {
@@ -195,7 +207,11 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
     let (status, response, issued) = match behavior {
         Behavior::Token | Behavior::Slow(_) => (200, serde_json::json!(token), Some(token)),
         Behavior::TokenIn(key) => (200, serde_json::json!({ key: token }), Some(token)),
-        Behavior::Status(code) => (code, serde_json::json!({ "error": "stand-in told to fail" }), None),
+        Behavior::Status(code) => (
+            code,
+            serde_json::json!({ "error": "stand-in told to fail" }),
+            None,
+        ),
         Behavior::Garbage => (200, serde_json::json!({ "unexpected": true }), None),
     };
     s.calls.push(Call {
@@ -225,12 +241,16 @@ fn contract_violation(body: &serde_json::Value) -> Option<String> {
     }
     let user_id = str_field("user_id").unwrap_or_default();
     let user_id_ok = (1..=255).contains(&user_id.len())
-        && user_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b));
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b));
     if !user_id_ok {
         return Some("user_id must match ^[a-zA-Z0-9:_-]{1,255}$".into());
     }
     let email = str_field("user_email").unwrap_or_default();
-    let email_ok = email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
+    let email_ok = email
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
     if !email_ok {
         return Some("user_email must be an email address".into());
     }
@@ -241,7 +261,8 @@ fn contract_violation(body: &serde_json::Value) -> Option<String> {
         for (k, v) in p {
             match (k.as_str(), v.as_str()) {
                 ("name", Some(n)) if n.chars().count() <= 200 => {}
-                ("avatar_url", Some(u)) if u.starts_with("https://") || u.starts_with("http://") => {}
+                ("avatar_url", Some(u))
+                    if u.starts_with("https://") || u.starts_with("http://") => {}
                 _ => return Some(format!("invalid profile.{k}")),
             }
         }

@@ -117,7 +117,9 @@ impl Upstream {
 
     /// Starts an HTTPS app with a fresh self-signed certificate for `localhost` and
     /// 127.0.0.1; returns it with the certificate PEM (to use as CA).
-    pub async fn start_tls(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> (Upstream, String) {
+    pub async fn start_tls(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> (Upstream, String) {
         released_sidecar::install_crypto_provider();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("self-signed cert");
@@ -128,11 +130,16 @@ impl Upstream {
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .expect("tls config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        (Self::start_inner(Arc::new(handler), Some(acceptor)).await, pem)
+        (
+            Self::start_inner(Arc::new(handler), Some(acceptor)).await,
+            pem,
+        )
     }
 
     async fn start_inner(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -140,7 +147,9 @@ impl Upstream {
         let (seen2, conns2) = (Arc::clone(&seen), Arc::clone(&connections));
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 conns2.fetch_add(1, Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
                 let seen = Arc::clone(&seen2);
@@ -155,11 +164,17 @@ impl Upstream {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(tcp).await {
-                                let _ = builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await;
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades()
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(tcp), service).with_upgrades().await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(tcp), service)
+                                .with_upgrades()
+                                .await;
                         }
                     }
                 });
@@ -194,7 +209,11 @@ impl Upstream {
     }
 }
 
-async fn answer(mut req: Request<Incoming>, handler: &Handler, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+async fn answer(
+    mut req: Request<Incoming>,
+    handler: &Handler,
+    seen: &Mutex<Vec<Seen>>,
+) -> Response<Body> {
     let head = Seen {
         method: req.method().to_string(),
         path: req
@@ -205,7 +224,12 @@ async fn answer(mut req: Request<Incoming>, handler: &Handler, seen: &Mutex<Vec<
         headers: req
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
     };
     seen.lock().unwrap().push(head.clone());
@@ -223,8 +247,16 @@ async fn answer(mut req: Request<Incoming>, handler: &Handler, seen: &Mutex<Vec<
         }
     }
     match reply {
-        Reply::Full { status, headers, body } => build(status, &headers, full(body)),
-        Reply::Stream { status, headers, chunks } => {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => build(status, &headers, full(body)),
+        Reply::Stream {
+            status,
+            headers,
+            chunks,
+        } => {
             let stream = futures_util::stream::iter(chunks).then(|(delay, bytes)| async move {
                 tokio::time::sleep(delay).await;
                 Ok::<_, std::io::Error>(Frame::data(bytes))
@@ -241,11 +273,24 @@ async fn answer(mut req: Request<Incoming>, handler: &Handler, seen: &Mutex<Vec<
                     .push(serde_json::Value::String(v.clone()));
             }
             let body = serde_json::to_vec(&map).unwrap();
-            build(200, &[("content-type".into(), "application/json".into())], full(body))
+            build(
+                200,
+                &[("content-type".into(), "application/json".into())],
+                full(body),
+            )
         }
         Reply::EchoBody => {
-            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-            build(200, &[("content-type".into(), "application/octet-stream".into())], full(body))
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            build(
+                200,
+                &[("content-type".into(), "application/octet-stream".into())],
+                full(body),
+            )
         }
         Reply::WebSocketEcho => websocket_echo(&mut req),
         Reply::Delayed(..) => unreachable!(),
@@ -253,7 +298,9 @@ async fn answer(mut req: Request<Incoming>, handler: &Handler, seen: &Mutex<Vec<
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn build(status: u16, headers: &[(String, String)], body: Body) -> Response<Body> {
@@ -273,7 +320,12 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
