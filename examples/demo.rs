@@ -77,7 +77,10 @@ identity:
 
     println!("released-sidecar demo (everything on 127.0.0.1)");
     println!("  sample legacy app ............ http://{app}/");
-    println!("  LOCAL STAND-IN token API ..... {} (not the real Released service; fake tokens)", standin.url());
+    println!(
+        "  LOCAL STAND-IN token API ..... {} (not the real Released service; fake tokens)",
+        standin.url()
+    );
     println!("  released-sidecar (proxy) ..... http://{listen}/");
     println!("  released-sidecar (admin) ..... http://{admin}/metrics");
     let log = dir.path().join("sidecar.log");
@@ -108,18 +111,26 @@ identity:
         .unwrap_or("")
         .to_string();
     let body = page.text().await.unwrap_or_default();
-    let injected = body.lines().filter(|l| l.contains("auth-token=")).collect::<Vec<_>>();
+    let injected = body
+        .lines()
+        .filter(|l| l.contains("auth-token="))
+        .collect::<Vec<_>>();
     println!("A page load as alice (what oauth2-proxy would forward) came back with:");
     for line in &injected {
         println!("  {}", line.trim());
     }
     println!("  Cache-Control: {cache_control}");
-    println!("The stand-in received {} token request(s).", standin.issued().len());
+    println!(
+        "The stand-in received {} token request(s).",
+        standin.issued().len()
+    );
     println!();
     println!("Try it yourself:");
     println!("  # a page load by a signed-in user: both tags get auth-token=\"tok-…\"");
     println!("  curl -s http://{listen}/ -H 'Accept: text/html' \\");
-    println!("       -H 'X-Forwarded-User: alice@example.com' -H 'X-Forwarded-Email: alice@example.com'");
+    println!(
+        "       -H 'X-Forwarded-User: alice@example.com' -H 'X-Forwarded-Email: alice@example.com'"
+    );
     println!("  # no identity headers: the page is served unchanged, no token call");
     println!("  curl -s http://{listen}/ -H 'Accept: text/html'");
     println!("  # an API call (not a page load): proxied untouched");
@@ -147,7 +158,10 @@ identity:
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
 }
 
 /// `preferred` if it is free, else any free loopback port.
@@ -163,7 +177,9 @@ async fn start_app() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let (ct, body) = match req.uri().path() {
@@ -208,7 +224,12 @@ fn spawn_sidecar(config: &std::path::Path, log: &std::path::Path) -> Child {
         .stdin(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (run scripts/demo.sh, which builds it)", binary.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (run scripts/demo.sh, which builds it)",
+                binary.display()
+            )
+        })
 }
 
 async fn wait_ready(admin: SocketAddr, child: &mut Child) -> bool {
