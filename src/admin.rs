@@ -16,6 +16,7 @@ use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::live::Live;
 use crate::metrics::Metrics;
 
 /// How long the proxy port may take to start accepting before startup is declared failed.
@@ -41,11 +42,16 @@ impl Health {
         self.proxy_accepting.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
-    fn readiness(&self) -> (StatusCode, &'static str) {
+    fn readiness(&self, keys_ready: bool) -> (StatusCode, &'static str) {
         if self.draining.load(Ordering::Acquire) {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         } else if !self.proxy_accepting.load(Ordering::Acquire) {
             (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        } else if !keys_ready {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for gateway assertion keys\n",
+            )
         } else {
             (StatusCode::OK, "ready\n")
         }
@@ -59,21 +65,25 @@ pub struct AdminServer {
     proxy_listen: SocketAddr,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    live: Arc<Live>,
 }
 
 impl AdminServer {
-    /// An admin server on `listener` that reports ready once `proxy_listen` accepts.
+    /// An admin server on `listener` that reports ready once `proxy_listen` accepts and
+    /// the config's assertion keys are loaded.
     pub fn new(
         listener: std::net::TcpListener,
         proxy_listen: SocketAddr,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        live: Arc<Live>,
     ) -> Self {
         Self {
             listener: Mutex::new(Some(listener)),
             proxy_listen,
             health,
             metrics,
+            live,
         }
     }
 }
@@ -104,8 +114,10 @@ impl BackgroundService for AdminServer {
             };
             let health = Arc::clone(&self.health);
             let metrics = Arc::clone(&self.metrics);
+            let live = Arc::clone(&self.live);
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(READ_TIMEOUT, serve(tcp, &health, &metrics)).await;
+                let _ =
+                    tokio::time::timeout(READ_TIMEOUT, serve(tcp, &health, &metrics, &live)).await;
             });
         }
     }
@@ -143,6 +155,7 @@ async fn serve(
     tcp: tokio::net::TcpStream,
     health: &Health,
     metrics: &Metrics,
+    live: &Live,
 ) -> pingora::Result<()> {
     let mut session = ServerSession::new_http1(Box::new(Stream::from(tcp)));
     if !session.read_request().await? {
@@ -157,7 +170,7 @@ async fn serve(
             (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            let (status, text) = health.readiness();
+            let (status, text) = health.readiness(live.keys_ready());
             (status, "text/plain", Bytes::from_static(text.as_bytes()))
         }
         (&Method::GET | &Method::HEAD, "/metrics") => (
@@ -211,14 +224,15 @@ mod tests {
     }
 
     #[test]
-    fn readiness_follows_start_and_drain() {
+    fn readiness_follows_start_keys_and_drain() {
         let h = Health::default();
-        assert_eq!(h.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.readiness(true).0, StatusCode::SERVICE_UNAVAILABLE);
         h.proxy_accepting.store(true, Ordering::Release);
-        assert!(h.is_ready());
+        assert_eq!(h.readiness(true).0, StatusCode::OK);
+        assert_eq!(h.readiness(false).0, StatusCode::SERVICE_UNAVAILABLE);
         h.start_draining();
         assert_eq!(
-            h.readiness(),
+            h.readiness(true),
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         );
     }

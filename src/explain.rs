@@ -4,14 +4,17 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use http::Method;
 
 use crate::config::Config;
 use crate::identity::{FieldRule, IdentityRules};
-use crate::plan::{plan, RequestFacts};
-use crate::routes::host_without_port;
+use crate::jwt::{self, Outcome};
+use crate::plan::{plan, Planned, RequestFacts};
+use crate::released::TokenRequest;
+use crate::routes::{host_without_port, Route};
 
 /// The request to explain.
 pub struct ExplainRequest {
@@ -115,23 +118,35 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
     }
     match (&plan.decision, route) {
         (Ok(planned), Some(r)) => {
-            for d in &planned.dropped {
-                let _ = writeln!(out, "dropped:    {}: {}", d.field, d.reason);
+            let request = match planned {
+                Planned::Request(request, dropped) => {
+                    for d in dropped {
+                        let _ = writeln!(out, "dropped:    {}: {}", d.field, d.reason);
+                    }
+                    Some(request.clone())
+                }
+                Planned::Assertion(raw) => explain_assertion(&mut out, raw, r),
+            };
+            if let Some(request) = request {
+                let _ = writeln!(
+                    out,
+                    "token:      would be requested (concurrently with the app), page waits at most {:?}",
+                    r.released.timeout
+                );
+                let _ = writeln!(out, "  POST {}", r.released.api_url);
+                let _ = writeln!(
+                    out,
+                    "  Authorization: Bearer [redacted] (secret from {})",
+                    r.released.secret_source
+                );
+                let _ = writeln!(out, "  Content-Type: application/json");
+                let _ = writeln!(out, "  {}", request.to_json());
+                let _ = writeln!(
+                    out,
+                    "rewrite:    if the app answers 200 text/html, every <{}> start tag gets auth-token",
+                    config.embed.tags.names().join(">, <")
+                );
             }
-            let _ = writeln!(out, "token:      would be requested (concurrently with the app), page waits at most {:?}", r.released.timeout);
-            let _ = writeln!(out, "  POST {}", r.released.api_url);
-            let _ = writeln!(
-                out,
-                "  Authorization: Bearer [redacted] (secret from {})",
-                r.released.secret_source
-            );
-            let _ = writeln!(out, "  Content-Type: application/json");
-            let _ = writeln!(out, "  {}", planned.request.to_json());
-            let _ = writeln!(
-                out,
-                "rewrite:    if the app answers 200 text/html, every <{}> start tag gets auth-token",
-                config.embed.tags.names().join(">, <")
-            );
         }
         (Err(reason), _) => {
             let _ = writeln!(out, "token:      none: {reason}");
@@ -141,9 +156,46 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
     out
 }
 
+/// Prints every check on the assertion; returns the request its claims would give.
+fn explain_assertion(out: &mut String, raw: &str, route: &Route) -> Option<TokenRequest> {
+    let settings = route.identity.jwt.as_ref()?;
+    let jwt::Report { steps, claims } = jwt::report(raw, settings, SystemTime::now());
+    let _ = writeln!(out, "assertion:");
+    for (name, outcome) in steps {
+        let (mark, text) = match outcome {
+            Outcome::Pass(t) => ("ok  ", t),
+            Outcome::Fail(t) => ("FAIL", t),
+            Outcome::Skipped(t) => ("skip", t),
+        };
+        let _ = writeln!(out, "  {mark} {name}: {text}");
+    }
+    let Some(claims) = claims else {
+        let _ = writeln!(
+            out,
+            "token:      none: the gateway assertion is not believed"
+        );
+        return None;
+    };
+    match route.identity.extract_claims(&claims) {
+        Ok(extraction) => {
+            for d in &extraction.dropped {
+                let _ = writeln!(out, "dropped:    {}: {}", d.field, d.reason);
+            }
+            Some(TokenRequest::new(
+                &route.released.account_id,
+                extraction.identity,
+            ))
+        }
+        Err(e) => {
+            let _ = writeln!(out, "token:      none: no valid identity: {e}");
+            None
+        }
+    }
+}
+
 fn describe_rules(out: &mut String, rules: &IdentityRules) {
     let describe = |rule: &FieldRule| {
-        let mut s = format!("header {}", rule.header);
+        let mut s = rule.source.to_string();
         if let Some(p) = &rule.pattern {
             let _ = write!(s, ", pattern {}", p.as_str());
         }

@@ -3,10 +3,14 @@
 //! (SPEC §1), or into the precise reason there is none. Pure functions, no I/O.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName};
 use regex::Regex;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::jwt::JwtSettings;
 
 /// Released's rule for `user_id`: `^[a-zA-Z0-9:_-]{1,255}$`.
 const USER_ID_MAX: usize = 255;
@@ -92,12 +96,30 @@ impl Transform {
     }
 }
 
-/// How one user field is read: a header, an optional regex (capture group 1 is kept) and
-/// transforms.
+/// Where a user field's raw value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A request header (set by the gateway).
+    Header(HeaderName),
+    /// A claim of the verified gateway assertion (`identity.jwt`).
+    Claim(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Header(h) => write!(f, "header {h}"),
+            Source::Claim(c) => write!(f, "claim {c}"),
+        }
+    }
+}
+
+/// How one user field is read: a header or claim, an optional regex (capture group 1 is
+/// kept) and transforms.
 #[derive(Debug, Clone)]
 pub struct FieldRule {
-    /// The request header to read.
-    pub header: HeaderName,
+    /// Where the value comes from.
+    pub source: Source,
     /// When set, the value must match and capture group 1 (or the whole match) is kept.
     pub pattern: Option<Regex>,
     /// Applied after `pattern`, in order.
@@ -115,6 +137,9 @@ pub struct IdentityRules {
     pub name: Option<FieldRule>,
     /// Rule for `profile.avatar_url`, if configured.
     pub avatar_url: Option<FieldRule>,
+    /// When set, identity comes only from this verified assertion (every rule reads a
+    /// claim).
+    pub jwt: Option<Arc<JwtSettings>>,
 }
 
 /// A user as Released will see it; every field already passes the SPEC §1 rules.
@@ -159,16 +184,20 @@ pub enum FieldProblem {
     MultipleValues(HeaderName, usize),
     /// The header bytes are not UTF-8.
     NotUtf8(HeaderName),
-    /// `pattern` did not match.
-    PatternMismatch(HeaderName),
+    /// `pattern` did not match (the source, e.g. `header x-forwarded-user`).
+    PatternMismatch(String),
     /// Nothing was left after `pattern` and the transforms.
-    Empty(HeaderName),
+    Empty(String),
     /// `user_id` breaks `^[a-zA-Z0-9:_-]{1,255}$` (add `transform: [escape]` or `sha256`).
     InvalidUserId,
     /// `user_email` is not an email address.
     InvalidEmail,
     /// `avatar_url` is not an absolute http(s) URL.
     InvalidAvatarUrl,
+    /// The assertion has no such claim.
+    MissingClaim(String),
+    /// The claim is a list or an object.
+    ClaimNotAString(String),
 }
 
 impl FieldProblem {
@@ -183,6 +212,8 @@ impl FieldProblem {
             FieldProblem::InvalidUserId => "invalid_user_id",
             FieldProblem::InvalidEmail => "invalid_email",
             FieldProblem::InvalidAvatarUrl => "invalid_avatar_url",
+            FieldProblem::MissingClaim(_) => "missing_claim",
+            FieldProblem::ClaimNotAString(_) => "claim_not_a_string",
         }
     }
 }
@@ -195,8 +226,8 @@ impl fmt::Display for FieldProblem {
                 write!(f, "header {h} appears {n} times; exactly one is required")
             }
             FieldProblem::NotUtf8(h) => write!(f, "header {h} is not valid UTF-8"),
-            FieldProblem::PatternMismatch(h) => write!(f, "header {h} does not match `pattern`"),
-            FieldProblem::Empty(h) => write!(f, "header {h} is empty after pattern and transforms"),
+            FieldProblem::PatternMismatch(s) => write!(f, "{s} does not match `pattern`"),
+            FieldProblem::Empty(s) => write!(f, "{s} is empty after pattern and transforms"),
             FieldProblem::InvalidUserId => write!(
                 f,
                 "value breaks Released's rule ^[a-zA-Z0-9:_-]{{1,255}}$ (add `transform: [escape]`)"
@@ -205,6 +236,8 @@ impl fmt::Display for FieldProblem {
             FieldProblem::InvalidAvatarUrl => {
                 write!(f, "value is not an absolute http(s) URL")
             }
+            FieldProblem::MissingClaim(c) => write!(f, "claim {c} is missing"),
+            FieldProblem::ClaimNotAString(c) => write!(f, "claim {c} is not a single value"),
         }
     }
 }
@@ -220,7 +253,8 @@ pub struct IdentityError {
 }
 
 impl IdentityRules {
-    /// Every header these rules read (the trust boundary strips them from untrusted peers).
+    /// Every header these rules read, the assertion header included (the trust boundary
+    /// strips them from untrusted peers).
     pub fn headers(&self) -> impl Iterator<Item = &HeaderName> {
         [
             Some(&self.user_id),
@@ -230,13 +264,26 @@ impl IdentityRules {
         ]
         .into_iter()
         .flatten()
-        .map(|rule| &rule.header)
+        .filter_map(|rule| match &rule.source {
+            Source::Header(h) => Some(h),
+            Source::Claim(_) => None,
+        })
+        .chain(self.jwt.as_ref().map(|j| &j.header))
     }
 
     /// Builds the identity of a request from its headers.
     pub fn extract(&self, headers: &HeaderMap) -> Result<Extraction, IdentityError> {
+        self.extract_from(&Values::Headers(headers))
+    }
+
+    /// Builds the identity from the claims of a verified assertion.
+    pub fn extract_claims(&self, claims: &Map<String, Value>) -> Result<Extraction, IdentityError> {
+        self.extract_from(&Values::Claims(claims))
+    }
+
+    fn extract_from(&self, values: &Values<'_>) -> Result<Extraction, IdentityError> {
         let required = |field: Field, rule: &FieldRule| {
-            read_field(rule, headers).map_err(|problem| IdentityError { field, problem })
+            read_field(rule, values).map_err(|problem| IdentityError { field, problem })
         };
         let user_id = required(Field::UserId, &self.user_id)?;
         if !valid_user_id(&user_id) {
@@ -258,11 +305,11 @@ impl IdentityRules {
             |field: Field,
              rule: Option<&FieldRule>,
              check: fn(String) -> Result<String, FieldProblem>| {
-                let value = read_field(rule?, headers).and_then(check);
+                let value = read_field(rule?, values).and_then(check);
                 match value {
                     Ok(v) => Some(v),
-                    // An absent optional header is the normal case, not worth reporting.
-                    Err(FieldProblem::MissingHeader(_)) => None,
+                    // An absent optional value is the normal case, not worth reporting.
+                    Err(FieldProblem::MissingHeader(_) | FieldProblem::MissingClaim(_)) => None,
                     Err(reason) => {
                         dropped.push(Dropped { field, reason });
                         None
@@ -291,26 +338,51 @@ impl IdentityRules {
     }
 }
 
-/// Header → pattern → transforms, for one field.
-fn read_field(rule: &FieldRule, headers: &HeaderMap) -> Result<String, FieldProblem> {
-    let header = &rule.header;
-    let mut values = headers.get_all(header).iter();
-    let first = values
-        .next()
-        .ok_or_else(|| FieldProblem::MissingHeader(header.clone()))?;
-    let extra = values.count();
-    if extra > 0 {
-        return Err(FieldProblem::MultipleValues(header.clone(), extra + 1));
-    }
-    let raw =
-        std::str::from_utf8(first.as_bytes()).map_err(|_| FieldProblem::NotUtf8(header.clone()))?;
+/// Where field values are read from.
+enum Values<'a> {
+    Headers(&'a HeaderMap),
+    Claims(&'a Map<String, Value>),
+}
 
+impl Values<'_> {
+    fn raw(&self, source: &Source) -> Result<String, FieldProblem> {
+        match (self, source) {
+            (Values::Headers(headers), Source::Header(header)) => {
+                let mut values = headers.get_all(header).iter();
+                let first = values
+                    .next()
+                    .ok_or_else(|| FieldProblem::MissingHeader(header.clone()))?;
+                let extra = values.count();
+                if extra > 0 {
+                    return Err(FieldProblem::MultipleValues(header.clone(), extra + 1));
+                }
+                std::str::from_utf8(first.as_bytes())
+                    .map(str::to_string)
+                    .map_err(|_| FieldProblem::NotUtf8(header.clone()))
+            }
+            (Values::Claims(claims), Source::Claim(name)) => match claims.get(name) {
+                None | Some(Value::Null) => Err(FieldProblem::MissingClaim(name.clone())),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                Some(Value::Bool(b)) => Ok(b.to_string()),
+                Some(_) => Err(FieldProblem::ClaimNotAString(name.clone())),
+            },
+            // The config never mixes sources; a mismatch reads as absent.
+            (_, Source::Header(h)) => Err(FieldProblem::MissingHeader(h.clone())),
+            (_, Source::Claim(c)) => Err(FieldProblem::MissingClaim(c.clone())),
+        }
+    }
+}
+
+/// Source → pattern → transforms, for one field.
+fn read_field(rule: &FieldRule, values: &Values<'_>) -> Result<String, FieldProblem> {
+    let raw = values.raw(&rule.source)?;
     let mut value = match &rule.pattern {
-        None => raw.to_string(),
+        None => raw,
         Some(re) => {
             let caps = re
-                .captures(raw)
-                .ok_or_else(|| FieldProblem::PatternMismatch(header.clone()))?;
+                .captures(&raw)
+                .ok_or_else(|| FieldProblem::PatternMismatch(rule.source.to_string()))?;
             caps.get(1)
                 .or_else(|| caps.get(0))
                 .map(|m| m.as_str().to_string())
@@ -321,7 +393,7 @@ fn read_field(rule: &FieldRule, headers: &HeaderMap) -> Result<String, FieldProb
         value = transform.apply(value);
     }
     if value.is_empty() {
-        return Err(FieldProblem::Empty(header.clone()));
+        return Err(FieldProblem::Empty(rule.source.to_string()));
     }
     Ok(value)
 }
@@ -404,7 +476,7 @@ mod tests {
 
     fn rule(header: &str, pattern: Option<&str>, transforms: &[Transform]) -> FieldRule {
         FieldRule {
-            header: HeaderName::from_bytes(header.as_bytes()).unwrap(),
+            source: Source::Header(HeaderName::from_bytes(header.as_bytes()).unwrap()),
             pattern: pattern.map(|p| Regex::new(p).unwrap()),
             transforms: transforms.to_vec(),
         }
@@ -416,6 +488,7 @@ mod tests {
             user_email: rule("x-email", None, &[]),
             name: Some(rule("x-name", None, &[])),
             avatar_url: Some(rule("x-avatar", None, &[])),
+            jwt: None,
         }
     }
 
@@ -476,14 +549,20 @@ mod tests {
     fn pattern_keeps_capture_group_one_or_reports_a_miss() {
         let r = rule("x-goog", Some("^accounts.google.com:(.+)$"), &[]);
         let ok = headers(&[("x-goog", b"accounts.google.com:alice@example.com")]);
-        assert_eq!(read_field(&r, &ok).unwrap(), "alice@example.com");
+        assert_eq!(
+            read_field(&r, &Values::Headers(&ok)).unwrap(),
+            "alice@example.com"
+        );
         let miss = headers(&[("x-goog", b"alice@example.com")]);
         assert!(matches!(
-            read_field(&r, &miss),
+            read_field(&r, &Values::Headers(&miss)),
             Err(FieldProblem::PatternMismatch(_))
         ));
         let whole = rule("x-goog", Some("[a-z]+"), &[]);
-        assert_eq!(read_field(&whole, &ok).unwrap(), "accounts");
+        assert_eq!(
+            read_field(&whole, &Values::Headers(&ok)).unwrap(),
+            "accounts"
+        );
     }
 
     #[test]
@@ -613,6 +692,42 @@ mod tests {
         ] {
             assert!(!valid_email(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn claims_feed_the_same_pipeline() {
+        let claim = |name: &str, pattern: Option<&str>, t: &[Transform]| FieldRule {
+            source: Source::Claim(name.into()),
+            pattern: pattern.map(|p| Regex::new(p).unwrap()),
+            transforms: t.to_vec(),
+        };
+        let rules = IdentityRules {
+            user_id: claim(
+                "sub",
+                Some("^accounts.google.com:(.+)$"),
+                &[Transform::Escape],
+            ),
+            user_email: claim("email", None, &[Transform::Lowercase]),
+            name: Some(claim("name", None, &[])),
+            avatar_url: Some(claim("picture", None, &[])),
+            jwt: None,
+        };
+        let claims = serde_json::json!({"sub": "accounts.google.com:1234", "email": "Alice@Example.com", "name": "Alice", "picture": ["x"]});
+        let got = rules.extract_claims(claims.as_object().unwrap()).unwrap();
+        assert_eq!(got.identity.user_id, "1234");
+        assert_eq!(got.identity.user_email, "alice@example.com");
+        assert_eq!(got.dropped[0].reason.label(), "claim_not_a_string");
+        let missing = serde_json::json!({"sub": "accounts.google.com:1"});
+        let err = rules
+            .extract_claims(missing.as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            (err.field, err.problem.label()),
+            (Field::UserEmail, "missing_claim")
+        );
+        // A header never satisfies a claim rule.
+        let h = headers(&[("email", b"a@b.co"), ("sub", b"x")]);
+        assert!(rules.extract(&h).is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod compress;
 pub mod config;
 pub mod explain;
 pub mod identity;
+pub mod jwt;
+pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod plan;

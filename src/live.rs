@@ -18,6 +18,7 @@ use notify::{RecursiveMode, Watcher};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
 use crate::config::{Config, ConfigErrors, LoadOptions};
+use crate::keys::{KeyError, KeySource, KeyStore};
 use crate::metrics::Metrics;
 use crate::released::SecretSource;
 
@@ -60,6 +61,9 @@ fn fingerprint(config: &Config, text: &str, upstream: &HttpPeer) -> u64 {
     for route in &config.routes.0 {
         route.released.secret.expose().hash(&mut h);
     }
+    for file in &config.key_files {
+        std::fs::read(file).unwrap_or_default().hash(&mut h);
+    }
     h.finish()
 }
 
@@ -83,25 +87,61 @@ pub enum ReloadError {
     Build(String),
 }
 
+/// Key stores of fetched sources, kept across reloads so a reload never empties the
+/// cache (or makes `/readyz` wait for keys again). A JWKS file is re-read instead.
+#[derive(Default)]
+struct KeyCache(Mutex<Vec<std::sync::Weak<KeyStore>>>);
+
+impl KeyCache {
+    fn get(&self, source: &KeySource, refresh: Duration) -> Result<Arc<KeyStore>, KeyError> {
+        let mut stores = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        stores.retain(|w| w.strong_count() > 0);
+        if !matches!(source, KeySource::JwksFile(_)) {
+            if let Some(existing) = stores
+                .iter()
+                .filter_map(|w| w.upgrade())
+                .find(|k| k.source() == source)
+            {
+                return Ok(existing);
+            }
+        }
+        let store = Arc::new(KeyStore::new(source.clone(), refresh)?);
+        stores.push(Arc::downgrade(&store));
+        Ok(store)
+    }
+}
+
 /// The active snapshot and how to replace it.
 pub struct Live {
     current: ArcSwap<Snapshot>,
     path: PathBuf,
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
+    keys: KeyCache,
 }
 
 impl Live {
     /// Loads the config at `path` for the first time.
     pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Live, ReloadError> {
-        let snapshot = build(path, 1)?;
+        let keys = KeyCache::default();
+        let snapshot = build(path, 1, &keys)?;
         metrics.config_last_success.set(unix_now());
         Ok(Live {
             current: ArcSwap::from_pointee(snapshot),
             path: path.to_path_buf(),
             metrics,
             reloading: Mutex::new(()),
+            keys,
         })
+    }
+
+    /// Whether every key store of the active config has keys (`/readyz` waits for it).
+    pub fn keys_ready(&self) -> bool {
+        self.snapshot()
+            .config
+            .key_stores
+            .iter()
+            .all(|k| k.is_ready())
     }
 
     /// The active snapshot. Load it once per request and keep it: a request never mixes two
@@ -118,7 +158,7 @@ impl Live {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
-        let next = match build(&self.path, old.generation + 1) {
+        let next = match build(&self.path, old.generation + 1, &self.keys) {
             Ok(next) => next,
             Err(e) => {
                 self.metrics
@@ -162,11 +202,12 @@ impl Live {
         let snapshot = self.snapshot();
         let mut files = vec![self.path.clone()];
         files.extend(snapshot.config.secret_files.iter().cloned());
+        files.extend(snapshot.config.key_files.iter().cloned());
         files
     }
 }
 
-fn build(path: &Path, generation: u64) -> Result<Snapshot, ReloadError> {
+fn build(path: &Path, generation: u64, keys: &KeyCache) -> Result<Snapshot, ReloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ReloadError::Build(format!(
             "cannot read the config file {}: {e}",
@@ -174,12 +215,12 @@ fn build(path: &Path, generation: u64) -> Result<Snapshot, ReloadError> {
         ))
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let config = Config::parse(
-        &text,
-        &path.display().to_string(),
-        base,
-        &LoadOptions::default(),
-    )?;
+    let provider = |source: &KeySource, refresh: Duration| keys.get(source, refresh);
+    let options = LoadOptions {
+        key_stores: &provider,
+        ..LoadOptions::default()
+    };
+    let config = Config::parse(&text, &path.display().to_string(), base, &options)?;
     Snapshot::build(config, &text, generation).map_err(ReloadError::Build)
 }
 
@@ -419,5 +460,32 @@ fn absolute(path: &Path) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(path))
             .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Keeps every JWKS URL of the active config fresh: fetched at start (so `/readyz` can turn
+/// ready), then every `refresh`, and sooner again after a failure.
+pub struct KeyRefresher {
+    live: Arc<Live>,
+    http: reqwest::Client,
+}
+
+impl KeyRefresher {
+    /// A refresher for `live`'s key stores using `http`.
+    pub fn new(live: Arc<Live>, http: reqwest::Client) -> Self {
+        Self { live, http }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for KeyRefresher {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            let stores = self.live.snapshot().config.key_stores.clone();
+            for store in stores.iter().filter(|s| s.refresh_due()) {
+                let _ = store.refresh(&self.http).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }

@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         } => {
             let options = LoadOptions {
                 read_secrets: !skip_secrets,
+                read_key_files: !skip_secrets,
                 ..LoadOptions::default()
             };
             match Config::load(&config.config, &options) {

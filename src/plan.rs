@@ -9,7 +9,8 @@ use http::header::HeaderMap;
 use http::Method;
 
 use crate::config::Config;
-use crate::identity::{Dropped, IdentityError};
+use crate::identity::{Dropped, IdentityError, IdentityRules};
+use crate::jwt::JwtError;
 use crate::released::TokenRequest;
 use crate::routes::{page_load, NotPageLoad, Route};
 
@@ -38,6 +39,8 @@ pub enum NoToken {
     UntrustedPeer,
     /// The identity headers do not yield a valid user.
     Identity(IdentityError),
+    /// The gateway assertion is missing or not believed.
+    Assertion(JwtError),
 }
 
 impl NoToken {
@@ -48,6 +51,7 @@ impl NoToken {
             NoToken::NotPageLoad(_) => "not_page_load",
             NoToken::UntrustedPeer => "untrusted_peer",
             NoToken::Identity(e) => e.problem.label(),
+            NoToken::Assertion(e) => e.label(),
         }
     }
 }
@@ -62,6 +66,7 @@ impl fmt::Display for NoToken {
                 "the TCP peer is not in trusted_proxies: identity headers are stripped and ignored"
             ),
             NoToken::Identity(e) => write!(f, "no valid identity: {e}"),
+            NoToken::Assertion(e) => write!(f, "no valid gateway assertion: {e}"),
         }
     }
 }
@@ -79,13 +84,14 @@ pub struct Plan {
     pub decision: Result<Planned, NoToken>,
 }
 
-/// A token request ready to send.
+/// A token request ready to send, or an assertion to verify first.
 #[derive(Debug)]
-pub struct Planned {
-    /// The JSON body.
-    pub request: TokenRequest,
-    /// Optional fields left out, and why.
-    pub dropped: Vec<Dropped>,
+pub enum Planned {
+    /// Identity from headers, already checked: the JSON body, and optional fields left out.
+    Request(TokenRequest, Vec<Dropped>),
+    /// Identity from the gateway's signed assertion (verified off the request path, in the
+    /// token task, because an unknown `kid` may need a key fetch).
+    Assertion(String),
 }
 
 impl Plan {
@@ -129,12 +135,47 @@ pub fn plan(config: &Config, facts: &RequestFacts<'_>) -> Plan {
         plan.decision = Err(NoToken::UntrustedPeer);
         return plan;
     }
-    plan.decision = match route.identity.extract(facts.headers) {
-        Ok(extraction) => Ok(Planned {
-            request: TokenRequest::new(&route.released.account_id, extraction.identity),
-            dropped: extraction.dropped,
-        }),
-        Err(e) => Err(NoToken::Identity(e)),
+    plan.decision = match &route.identity.jwt {
+        Some(jwt) => assertion(facts.headers, &jwt.header).map(Planned::Assertion),
+        None => match route.identity.extract(facts.headers) {
+            Ok(extraction) => Ok(Planned::Request(
+                TokenRequest::new(&route.released.account_id, extraction.identity),
+                extraction.dropped,
+            )),
+            Err(e) => Err(NoToken::Identity(e)),
+        },
     };
     plan
+}
+
+/// Verifies a gateway assertion and builds the token request from its claims, waiting for
+/// keys no later than `deadline`.
+pub async fn verify_assertion(
+    raw: &str,
+    rules: &IdentityRules,
+    account_id: &str,
+    http: &reqwest::Client,
+    deadline: std::time::Instant,
+) -> Result<TokenRequest, NoToken> {
+    let Some(settings) = &rules.jwt else {
+        return Err(NoToken::Assertion(JwtError::Missing));
+    };
+    let claims = crate::jwt::verify(raw, settings, http, deadline)
+        .await
+        .map_err(NoToken::Assertion)?;
+    let extraction = rules.extract_claims(&claims).map_err(NoToken::Identity)?;
+    Ok(TokenRequest::new(account_id, extraction.identity))
+}
+
+/// The single, UTF-8 assertion header.
+fn assertion(headers: &HeaderMap, name: &http::HeaderName) -> Result<String, NoToken> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(NoToken::Assertion(JwtError::Missing))?;
+    if values.next().is_some() {
+        return Err(NoToken::Assertion(JwtError::MultipleValues));
+    }
+    value
+        .to_str()
+        .map(str::to_string)
+        .map_err(|_| NoToken::Assertion(JwtError::Malformed("not ASCII")))
 }

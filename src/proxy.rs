@@ -30,10 +30,11 @@ use tokio::task::JoinHandle;
 
 use crate::compress::{Coding, Compressor};
 use crate::config::Config;
+use crate::identity::IdentityRules;
 use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
-use crate::plan::{plan, NoToken, RequestFacts};
-use crate::released::{ReleasedClient, TokenError, TokenRequest};
+use crate::plan::{plan, verify_assertion, NoToken, Planned, RequestFacts};
+use crate::released::{ReleasedClient, ReleasedSettings};
 use crate::rewrite::{Charset, Rewriter};
 use crate::routes::host_without_port;
 use crate::secret::Token;
@@ -60,11 +61,12 @@ impl Sidecar {
 enum TokenState {
     /// No token for this request (and why, for the access log).
     NotNeeded(&'static str),
-    /// Planned but not yet started (between `early_request_filter` and `request_filter`).
-    Planned(TokenRequest),
-    /// The call is in flight.
+    /// Planned but not yet started.
+    Planned(Planned),
+    /// The task (assertion check, cool-down, call) is in flight; it ends with the token or
+    /// the access-log label of why there is none.
     Pending {
-        task: JoinHandle<Result<Token, TokenError>>,
+        task: JoinHandle<Result<Token, &'static str>>,
         deadline: Instant,
     },
     /// Settled: used, failed, or not usable for this response.
@@ -373,7 +375,7 @@ impl Sidecar {
             self.metrics.page_loads.with_label_values(&[route]).inc();
         }
         ctx.token = match plan.decision {
-            Ok(planned) => TokenState::Planned(planned.request),
+            Ok(planned) => TokenState::Planned(planned),
             Err(NoToken::NoRoute) => TokenState::NotNeeded("no_route"),
             Err(NoToken::NotPageLoad(_)) => TokenState::NotNeeded("not_page_load"),
             Err(reason) => {
@@ -385,31 +387,29 @@ impl Sidecar {
         };
     }
 
-    /// Starts the planned token call in its own task, unless the cool-down is open.
-    /// Returns whether a call is now in flight.
+    /// Starts the planned token work in its own task, so it runs while the app answers.
+    /// Returns whether it started.
     fn start_token_call(&self, ctx: &mut RequestCtx) -> bool {
         if !matches!(ctx.token, TokenState::Planned(_)) {
             return false;
         }
-        let TokenState::Planned(request) =
-            std::mem::replace(&mut ctx.token, TokenState::Settled("cooldown"))
-        else {
-            return false;
-        };
         let Some(route) = ctx.route.and_then(|i| ctx.snapshot.config.routes.0.get(i)) else {
             return false;
         };
-        let settings = Arc::clone(&route.released);
-        if !settings.cooldown.admit() {
-            self.metrics
-                .token_requests
-                .with_label_values(&["cooldown"])
-                .inc();
+        let TokenState::Planned(planned) =
+            std::mem::replace(&mut ctx.token, TokenState::Settled("not_planned"))
+        else {
             return false;
-        }
-        let deadline = ctx.started + settings.timeout;
-        let client = self.released.clone();
-        let task = tokio::spawn(async move { client.fetch(&settings, &request, deadline).await });
+        };
+        let deadline = ctx.started + route.released.timeout;
+        let task = tokio::spawn(obtain_token(
+            planned,
+            Arc::clone(&route.identity),
+            Arc::clone(&route.released),
+            self.released.clone(),
+            Arc::clone(&self.metrics),
+            deadline,
+        ));
         ctx.token = TokenState::Pending { task, deadline };
         true
     }
@@ -422,7 +422,7 @@ impl Sidecar {
         let outcome = tokio::time::timeout_at((*deadline).into(), task).await;
         let (state, token) = match outcome {
             Ok(Ok(Ok(token))) => ("used", Some(token)),
-            Ok(Ok(Err(e))) => (e.label(), None),
+            Ok(Ok(Err(label))) => (label, None),
             Ok(Err(join_error)) => {
                 tracing::error!(error = %join_error, "token task failed");
                 ("task_failed", None)
@@ -449,6 +449,53 @@ impl Sidecar {
             }
         }
     }
+}
+
+/// Everything between the plan and the token, off the request path: verify the gateway
+/// assertion (if identity comes from one), respect the cool-down, call Released.
+async fn obtain_token(
+    planned: Planned,
+    identity: Arc<IdentityRules>,
+    settings: Arc<ReleasedSettings>,
+    client: ReleasedClient,
+    metrics: Arc<Metrics>,
+    deadline: Instant,
+) -> Result<Token, &'static str> {
+    let request = match planned {
+        Planned::Request(request, _) => request,
+        Planned::Assertion(raw) => {
+            match verify_assertion(
+                &raw,
+                &identity,
+                &settings.account_id,
+                client.http(),
+                deadline,
+            )
+            .await
+            {
+                Ok(request) => request,
+                Err(reason) => {
+                    tracing::debug!(reason = %reason, "page load without token");
+                    metrics
+                        .token_skips
+                        .with_label_values(&[reason.label()])
+                        .inc();
+                    return Err(reason.label());
+                }
+            }
+        }
+    };
+    if !settings.cooldown.admit() {
+        metrics
+            .token_requests
+            .with_label_values(&["cooldown"])
+            .inc();
+        return Err("cooldown");
+    }
+    client
+        .fetch(&settings, &request, deadline)
+        .await
+        .map_err(|e| e.label())
 }
 
 /// The charset to rewrite in, if this response can carry a token: a `200` `text/html`

@@ -192,6 +192,11 @@ impl ReleasedClient {
         Ok(Self { http, metrics })
     }
 
+    /// The HTTP client (its pool is shared with key fetches).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Asks for one token, giving up at `deadline`. Records the outcome in the metrics and
     /// the cool-down; logs failures without any secret, token or user data.
     pub async fn fetch(

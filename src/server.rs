@@ -13,7 +13,7 @@ use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{AdminServer, Health};
-use crate::live::{self, Live, ReloadError, Reloader, Trigger};
+use crate::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::Sidecar;
 use crate::released::ReleasedClient;
@@ -67,6 +67,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         })?;
 
     let released = ReleasedClient::new(Arc::clone(&metrics))?;
+    let key_http = released.http().clone();
     let reloader = live::spawn_reloader(Arc::clone(&live))?;
     let health = Arc::new(Health::default());
 
@@ -95,7 +96,12 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             config.listen,
             Arc::clone(&health),
             Arc::clone(&metrics),
+            Arc::clone(&live),
         ),
+    ));
+    server.add_service(background_service(
+        "released-sidecar keys",
+        KeyRefresher::new(Arc::clone(&live), key_http),
     ));
 
     spawn_drain_watcher(&server, Arc::clone(&metrics), grace);

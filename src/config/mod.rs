@@ -6,6 +6,7 @@
 //! while collecting errors, and this file holds the schema.
 
 mod decode;
+mod identity;
 pub mod yaml;
 
 use std::fmt;
@@ -18,7 +19,7 @@ use http::header::HeaderName;
 use regex::Regex;
 use url::Url;
 
-use crate::identity::{FieldRule, IdentityRules, Transform};
+use crate::keys::{KeyError, KeySource, KeyStore};
 use crate::released::{
     CoolDown, CoolDownPolicy, ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT,
 };
@@ -28,6 +29,8 @@ use crate::secret::Secret;
 use crate::trust::{parse_net, TrustedProxies};
 pub use decode::parse_duration;
 use decode::{join, Decoder, Fields};
+use identity::PartialIdentity;
+pub use identity::PRESETS;
 use yaml::Node;
 
 /// Default proxy listener.
@@ -85,17 +88,31 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// How to load: the environment for `${VAR}` and whether to read secrets.
+/// Supplies the key store for a key source (the live config reuses stores across
+/// reloads so fetched keys survive).
+pub type KeyStoreProvider<'a> =
+    dyn Fn(&KeySource, Duration) -> Result<Arc<KeyStore>, KeyError> + 'a;
+
+/// How to load: the environment for `${VAR}` and which files to read.
 pub struct LoadOptions<'e> {
     /// Resolves `${VAR}`; the process environment by default.
     pub env: &'e dyn Fn(&str) -> Option<String>,
     /// `false` for `check --skip-secrets` and `explain`: the secret source is validated but
     /// not read, and the config carries an empty placeholder that is never sent.
     pub read_secrets: bool,
+    /// `false` for `check --skip-secrets`: a `jwks_file` is not read.
+    pub read_key_files: bool,
+    /// Where key stores come from (a fresh one per source by default).
+    pub key_stores: &'e KeyStoreProvider<'e>,
 }
 
 fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
+}
+
+/// A new key store per source: reads a JWKS file now, leaves URLs to be fetched.
+pub fn new_key_store(source: &KeySource, refresh: Duration) -> Result<Arc<KeyStore>, KeyError> {
+    KeyStore::new(source.clone(), refresh).map(Arc::new)
 }
 
 impl Default for LoadOptions<'_> {
@@ -103,6 +120,8 @@ impl Default for LoadOptions<'_> {
         Self {
             env: &process_env,
             read_secrets: true,
+            read_key_files: true,
+            key_stores: &new_key_store,
         }
     }
 }
@@ -185,6 +204,10 @@ pub struct Config {
     pub identity_headers: Vec<HeaderName>,
     /// Secret files to watch for rotation.
     pub secret_files: Vec<PathBuf>,
+    /// JWKS files to watch (reloaded like secrets).
+    pub key_files: Vec<PathBuf>,
+    /// Every key store the routes use (each once), for refreshing and readiness.
+    pub key_stores: Vec<Arc<KeyStore>>,
 }
 
 impl Config {
@@ -226,6 +249,8 @@ impl Config {
             d: &mut d,
             base,
             read_secrets: options.read_secrets,
+            read_key_files: options.read_key_files,
+            key_stores: options.key_stores,
         }
         .config(&root);
         match config {
@@ -281,8 +306,6 @@ const RELEASED_KEYS: &[&str] = &[
     "timeout",
     "cooldown",
 ];
-const IDENTITY_KEYS: &[&str] = &["user_id", "user_email", "name", "avatar_url"];
-const FIELD_KEYS: &[&str] = &["header", "pattern", "transform"];
 const ROUTE_KEYS: &[&str] = &["name", "match", "identity", "released"];
 
 /// A `released` block as written, before merging a route's override with the top level.
@@ -325,37 +348,6 @@ impl PartialReleased {
     }
 }
 
-/// An `identity` block as written.
-#[derive(Default, Clone)]
-struct PartialIdentity {
-    written: Vec<&'static str>,
-    user_id: Option<FieldRule>,
-    user_email: Option<FieldRule>,
-    name: Option<FieldRule>,
-    avatar_url: Option<FieldRule>,
-}
-
-impl PartialIdentity {
-    fn or(self, base: &PartialIdentity) -> PartialIdentity {
-        PartialIdentity {
-            written: Vec::new(),
-            user_id: self.user_id.or_else(|| base.user_id.clone()),
-            user_email: self.user_email.or_else(|| base.user_email.clone()),
-            name: self.name.or_else(|| base.name.clone()),
-            avatar_url: self.avatar_url.or_else(|| base.avatar_url.clone()),
-        }
-    }
-
-    fn finish(self) -> Option<IdentityRules> {
-        Some(IdentityRules {
-            user_id: self.user_id?,
-            user_email: self.user_email?,
-            name: self.name,
-            avatar_url: self.avatar_url,
-        })
-    }
-}
-
 /// A route as written, with its raw overrides.
 struct PartialRoute {
     name: Option<String>,
@@ -377,6 +369,8 @@ struct Schema<'a, 'e> {
     d: &'a mut Decoder<'e>,
     base: &'a Path,
     read_secrets: bool,
+    read_key_files: bool,
+    key_stores: &'e KeyStoreProvider<'e>,
 }
 
 impl Schema<'_, '_> {
@@ -430,18 +424,40 @@ impl Schema<'_, '_> {
         }
         let routes = routes?;
 
+        // Compiling identities can still find errors (jwt completeness, header/claim
+        // mix-ups), reported before anything is built.
+        let identity_line = top.line_of("identity");
+        let shared_identity = if routes.iter().any(|r| r.identity.is_none()) {
+            self.compile_identity(top_identity.clone(), "identity", identity_line)
+                .map(Arc::new)
+        } else {
+            None
+        };
+        let mut identities = Vec::with_capacity(routes.len());
+        for (i, route) in routes.iter().enumerate() {
+            identities.push(match &route.identity {
+                None => shared_identity.clone(),
+                Some(own) => self
+                    .compile_identity(
+                        own.clone().or(&top_identity),
+                        &format!("routes[{i}].identity"),
+                        identity_line,
+                    )
+                    .map(Arc::new),
+            });
+        }
+        if self.d.has_errors() {
+            return None;
+        }
+
         let shared_released = top_released.clone().finish().map(Arc::new);
-        let shared_identity = top_identity.clone().finish().map(Arc::new);
         let mut compiled = Vec::with_capacity(routes.len());
-        for route in routes {
+        for (route, identity) in routes.into_iter().zip(identities) {
             let released = match route.released {
                 None => shared_released.clone()?,
                 Some(own) => Arc::new(own.or(&top_released).finish()?),
             };
-            let identity = match route.identity {
-                None => shared_identity.clone()?,
-                Some(own) => Arc::new(own.or(&top_identity).finish()?),
-            };
+            let identity = identity?;
             compiled.push(Route {
                 name: route.name?,
                 host: route.host,
@@ -453,7 +469,19 @@ impl Schema<'_, '_> {
 
         let mut identity_headers: Vec<HeaderName> = Vec::new();
         let mut secret_files: Vec<PathBuf> = Vec::new();
+        let mut key_files: Vec<PathBuf> = Vec::new();
+        let mut key_stores: Vec<Arc<KeyStore>> = Vec::new();
         for route in &compiled {
+            if let Some(jwt) = &route.identity.jwt {
+                if !key_stores.iter().any(|k| Arc::ptr_eq(k, &jwt.keys)) {
+                    key_stores.push(Arc::clone(&jwt.keys));
+                }
+                if let KeySource::JwksFile(p) = jwt.keys.source() {
+                    if !key_files.contains(p) {
+                        key_files.push(p.clone());
+                    }
+                }
+            }
             for h in route.identity.headers() {
                 if !identity_headers.contains(h) {
                     identity_headers.push(h.clone());
@@ -477,6 +505,8 @@ impl Schema<'_, '_> {
             timeouts: timeouts?,
             identity_headers,
             secret_files,
+            key_files,
+            key_stores,
         })
     }
 
@@ -928,103 +958,6 @@ impl Schema<'_, '_> {
                 None
             }
         }
-    }
-
-    fn identity(&mut self, node: &Node, path: &str) -> PartialIdentity {
-        let Some(fields) = self.d.map(node, path, IDENTITY_KEYS) else {
-            return PartialIdentity {
-                written: IDENTITY_KEYS.to_vec(),
-                ..Default::default()
-            };
-        };
-        let mut out = PartialIdentity::default();
-        for key in IDENTITY_KEYS {
-            if fields.has(key) {
-                out.written.push(key);
-            }
-            let Some(n) = fields.get(key) else { continue };
-            let rule = self.field_rule(n, &join(path, key));
-            match *key {
-                "user_id" => out.user_id = rule,
-                "user_email" => out.user_email = rule,
-                "name" => out.name = rule,
-                _ => out.avatar_url = rule,
-            }
-        }
-        out
-    }
-
-    fn field_rule(&mut self, node: &Node, path: &str) -> Option<FieldRule> {
-        let fields = self.d.map(node, path, FIELD_KEYS)?;
-        let header = match fields.get("header") {
-            None => {
-                self.d.error(
-                    &join(path, "header"),
-                    node.line,
-                    "is required: the request header to read",
-                );
-                None
-            }
-            Some(h) => {
-                let hp = join(path, "header");
-                self.d.non_empty(h, &hp).and_then(|t| {
-                    match HeaderName::from_bytes(t.trim().as_bytes()) {
-                        Ok(name) => Some(name),
-                        Err(_) => {
-                            self.d
-                                .error(&hp, h.line, format!("`{t}` is not a valid header name"));
-                            None
-                        }
-                    }
-                })
-            }
-        };
-        let mut ok = true;
-        let pattern = match fields.get("pattern") {
-            Some(p) => {
-                let re = self.regex(p, &join(path, "pattern"));
-                ok &= re.is_some();
-                re
-            }
-            None => None,
-        };
-        let mut transforms = Vec::new();
-        if let Some(t) = fields.get("transform") {
-            let tpath = join(path, "transform");
-            let names = match &t.value {
-                yaml::Value::Scalar { .. } => self.d.string(t, &tpath).map(|s| vec![(s, t.line)]),
-                _ => self.d.strings(t, &tpath),
-            };
-            match names {
-                Some(names) => {
-                    for (i, (name, line)) in names.into_iter().enumerate() {
-                        match Transform::from_name(name.trim()) {
-                            Some(tr) => transforms.push(tr),
-                            None => {
-                                self.d.error(
-                                    &format!("{tpath}[{i}]"),
-                                    line,
-                                    format!(
-                                        "unknown transform `{name}`; expected one of: {}",
-                                        Transform::NAMES.join(", ")
-                                    ),
-                                );
-                                ok = false;
-                            }
-                        }
-                    }
-                }
-                None => ok = false,
-            }
-        }
-        if !ok {
-            return None;
-        }
-        Some(FieldRule {
-            header: header?,
-            pattern,
-            transforms,
-        })
     }
 
     fn released(&mut self, node: &Node, path: &str) -> PartialReleased {

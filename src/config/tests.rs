@@ -29,9 +29,16 @@ fn load(text: &str) -> Result<Config, ConfigErrors> {
         dir.path(),
         &LoadOptions {
             env: &env,
-            read_secrets: true,
+            ..LoadOptions::default()
         },
     )
+}
+
+fn header_of(rule: &crate::identity::FieldRule) -> &str {
+    match &rule.source {
+        crate::identity::Source::Header(h) => h.as_str(),
+        crate::identity::Source::Claim(c) => c,
+    }
 }
 
 const MINIMAL: &str = "\
@@ -133,11 +140,8 @@ fn route_identity_override_replaces_single_fields() {
     );
     let c = load(&text).unwrap();
     let id = &c.routes.0[0].identity;
-    assert_eq!(
-        id.user_email.header.as_str(),
-        "x-goog-authenticated-user-email"
-    );
-    assert_eq!(id.user_id.header.as_str(), "x-forwarded-user");
+    assert_eq!(header_of(&id.user_email), "x-goog-authenticated-user-email");
+    assert_eq!(header_of(&id.user_id), "x-forwarded-user");
     assert!(c
         .identity_headers
         .iter()
@@ -343,6 +347,7 @@ fn skipping_secrets_validates_the_source_without_reading_it() {
         &LoadOptions {
             env: &env,
             read_secrets: false,
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -357,4 +362,210 @@ fn sizes_parse() {
     assert_eq!(parse_size("4MiB"), Ok(4 * 1024 * 1024));
     assert!(parse_size("4MB").is_err());
     assert!(parse_size("lots").is_err());
+}
+
+/// A config using `identity` written as `identity_yaml` (indented under `identity:`).
+fn with_identity(identity_yaml: &str) -> String {
+    format!(
+        "upstream: http://127.0.0.1:3000\nreleased:\n  account_id: acc\n  shared_secret_file: secret\nidentity:\n{identity_yaml}"
+    )
+}
+
+fn jwks_dir() -> tempfile::TempDir {
+    let dir = secret_dir();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn load_in(dir: &tempfile::TempDir, text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(
+        text,
+        "test.yaml",
+        dir.path(),
+        &LoadOptions {
+            env: &env,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+#[test]
+fn every_preset_expands_to_its_gateway_headers_or_assertion() {
+    use crate::identity::Source;
+    use jsonwebtoken::Algorithm;
+    let dir = jwks_dir();
+    // (preset, extra jwt keys the operator supplies, user_id source, email source, jwt header, algorithms)
+    /// (preset, jwt keys the operator adds, user_id source, email source, jwt header, algorithms)
+    type PresetCase<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a [Algorithm],
+    );
+    let cases: &[PresetCase] = &[
+        ("oauth2-proxy", "", "x-forwarded-user", "x-forwarded-email", None, &[]),
+        ("authelia", "", "remote-user", "remote-email", None, &[]),
+        ("authentik", "", "x-authentik-uid", "x-authentik-email", None, &[]),
+        ("pomerium", "jwks_file: jwks.json, issuer: https://authenticate.example.com, audience: app.example.com", "sub", "email", Some("x-pomerium-jwt-assertion"), &[Algorithm::ES256]),
+        ("google-iap", "audience: /projects/1/global/backendServices/2", "sub", "email", Some("x-goog-iap-jwt-assertion"), &[Algorithm::ES256]),
+        ("cloudflare-access", "jwks_file: jwks.json, issuer: https://team.cloudflareaccess.com, audience: abc", "sub", "email", Some("cf-access-jwt-assertion"), &[Algorithm::RS256]),
+        ("aws-alb", "key_url: 'https://public-keys.auth.elb.eu-west-1.amazonaws.com/{kid}', issuer: https://idp.example.com, signer: 'arn:aws:elasticloadbalancing:eu-west-1:1:loadbalancer/app/x/y'", "sub", "email", Some("x-amzn-oidc-data"), &[Algorithm::ES256]),
+    ];
+    for (preset, jwt, user_id, email, header, algorithms) in cases {
+        let mut yaml = format!("  preset: {preset}\n");
+        if !jwt.is_empty() {
+            yaml.push_str(&format!("  jwt: {{ {jwt} }}\n"));
+        }
+        let c = load_in(&dir, &with_identity(&yaml)).unwrap_or_else(|e| panic!("{preset}: {e}"));
+        let rules = &c.routes.0[0].identity;
+        let name = |s: &Source| match s {
+            Source::Header(h) => h.as_str().to_string(),
+            Source::Claim(c) => c.clone(),
+        };
+        assert_eq!(name(&rules.user_id.source), *user_id, "{preset}");
+        assert_eq!(name(&rules.user_email.source), *email, "{preset}");
+        assert_eq!(
+            rules.jwt.as_ref().map(|j| j.header.as_str()),
+            *header,
+            "{preset}"
+        );
+        if let Some(j) = &rules.jwt {
+            assert_eq!(j.algorithms, *algorithms, "{preset}");
+            assert_eq!(c.key_stores.len(), 1);
+        }
+    }
+    let iap = load_in(
+        &dir,
+        &with_identity(
+            "  preset: google-iap\n  jwt: { audience: /projects/1/global/backendServices/2 }\n",
+        ),
+    )
+    .unwrap();
+    let jwt = iap.routes.0[0].identity.jwt.clone().unwrap();
+    assert_eq!(jwt.issuer, "https://cloud.google.com/iap");
+    assert_eq!(
+        jwt.keys.source(),
+        &crate::keys::KeySource::JwksUrl(
+            "https://www.gstatic.com/iap/verify/public_key-jwk".into()
+        )
+    );
+    assert_eq!(
+        iap.routes.0[0]
+            .identity
+            .user_id
+            .pattern
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "^accounts\\.google\\.com:(.+)$"
+    );
+}
+
+#[test]
+fn explicit_fields_override_the_preset() {
+    let dir = jwks_dir();
+    let c = load_in(&dir, &with_identity("  preset: oauth2-proxy\n  user_id: { header: X-Forwarded-Email, transform: [lowercase, escape] }\n")).unwrap();
+    let rules = &c.routes.0[0].identity;
+    assert_eq!(header_of(&rules.user_id), "x-forwarded-email");
+    assert_eq!(
+        header_of(&rules.name.clone().unwrap()),
+        "x-forwarded-preferred-username"
+    );
+}
+
+#[test]
+fn jwt_blocks_are_checked_for_completeness_and_safety() {
+    let dir = jwks_dir();
+    let cases: Vec<(String, Vec<Expected>)> = vec![
+        (
+            with_identity("  preset: google-iap\n"),
+            vec![("identity.jwt.audience", 6, "is required")],
+        ),
+        (
+            with_identity("  jwt: { header: X-Assertion }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![
+                ("identity.jwt.jwks_url", 6, "where the keys come from"),
+                ("identity.jwt.issuer", 6, "is required"),
+                ("identity.jwt.audience", 6, "is required"),
+            ],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, jwks_file: jwks.json, issuer: i, audience: a, algorithms: [HS256, none] }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![
+                ("identity.jwt.algorithms[0]", 6, "is refused"),
+                ("identity.jwt.algorithms[1]", 6, "`none` is never accepted"),
+                ("identity.jwt.algorithms", 6, "at least one"),
+            ],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, jwks_file: jwks.json, issuer: i, audience: a }\n  user_id: { header: X-Forwarded-User }\n  user_email: { claim: email }\n"),
+            vec![("identity.user_id", 7, "use `claim:` instead of `header:`")],
+        ),
+        (
+            with_identity("  user_id: { claim: sub }\n  user_email: { header: X-Email }\n"),
+            vec![("identity.user_id", 6, "set identity.jwt")],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, jwks_file: missing.json, issuer: i, audience: a }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![("identity.jwt.jwks_file", 6, "cannot read")],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, jwks_url: 'https://a/k', key_url: 'https://b/{kid}', issuer: i, audience: a }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![("identity.jwt.key_url", 6, "only one of")],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, key_url: 'https://b/key', jwks_url: http://keys.example.com/jwks, issuer: i, audience: a }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![("identity.jwt.key_url", 6, "only one of")],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, jwks_url: http://keys.example.com/jwks, issuer: i, audience: a }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![("identity.jwt.jwks_url", 6, "must use https")],
+        ),
+        (
+            with_identity("  preset: nope\n"),
+            vec![("identity.preset", 6, "unknown preset `nope`"), ("identity.user_id", 5, "is required"), ("identity.user_email", 5, "is required")],
+        ),
+        (
+            with_identity("  user_id: { header: X-A, claim: sub }\n  user_email: { header: X-Email }\n"),
+            vec![("identity.user_id.claim", 6, "either `header` or `claim`")],
+        ),
+    ];
+    for (text, expected) in cases {
+        let errors = match load_in(&dir, &text) {
+            Ok(_) => panic!("config should be rejected:\n{text}"),
+            Err(e) => e,
+        };
+        for (path, line, fragment) in &expected {
+            assert!(
+                errors.errors.iter().any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(fragment)),
+                "expected `{path}` at line {line} containing {fragment:?}; got:\n{errors}\nfor:\n{text}"
+            );
+        }
+        assert_eq!(
+            errors.errors.len(),
+            expected.len(),
+            "unexpected extra errors:\n{errors}\nfor:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn jwt_identity_strips_its_assertion_header_from_untrusted_peers() {
+    let dir = jwks_dir();
+    let c = load_in(
+        &dir,
+        &with_identity("  preset: pomerium\n  jwt: { jwks_file: jwks.json, issuer: https://auth.example.com, audience: app.example.com }\n"),
+    )
+    .unwrap();
+    assert!(c
+        .identity_headers
+        .iter()
+        .any(|h| h == "x-pomerium-jwt-assertion"));
+    assert_eq!(c.key_files.len(), 1);
 }

@@ -44,6 +44,7 @@ pub struct SidecarBuilder {
     files: Vec<(String, String)>,
     args: Vec<String>,
     prepare: Option<Prepare>,
+    ready_path: &'static str,
 }
 
 impl SidecarBuilder {
@@ -59,6 +60,7 @@ impl SidecarBuilder {
             files: Vec::new(),
             args: Vec::new(),
             prepare: None,
+            ready_path: "/readyz",
         }
     }
 
@@ -92,6 +94,12 @@ impl SidecarBuilder {
     /// Runs `f` on the sidecar's directory before it starts (symlink layouts…).
     pub fn prepare(mut self, f: impl Fn(&std::path::Path) + 'static) -> Self {
         self.prepare = Some(Box::new(f));
+        self
+    }
+
+    /// Returns once `/healthz` answers instead of `/readyz` (to watch readiness itself).
+    pub fn without_waiting_for_ready(mut self) -> Self {
+        self.ready_path = "/healthz";
         self
     }
 
@@ -171,7 +179,7 @@ impl SidecarBuilder {
                 return Err(format!("exited with {status}:\n{}", sidecar.logs()));
             }
             if let Ok(resp) = super::client()
-                .get(sidecar.admin_url("/readyz"))
+                .get(sidecar.admin_url(self.ready_path))
                 .send()
                 .await
             {
