@@ -209,6 +209,26 @@ fn describe_rules(out: &mut String, rules: &IdentityRules) {
         }
         s
     };
+    if let Some(jwt) = &rules.jwt {
+        let _ = writeln!(
+            out,
+            "assertion:  header {}, keys from {}",
+            jwt.header,
+            jwt.keys.source()
+        );
+        let _ = writeln!(
+            out,
+            "            iss {}, aud [{}]{}, algorithms {:?}, leeway {:?}",
+            jwt.issuer,
+            jwt.audience.join(", "),
+            jwt.signer
+                .as_ref()
+                .map(|s| format!(", signer {s}"))
+                .unwrap_or_default(),
+            jwt.algorithms,
+            jwt.leeway
+        );
+    }
     let _ = writeln!(
         out,
         "identity:   user_id    <- {}",

@@ -531,3 +531,55 @@ async fn a_jwks_file_is_hot_reloaded_like_a_secret() {
     .await;
     assert_eq!(old, PAGE, "the removed key no longer verifies");
 }
+
+#[test]
+fn explain_shows_the_expanded_preset_and_every_assertion_check() {
+    let key = ec_key("k1");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "s").unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&key])).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: http://127.0.0.1:3000\nreleased: {{ account_id: acct, shared_secret_file: secret }}\n\
+             identity:\n  preset: pomerium\n  jwt: {{ jwks_file: jwks.json, issuer: \"{ISSUER}\", audience: \"{AUDIENCE}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let explain = |assertion: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_released-sidecar"))
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args(["--url", "https://app.example.com/", "-H"])
+            .arg(format!("X-Pomerium-Jwt-Assertion: {assertion}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let good = explain(&sign(&key, &claims(json!({}))));
+    for line in [
+        "assertion:  header x-pomerium-jwt-assertion, keys from JWKS file",
+        "identity:   user_id    <- claim sub, transform [escape]",
+        "ok   algorithm: ES256 is accepted",
+        "ok   signature: valid",
+        "ok   claims: iss, aud, exp",
+        r#"{"account_id":"acct","user_id":"user-123","user_email":"alice@example.com","profile":{"name":"Alice"}}"#,
+    ] {
+        assert!(good.contains(line), "missing {line:?} in:\n{good}");
+    }
+    let expired = explain(&sign(&key, &claims(json!({"exp": now() - 3600}))));
+    assert!(expired.contains("FAIL claims: expired"), "{expired}");
+    assert!(
+        expired.contains("token:      none: the gateway assertion is not believed"),
+        "{expired}"
+    );
+    let forged = explain(&sign(&ec_key("k1"), &claims(json!({}))));
+    assert!(forged.contains("FAIL signature: bad signature"), "{forged}");
+}
