@@ -641,3 +641,43 @@ async fn a_20_mb_page_streams_through_with_small_memory() {
         "peak RSS grew by {grown} KiB for a 20 MiB page"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_page_past_the_memory_bound_is_served_whole_and_counted() {
+    // A 3 MiB attribute inside an embed tag: more than `embed.memory_limit` (1 MiB).
+    let mut page = b"<released-page></released-page><released-widget data-x=\"".to_vec();
+    page.extend(std::iter::repeat_n(b'a', 3 << 20));
+    page.extend_from_slice(b"\"></released-widget><released-form></released-form>");
+    let served = Bytes::from(page.clone());
+    let (_u, standin, sidecar) = setup(move |_| Reply::Stream {
+        status: 200,
+        headers: vec![("content-type".into(), "text/html".into())],
+        chunks: served
+            .chunks(64 * 1024)
+            .map(|c| (Duration::ZERO, Bytes::copy_from_slice(c)))
+            .collect(),
+    })
+    .await;
+    let body = page_load(&sidecar, "/hostile").await.bytes().await.unwrap();
+    let token = standin.issued()[0].token.clone().unwrap();
+    let first = format!("<released-page auth-token=\"{token}\"></released-page>");
+    assert!(
+        body.starts_with(first.as_bytes()),
+        "the tag before the bound still gets the token"
+    );
+    assert_eq!(
+        &body[first.len()..],
+        &page[31..],
+        "everything after it passes through whole"
+    );
+    assert!(
+        support::eventually(Duration::from_secs(2), || async {
+            sidecar
+                .metric("released_sidecar_rewrite_bailouts_total")
+                .await
+                == 1.0
+        })
+        .await
+    );
+    assert!(sidecar.logs().contains("HTML rewrite stopped"));
+}
