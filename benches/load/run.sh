@@ -1,0 +1,547 @@
+#!/usr/bin/env bash
+# Load benchmark: released-sidecar against nginx doing the same job, all on 127.0.0.1.
+#
+#   benches/load/run.sh                      # ~4.5 minutes at the defaults (+ first build)
+#   DURATION=5 ROUNDS=1 benches/load/run.sh  # quick look, ~1.5 minutes
+#   PROFILE=1 benches/load/run.sh            # also perf-record the sidecar (see README)
+#
+# What runs (every process started here is killed by its PID on exit; nothing listens
+# or connects outside 127.0.0.1):
+#   origin   nginx, 1 worker: /data.json (1 KB), /app.js (10 KB), /page.html (100 KB, one
+#            <released-page>), /big.html (BIG_MB MiB), and /slow/ proxied to the slow app;
+#            plus a second server that stands in for the Released token API and answers
+#            at once: POST /auth/api/impersonation/token -> "tok-bench-…" (JSON), and
+#            GET /auth-token -> 204 + X-Token (for nginx auth_request).
+#   slow     benches/load/backend.py: page and token API each answering after 100 ms.
+#   sidecar  the release build, workers: 1, identity from X-Forwarded-User/-Email.
+#   nginx-A  passthrough proxy (upstream keepalive 32, HTTP/1.1), 1 worker.
+#   nginx-B  the same plus auth_request to the token stand-in and sub_filter writing
+#            auth-token="$tok" into the three embed tags (nginx's best effort at the job).
+#
+# Environment (defaults in brackets):
+#   DURATION [10]  seconds per wrk run      ROUNDS [3]    interleaved rounds per target
+#   WARMUP [2]     seconds, not recorded    CONNS [32]    wrk connections
+#   SLOW_CONNS [4] for slow-100ms           BIG_MB [256]  size of the big page, MiB
+#   SCENARIOS ["pass-1k-json pass-10k-js rewrite-100k slow-100ms"]; pass-100k-html is
+#                  also available (the page without page-load headers: no token, no rewrite)
+#   SIDECAR_LOG [warn]  RUST_LOG of the sidecar: no access log, like nginx's access_log off
+#   SIDECAR_BIN    use this binary instead of building one
+#   PROFILE [0]    1: perf record the sidecar under the rewrite and 1 KB passthrough loads
+#   RESULTS_DIR [<cargo target dir>/bench-load/<timestamp>]   KEEP [0] 1: keep the temp dir
+# Run time ~ scenarios x 2 targets x (ROUNDS x DURATION + WARMUP) + ~20 s: ~4.5 min.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-32}
+SLOW_CONNS=${SLOW_CONNS:-4}
+BIG_MB=${BIG_MB:-256}
+SIDECAR_LOG=${SIDECAR_LOG:-warn}
+PROFILE=${PROFILE:-0}
+SCENARIOS=${SCENARIOS:-pass-1k-json pass-10k-js rewrite-100k slow-100ms}
+KEEP=${KEEP:-0}
+SLOW_DELAY_MS=100
+TOKEN="tok-bench-instant-0123456789abcdef"
+SECRET="bench-shared-secret-not-a-real-one"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$REPO/benches/load"
+cd "$REPO"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools and build
+"$REPO/scripts/deps.sh" bench
+if ! command -v python3 >/dev/null 2>&1; then
+  say "installing python3 (the slow backend and the page generator)"
+  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3
+fi
+for tool in nginx wrk curl python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing"
+done
+NGINX=$(command -v nginx)
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$REPO/$TARGET_DIR"
+if [ -z "${SIDECAR_BIN:-}" ]; then
+  say "building the sidecar (release)"
+  cargo build --release --locked --bin released-sidecar
+  SIDECAR_BIN="$TARGET_DIR/release/released-sidecar"
+fi
+[ -x "$SIDECAR_BIN" ] || die "no sidecar binary at $SIDECAR_BIN"
+
+# From here on nothing may leave the machine: no proxy may capture loopback traffic
+# (curl and the sidecar's token client both honour these variables).
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+RESULTS_DIR=${RESULTS_DIR:-$TARGET_DIR/bench-load/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$RESULTS_DIR"
+WORK=$(mktemp -d -t released-bench.XXXXXX)
+# nginx workers drop privileges when started as root: they must read the files.
+chmod 755 "$WORK"
+
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$KEEP" = 1 ]; then
+    say "temp dir kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- ports
+# Listening ports are picked below the kernel's ephemeral range, so that no outgoing
+# connection of the run can take one before the process that needs it listens.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range
+PORT_LOW=10000
+PORT_SPAN=$((EPHEMERAL_LOW - PORT_LOW))
+((PORT_SPAN >= 1000)) || { PORT_LOW=61000; PORT_SPAN=4000; }
+USED_PORTS=" "
+pick_port() { # VAR: sets VAR to a free loopback port not handed out before
+  local p
+  for _ in $(seq 1 200); do
+    p=$((PORT_LOW + RANDOM % PORT_SPAN))
+    [[ "$USED_PORTS" == *" $p "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS+="$p "
+      printf -v "$1" '%s' "$p"
+      return
+    fi
+  done
+  die "no free port"
+}
+for var in ORIGIN_PORT TOKEN_PORT SLOW_PORT SIDECAR_PORT ADMIN_PORT MEM_PORT MEM_ADMIN_PORT \
+  NGX_A_PORT NGX_B_PORT; do
+  pick_port "$var"
+done
+
+# Every URL requested below goes through this: loopback only, by construction and by check.
+url() {
+  local u="http://127.0.0.1:$1$2"
+  [[ "$u" == http://127.0.0.1:* ]] || die "refusing non-loopback URL $u"
+  echo "$u"
+}
+CURL=(curl --noproxy '*' -sS --max-time 60)
+PAGE_HEADERS=(-H 'Accept: text/html' -H 'X-Forwarded-User: alice' -H 'X-Forwarded-Email: alice@example.com')
+
+wait_port() { # PORT PID NAME LOG
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { tail -20 "$4" >&2; die "$3 exited at start"; }
+    sleep 0.1
+  done
+  tail -20 "$4" >&2
+  die "$3 did not listen on 127.0.0.1:$1"
+}
+
+# ---------------------------------------------------------------- content
+say "generating the pages (BIG_MB=$BIG_MB)"
+mkdir -p "$WORK/www"
+python3 "$HERE/backend.py" gen "$WORK/www" "$BIG_MB"
+mkdir -p "$WORK/www/slow"
+chmod -R a+rX "$WORK/www"
+PAGE_BYTES=$(stat -c %s "$WORK/www/page.html")
+BIG_BYTES=$(stat -c %s "$WORK/www/big.html")
+ATTR=" auth-token=\"$TOKEN\""
+
+# ---------------------------------------------------------------- processes
+nginx_conf() { # NAME -> writes $WORK/NAME/nginx.conf header; body on stdin
+  local dir="$WORK/$1"
+  mkdir -p "$dir/tmp"
+  chmod 1777 "$dir/tmp"
+  {
+    cat <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  types { text/html html; application/javascript js; application/json json; }
+  default_type application/octet-stream;
+EOF
+    cat
+    echo "}"
+  } >"$dir/nginx.conf"
+}
+
+start_nginx() { # NAME PORT
+  local dir="$WORK/$1"
+  "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" || die "nginx $1 config"
+  "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
+  PIDS+=($!)
+  wait_port "$2" "$!" "nginx $1" "$dir/error.log"
+}
+
+nginx_conf origin <<EOF
+  charset utf-8;
+  open_file_cache max=64;
+  upstream slow { server 127.0.0.1:$SLOW_PORT; keepalive 32; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$ORIGIN_PORT;
+    root $WORK/www;
+    location /slow/ {
+      proxy_pass http://slow;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_max_temp_file_size 0;
+    }
+  }
+  server {
+    listen 127.0.0.1:$TOKEN_PORT;
+    location = /auth/api/impersonation/token {
+      if (\$http_authorization != "Bearer $SECRET") { return 401; }
+      default_type application/json;
+      return 200 '"$TOKEN"';
+    }
+    location = /auth-token {
+      add_header X-Token "$TOKEN" always;
+      return 204;
+    }
+  }
+EOF
+
+PROXY_COMMON='proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_max_temp_file_size 0;'
+SUB_FILTER='proxy_set_header Accept-Encoding "";
+      sub_filter_once off;
+      sub_filter "<released-page" "<released-page auth-token=\"$tok\"";
+      sub_filter "<released-widget" "<released-widget auth-token=\"$tok\"";
+      sub_filter "<released-form" "<released-form auth-token=\"$tok\"";'
+nginx_conf proxy <<EOF
+  upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 32; keepalive_requests 1000000; }
+  upstream token { server 127.0.0.1:$TOKEN_PORT; keepalive 32; keepalive_requests 1000000; }
+  upstream slow { server 127.0.0.1:$SLOW_PORT; keepalive 32; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$NGX_A_PORT;
+    location / {
+      proxy_pass http://origin;
+      $PROXY_COMMON
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGX_B_PORT;
+    location / {
+      auth_request /_token;
+      auth_request_set \$tok \$upstream_http_x_token;
+      proxy_pass http://origin;
+      $PROXY_COMMON
+      $SUB_FILTER
+    }
+    location /slow/ {
+      auth_request /_token_slow;
+      auth_request_set \$tok \$upstream_http_x_token;
+      proxy_pass http://origin;
+      $PROXY_COMMON
+      $SUB_FILTER
+    }
+    location = /_token {
+      internal;
+      proxy_pass http://token/auth-token;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      $PROXY_COMMON
+    }
+    location = /_token_slow {
+      internal;
+      proxy_pass http://slow/auth-token;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      $PROXY_COMMON
+    }
+  }
+EOF
+
+# The sidecar watches the directories of its config and secret: keep them apart from
+# anything written during the run (its own log included), or every log line wakes the
+# watcher thread.
+mkdir -p "$WORK/conf" "$WORK/logs"
+printf '%s\n' "$SECRET" >"$WORK/conf/secret"
+sidecar_conf() { # LISTEN_PORT ADMIN_PORT FILE
+  cat >"$3" <<EOF
+listen: "127.0.0.1:$1"
+upstream: "http://127.0.0.1:$ORIGIN_PORT"
+admin: { listen: "127.0.0.1:$2" }
+trusted_proxies: ["127.0.0.1/32", "::1/128"]
+released:
+  api_url: "http://127.0.0.1:$TOKEN_PORT/auth/api/impersonation/token"
+  account_id: "bench-account"
+  shared_secret_file: "$WORK/conf/secret"
+  timeout: "1500ms"
+identity:
+  user_id:    { header: X-Forwarded-User, transform: [escape] }
+  user_email: { header: X-Forwarded-Email }
+routes:
+  - name: slow
+    match: { path: "^/slow/" }
+    released: { api_url: "http://127.0.0.1:$SLOW_PORT/auth/api/impersonation/token" }
+  - name: default
+workers: 1
+EOF
+}
+
+start_sidecar() { # NAME LISTEN_PORT ADMIN_PORT -> sets LAST_PID
+  sidecar_conf "$2" "$3" "$WORK/conf/$1.yaml"
+  "$SIDECAR_BIN" check --config "$WORK/conf/$1.yaml" >/dev/null || die "sidecar config $1"
+  RUST_LOG="$SIDECAR_LOG" "$SIDECAR_BIN" run --config "$WORK/conf/$1.yaml" 2>"$WORK/logs/$1.log" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  wait_port "$2" "$LAST_PID" "sidecar $1" "$WORK/logs/$1.log"
+  for _ in $(seq 1 50); do
+    [ "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$3" /readyz)" 2>/dev/null)" = 200 ] && return 0
+    sleep 0.1
+  done
+  die "sidecar $1 not ready"
+}
+
+say "starting origin + token stand-in (nginx), slow backend, proxies"
+start_nginx origin "$ORIGIN_PORT"
+wait_port "$TOKEN_PORT" "${PIDS[-1]}" "nginx token" "$WORK/origin/error.log"
+PAGE="$WORK/www/page.html" python3 "$HERE/backend.py" serve "$SLOW_PORT" "$SLOW_DELAY_MS" \
+  2>"$WORK/logs/slow.log" &
+PIDS+=($!)
+wait_port "$SLOW_PORT" "$!" "slow backend" "$WORK/logs/slow.log"
+start_nginx proxy "$NGX_A_PORT"
+NGINX_PROXY_PID=${PIDS[-1]}
+NGINX_WORKER_PID=""
+for _ in $(seq 1 50); do
+  NGINX_WORKER_PID=$(ps -o pid= --ppid "$NGINX_PROXY_PID" | head -1 | tr -d ' ')
+  [ -n "$NGINX_WORKER_PID" ] && break
+  sleep 0.1
+done
+[ -n "$NGINX_WORKER_PID" ] || die "no nginx proxy worker"
+wait_port "$NGX_B_PORT" "$NGINX_PROXY_PID" "nginx-B" "$WORK/proxy/error.log"
+start_sidecar sidecar "$SIDECAR_PORT" "$ADMIN_PORT"
+SIDECAR_PID=$LAST_PID
+
+rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+sleep 1
+IDLE_RSS_KB=$(rss_kb "$SIDECAR_PID" VmRSS)
+
+# ---------------------------------------------------------------- verification
+say "verifying the responses before measuring"
+expect_token() { # PORT PATH WANT_COUNT WANT_TOKEN_PREFIX NAME
+  local body="$WORK/check.html" n
+  "${CURL[@]}" "${PAGE_HEADERS[@]}" -o "$body" "$(url "$1" "$2")" || die "$5: request failed"
+  n=$(grep -o "auth-token=\"$4" "$body" | wc -l)
+  [ "$n" -eq "$3" ] || die "$5: $n auth-token=\"$4… attributes in $2, want $3 (see $body)"
+}
+expect_token "$SIDECAR_PORT" /page.html 1 "$TOKEN" "sidecar"
+expect_token "$NGX_B_PORT" /page.html 1 "$TOKEN" "nginx-B"
+expect_token "$SIDECAR_PORT" /slow/page.html 1 tok-slow- "sidecar (slow)"
+expect_token "$NGX_B_PORT" /slow/page.html 1 tok-slow- "nginx-B (slow)"
+for f in data.json app.js; do
+  for port in "$SIDECAR_PORT" "$NGX_A_PORT"; do
+    "${CURL[@]}" -o "$WORK/check.out" "$(url "$port" "/$f")"
+    cmp -s "$WORK/check.out" "$WORK/www/$f" || die "passthrough of /$f via port $port is not byte-identical"
+  done
+done
+got=$("${CURL[@]}" "${PAGE_HEADERS[@]}" -o /dev/null -w '%{size_download}' "$(url "$SIDECAR_PORT" /page.html)")
+[ "$got" -eq $((PAGE_BYTES + ${#ATTR})) ] || die "sidecar page is $got bytes, want $((PAGE_BYTES + ${#ATTR}))"
+say "ok: sidecar and nginx-B inject the token; passthrough is byte-identical"
+
+# ---------------------------------------------------------------- measuring
+RAW="$RESULTS_DIR/runs.tsv"
+: >"$RAW"
+to_ms() { # wrk latency like 812.00us / 1.23ms / 1.02s
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+    printf "%.2f", n }'
+}
+# CPU time (user + system, all threads) a process has used, in clock ticks.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# Whose CPU a target's requests cost: the sidecar process, or the proxy nginx's worker
+# (auth_request subrequests included). Neither figure includes the origin or token stand-in.
+target_pid() { if [ "$1" = sidecar ]; then echo "$SIDECAR_PID"; else echo "$NGINX_WORKER_PID"; fi; }
+
+run_wrk() { # SCENARIO TARGET PORT PATH CONNS SECONDS ROUND [HEADERS...]
+  local scn=$1 target=$2 port=$3 path=$4 conns=$5 secs=$6 round=$7
+  shift 7
+  local out="$RESULTS_DIR/wrk-$scn-$target-$round.txt" pid ticks
+  pid=$(target_pid "$target")
+  ticks=$(cpu_ticks "$pid")
+  wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency "$@" "$(url "$port" "$path")" >"$out" 2>&1 ||
+    die "wrk failed: $(cat "$out")"
+  ticks=$(($(cpu_ticks "$pid") - ticks))
+  [ "$round" = warmup ] && return 0
+  local rps p50 p99 errs reqs cpu
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+  p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+  p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+  errs=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
+  reqs=$(awk '/ requests in / { print $1 }' "$out")
+  cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n + 0 > 0) ? t * 1e6 / hz / n : 0 }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scn" "$target" "$round" "$rps" "$p50" "$p99" "$errs" "$cpu" >>"$RAW"
+  printf '    %-16s %-8s round %s: %9s req/s  p50 %7s ms  p99 %7s ms  CPU %6s us/req  errors %s\n' \
+    "$scn" "$target" "$round" "$rps" "$p50" "$p99" "$cpu" "$errs" >&2
+}
+
+# SCENARIO NGINX_NAME NGINX_PORT PATH CONNS [HEADERS...]: warm up both, then ROUNDS
+# interleaved rounds, alternating which target goes first (ABBA) to cancel drift.
+scenario() {
+  local scn=$1 nname=$2 nport=$3 path=$4 conns=$5
+  shift 5
+  say "scenario $scn: $path, $conns connections, ${DURATION}s x $ROUNDS rounds per target"
+  run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$conns" "$WARMUP" warmup "$@"
+  run_wrk "$scn" "$nname" "$nport" "$path" "$conns" "$WARMUP" warmup "$@"
+  for round in $(seq 1 "$ROUNDS"); do
+    if ((round % 2)); then
+      run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$conns" "$DURATION" "$round" "$@"
+      run_wrk "$scn" "$nname" "$nport" "$path" "$conns" "$DURATION" "$round" "$@"
+    else
+      run_wrk "$scn" "$nname" "$nport" "$path" "$conns" "$DURATION" "$round" "$@"
+      run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$conns" "$DURATION" "$round" "$@"
+    fi
+  done
+}
+
+wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+wanted pass-1k-json && scenario pass-1k-json nginx-A "$NGX_A_PORT" /data.json "$CONNS"
+wanted pass-10k-js && scenario pass-10k-js nginx-A "$NGX_A_PORT" /app.js "$CONNS"
+# Optional: the 100 KB page without page-load headers (no token, no rewrite), to split the
+# rewrite scenario's cost into proxying and token + rewrite.
+wanted pass-100k-html && scenario pass-100k-html nginx-A "$NGX_A_PORT" /page.html "$CONNS"
+wanted rewrite-100k && scenario rewrite-100k nginx-B "$NGX_B_PORT" /page.html "$CONNS" "${PAGE_HEADERS[@]}"
+wanted slow-100ms && scenario slow-100ms nginx-B "$NGX_B_PORT" /slow/page.html "$SLOW_CONNS" "${PAGE_HEADERS[@]}"
+
+LOADED_RSS_KB=$(rss_kb "$SIDECAR_PID" VmRSS)
+LOADED_HWM_KB=$(rss_kb "$SIDECAR_PID" VmHWM)
+
+# ---------------------------------------------------------------- profile (optional)
+if [ "$PROFILE" = 1 ]; then
+  if command -v perf >/dev/null 2>&1 && perf stat -e task-clock true >/dev/null 2>&1; then
+    for spec in "rewrite-100k /page.html page" "pass-1k-json /data.json plain"; do
+      read -r scn path kind <<<"$spec"
+      say "profiling the sidecar under $scn (perf record, ${DURATION}s)"
+      hdrs=(); [ "$kind" = page ] && hdrs=("${PAGE_HEADERS[@]}")
+      perf record -F 999 -g -p "$SIDECAR_PID" -o "$RESULTS_DIR/perf-$scn.data" \
+        -- sleep $((DURATION > 3 ? DURATION - 1 : DURATION)) >/dev/null 2>&1 &
+      perf_pid=$!
+      PIDS+=("$perf_pid")
+      run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$CONNS" "$DURATION" profile "${hdrs[@]}"
+      wait "$perf_pid" || true
+      unset 'PIDS[-1]' # reaped: its PID must not be signalled again
+      # Flat self-time per function (release builds have no frame pointers, so call
+      # chains are not reliable), then per shared object.
+      perf report -i "$RESULTS_DIR/perf-$scn.data" --stdio --no-children -F overhead,dso,sym \
+        -g none --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep -v '^$' |
+        sed 's/ \{2,\}/  /g' | head -80 >"$RESULTS_DIR/perf-$scn.txt" || true
+      perf report -i "$RESULTS_DIR/perf-$scn.data" --stdio --no-children -F overhead,dso \
+        -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/ \{2,\}/  /g' \
+        >"$RESULTS_DIR/perf-$scn-dso.txt" || true
+      say "profile: $RESULTS_DIR/perf-$scn.txt"
+    done
+    sed -i '/\tprofile\t/d' "$RAW"
+  else
+    say "perf is not available: skipping the profile (apt-get install linux-perf)"
+  fi
+fi
+
+# ---------------------------------------------------------------- memory
+say "memory: a fresh sidecar, idle, then one ${BIG_MB} MiB page through the rewrite path"
+start_sidecar mem "$MEM_PORT" "$MEM_ADMIN_PORT"
+MEM_PID=$LAST_PID
+sleep 1
+MEM_IDLE_KB=$(rss_kb "$MEM_PID" VmRSS)
+read -r origin_total < <("${CURL[@]}" --max-time 120 -o /dev/null -w '%{time_total}\n' "$(url "$ORIGIN_PORT" /big.html)")
+read -r code ttfb total size < <("${CURL[@]}" --max-time 120 "${PAGE_HEADERS[@]}" -o /dev/null \
+  -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n' "$(url "$MEM_PORT" /big.html)")
+BIG_HWM_KB=$(rss_kb "$MEM_PID" VmHWM)
+BIG_RSS_AFTER_KB=$(rss_kb "$MEM_PID" VmRSS)
+[ "$code" = 200 ] || die "big page: status $code"
+[ "$size" -eq $((BIG_BYTES + ${#ATTR})) ] ||
+  die "big page: $size bytes, want $((BIG_BYTES + ${#ATTR})) (one token, nothing lost)"
+read -r ncode nttfb ntotal < <("${CURL[@]}" --max-time 120 "${PAGE_HEADERS[@]}" -o /dev/null \
+  -w '%{http_code} %{time_starttransfer} %{time_total}\n' "$(url "$NGX_B_PORT" /big.html)")
+NGINX_WORKER_HWM_KB=$(rss_kb "$NGINX_WORKER_PID" VmHWM)
+
+# ---------------------------------------------------------------- report
+ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
+verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == "<=") ? (v <= t) : (v >= t); print ok ? "ok" : "MISSED" }'; }
+
+TABLE="$RESULTS_DIR/summary.md"
+{
+  echo "### released-sidecar vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, ${ROUNDS} rounds x ${DURATION}s, wrk -t1, load average at start: $LOADAVG_START"
+  echo
+  echo "| scenario | target | req/s median (min–max) | p50 ms | p99 ms | CPU µs/req | errors | sidecar/nginx: req/s · p99 · CPU/req |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  awk -F'\t' '
+    function median(list,   a, n, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function minmax(list, want,   a, n, i, m) {
+      n = split(list, a, " "); m = a[1]
+      for (i = 2; i <= n; i++) if ((want == "min" && a[i] + 0 < m + 0) || (want == "max" && a[i] + 0 > m + 0)) m = a[i]
+      return m
+    }
+    {
+      key = $1 SUBSEP $2
+      if (!(key in rps)) { order[++k] = key; scn[key] = $1; tgt[key] = $2 }
+      rps[key] = rps[key] " " $4; p50[key] = p50[key] " " $5; p99[key] = p99[key] " " $6
+      err[key] += $7; cpu[key] = cpu[key] " " $8
+    }
+    END {
+      for (i = 1; i <= k; i++) {
+        key = order[i]
+        med_rps[scn[key], tgt[key]] = median(rps[key])
+        med_p99[scn[key], tgt[key]] = median(p99[key])
+        med_cpu[scn[key], tgt[key]] = median(cpu[key])
+      }
+      for (i = 1; i <= k; i++) {
+        key = order[i]; s = scn[key]; t = tgt[key]
+        ratio = "—"
+        if (t == "sidecar") {
+          for (j = 1; j <= k; j++) if (scn[order[j]] == s && tgt[order[j]] != "sidecar") other = tgt[order[j]]
+          if (med_rps[s, other] > 0 && med_p99[s, other] > 0 && med_cpu[s, other] > 0)
+            ratio = sprintf("%.2fx · %.2fx · %.2fx", med_rps[s, t] / med_rps[s, other],
+              med_p99[s, t] / med_p99[s, other], med_cpu[s, t] / med_cpu[s, other])
+        }
+        printf "| %s | %s | %.0f (%.0f–%.0f) | %.2f | %.2f | %.1f | %d | %s |\n", s, t, med_rps[s, t],
+          minmax(rps[key], "min"), minmax(rps[key], "max"), median(p50[key]), med_p99[s, t],
+          med_cpu[s, t], err[key], ratio
+      }
+    }' "$RAW"
+  echo
+  slow_side=$(awk -F'\t' '$1 == "slow-100ms" && $2 == "sidecar" { print $5 }' "$RAW" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+  slow_ngx=$(awk -F'\t' '$1 == "slow-100ms" && $2 == "nginx-B" { print $5 }' "$RAW" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+  if wanted slow-100ms; then
+    echo "- latency hiding (app ${SLOW_DELAY_MS} ms + token API ${SLOW_DELAY_MS} ms, ${SLOW_CONNS} connections): page p50 sidecar ${slow_side} ms (target ≤ 115: $(verdict "$slow_side" "<=" 115)), nginx-B ${slow_ngx} ms (auth_request runs before the upstream request)"
+  fi
+  echo "- idle RSS: sidecar at start $(mb "$IDLE_RSS_KB") MB; fresh instance $(mb "$MEM_IDLE_KB") MB (target ≤ 30: $(verdict "$(mb "$MEM_IDLE_KB")" "<=" 30)); after the load runs RSS $(mb "$LOADED_RSS_KB") MB, peak $(mb "$LOADED_HWM_KB") MB"
+  echo "- $(awk -v b="$BIG_BYTES" 'BEGIN { printf "%.0f", b / 1048576 }') MiB page, rewrite path: peak RSS (VmHWM) $(mb "$BIG_HWM_KB") MB (target ≤ 64: $(verdict "$(mb "$BIG_HWM_KB")" "<=" 64)), RSS after $(mb "$BIG_RSS_AFTER_KB") MB; first byte $(ms "$ttfb") ms, total $(ms "$total") ms (origin alone: $(ms "$origin_total") ms; first byte before the upstream finished: $(verdict "$(ms "$ttfb")" "<=" "$(ms "$origin_total")"))"
+  echo "- same page via nginx-B: status $ncode, first byte $(ms "$nttfb") ms, total $(ms "$ntotal") ms${NGINX_WORKER_HWM_KB:+, nginx worker peak RSS over the whole run $(mb "$NGINX_WORKER_HWM_KB") MB}"
+  echo "- sidecar log level: RUST_LOG=$SIDECAR_LOG; raw wrk output: $RESULTS_DIR"
+} >"$TABLE"
+echo
+cat "$TABLE"
