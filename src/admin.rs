@@ -104,6 +104,7 @@ impl BackgroundService for AdminServer {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "admin listener unusable");
+                crate::logging::flush();
                 std::process::exit(1);
             }
         };
@@ -138,6 +139,7 @@ async fn wait_for_proxy(listen: SocketAddr, health: Arc<Health>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::error!(listen = %listen, "the proxy listener did not come up; exiting");
+    crate::logging::flush();
     std::process::exit(1);
 }
 

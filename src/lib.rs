@@ -16,6 +16,7 @@ pub mod identity;
 pub mod jwt;
 pub mod keys;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;

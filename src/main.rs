@@ -88,6 +88,7 @@ fn main() -> ExitCode {
                 Err(e) => e,
             };
             tracing::error!("cannot start");
+            released_sidecar::logging::flush();
             eprintln!("released-sidecar: {err}");
             ExitCode::FAILURE
         }
@@ -169,7 +170,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(released_sidecar::logging::BufferedStderr::new());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -118,6 +118,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         shutdown_signal: Box::new(Signals { health, reloader }),
     });
     tracing::info!("shutdown complete");
+    crate::logging::flush();
     std::process::exit(0)
 }
 
@@ -182,6 +183,7 @@ fn spawn_drain_watcher(server: &Server, metrics: Arc<Metrics>, grace: Duration) 
                         waited_ms = started.elapsed().as_millis() as u64,
                         "all in-flight requests finished; exiting"
                     );
+                    crate::logging::flush();
                     std::process::exit(0);
                 }
                 std::thread::sleep(Duration::from_millis(25));

@@ -263,7 +263,7 @@ async fn debug_logs_never_contain_the_secret_or_the_token() {
         .await
     );
 
-    let logs = sidecar.logs();
+    let logs = sidecar.settled_logs().await;
     assert!(logs.contains("DEBUG"), "debug logging is on");
     assert!(!logs.contains(SECRET), "the secret leaked into the logs");
     for call in standin.issued() {
@@ -322,7 +322,7 @@ async fn one_json_access_line_per_request_without_identity_values() {
     assert_eq!(page["tags"], 1);
     assert!(page["duration_ms"].is_u64());
     assert_eq!(access[1]["token"], "not_page_load");
-    let logs = sidecar.logs();
+    let logs = sidecar.settled_logs().await;
     assert!(
         !logs.contains("alice"),
         "identity values are not logged at info"

@@ -267,7 +267,7 @@ async fn forged_stale_or_malformed_assertions_mint_nothing() {
         "nothing may be minted: {:?}",
         standin.calls()
     );
-    assert!(!sidecar.logs().contains("mallory"));
+    assert!(!sidecar.settled_logs().await.contains("mallory"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

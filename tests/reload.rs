@@ -83,11 +83,12 @@ async fn a_secret_rotated_the_kubernetes_way_is_used_for_the_next_page_loads() {
     );
     assert!(page_has_token(&sidecar, "/").await);
     assert!(
-        sidecar.logs().contains("secret rotated"),
+        sidecar.wait_for_log("secret rotated").await,
         "{}",
         sidecar.logs()
     );
-    assert!(!sidecar.logs().contains(NEW_SECRET) && !sidecar.logs().contains(OLD_SECRET));
+    let logs = sidecar.settled_logs().await;
+    assert!(!logs.contains(NEW_SECRET) && !logs.contains(OLD_SECRET));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +123,7 @@ async fn editing_the_config_changes_routes_without_a_restart() {
         sidecar.logs()
     );
     assert!(
-        sidecar.logs().contains("route feedback changed"),
+        sidecar.wait_for_log("route feedback changed").await,
         "{}",
         sidecar.logs()
     );
@@ -149,11 +150,15 @@ async fn an_invalid_config_keeps_the_previous_one_serving() {
         "{}",
         sidecar.logs()
     );
-    assert!(sidecar
-        .logs()
-        .contains("config reload failed; still serving generation 1"));
     assert!(
-        sidecar.logs().contains("YAML syntax error"),
+        sidecar
+            .wait_for_log("config reload failed; still serving generation 1")
+            .await,
+        "{}",
+        sidecar.logs()
+    );
+    assert!(
+        sidecar.wait_for_log("YAML syntax error").await,
         "{}",
         sidecar.logs()
     );
@@ -174,8 +179,8 @@ async fn an_invalid_config_keeps_the_previous_one_serving() {
     );
     assert!(
         sidecar
-            .logs()
-            .contains("released.account_id: environment variable `NOT_SET_ANYWHERE` is not set"),
+            .wait_for_log("released.account_id: environment variable `NOT_SET_ANYWHERE` is not set")
+            .await,
         "{}",
         sidecar.logs()
     );
@@ -215,7 +220,7 @@ async fn sighup_reloads_and_listen_changes_are_refused_until_restart() {
         .await
     );
     assert!(
-        sidecar.logs().contains("config reloaded: no changes"),
+        sidecar.wait_for_log("config reloaded: no changes").await,
         "{}",
         sidecar.logs()
     );

@@ -556,7 +556,7 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
         3.0
     );
     assert!(
-        sidecar.logs().contains("cool-down opened"),
+        sidecar.wait_for_log("cool-down opened").await,
         "{}",
         sidecar.logs()
     );
@@ -567,7 +567,11 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
     assert_eq!(tokens_in(&body).len(), 3, "the probe succeeds");
     let body = page_load(&sidecar, "/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 3, "calls resume");
-    assert!(sidecar.logs().contains("cool-down closed"));
+    assert!(
+        sidecar.wait_for_log("cool-down closed").await,
+        "{}",
+        sidecar.logs()
+    );
 }
 
 fn vm_hwm_kib(pid: i32) -> u64 {
@@ -679,5 +683,9 @@ async fn a_hostile_page_past_the_memory_bound_is_served_whole_and_counted() {
         })
         .await
     );
-    assert!(sidecar.logs().contains("HTML rewrite stopped"));
+    assert!(
+        sidecar.wait_for_log("HTML rewrite stopped").await,
+        "{}",
+        sidecar.logs()
+    );
 }

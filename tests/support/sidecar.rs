@@ -253,6 +253,21 @@ impl Sidecar {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits (up to 5 s) until stderr contains `needle`; log lines are buffered for up to
+    /// 50 ms by the sidecar.
+    pub async fn wait_for_log(&self, needle: &str) -> bool {
+        super::eventually(Duration::from_secs(5), || async {
+            self.logs().contains(needle)
+        })
+        .await
+    }
+
+    /// Everything logged so far, once the sidecar's log buffer has surely been written.
+    pub async fn settled_logs(&self) -> String {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.logs()
+    }
+
     /// Writes a new config (placeholders applied), replacing the file in place.
     pub fn write_config(&self, template: &str) {
         let mut text = template.to_string();
