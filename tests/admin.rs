@@ -90,15 +90,7 @@ async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
     let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
         .start()
         .await;
-    let body = client()
-        .get(sidecar.url("/"))
-        .headers(navigation("alice", "alice@example.com"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 1);
     // The access metrics are recorded after the response is sent.
     assert!(
@@ -234,15 +226,7 @@ async fn debug_logs_never_contain_the_secret_or_the_token() {
         .start()
         .await;
     for _ in 0..2 {
-        let body = client()
-            .get(sidecar.url("/"))
-            .headers(navigation("alice", "alice@example.com"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = sidecar.page_load("/").await.text().await.unwrap();
         assert_eq!(tokens_in(&body).len(), 1);
     }
     // A failing call and a reload are logged too.

@@ -131,6 +131,17 @@ fn pomerium(jwks_url: &str) -> String {
     ))
 }
 
+/// A sidecar with the Pomerium preset and keys from `keys`.
+async fn pomerium_sidecar(keys: &KeyServer) -> (Upstream, StandIn, Sidecar) {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .template(&pomerium(&keys.url()))
+        .start()
+        .await;
+    (upstream, standin, sidecar)
+}
+
 async fn page_with(sidecar: &Sidecar, header: &str, assertion: Option<&str>) -> String {
     let mut req = client()
         .get(sidecar.url("/"))
@@ -158,12 +169,7 @@ async fn skips(sidecar: &Sidecar, reason: &str) -> f64 {
 async fn a_valid_pomerium_assertion_mints_a_token_for_its_claims() {
     let key = ec_key("k1");
     let keys = KeyServer::start(jwks(&[&key])).await;
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&pomerium(&keys.url()))
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = pomerium_sidecar(&keys).await;
 
     let assertion = sign(
         &key,
@@ -186,12 +192,7 @@ async fn forged_stale_or_malformed_assertions_mint_nothing() {
     let key = ec_key("k1");
     let intruder = ec_key("k1");
     let keys = KeyServer::start(jwks(&[&key])).await;
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&pomerium(&keys.url()))
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = pomerium_sidecar(&keys).await;
 
     let n = now();
     let valid_body = URL_SAFE_NO_PAD.encode(claims(json!({})).to_string());
@@ -275,12 +276,7 @@ async fn a_new_kid_in_the_jwks_is_picked_up_without_restart_and_bogus_kids_are_r
     let old = ec_key("2026-01");
     let new = ec_key("2026-02");
     let keys = KeyServer::start(jwks(&[&old])).await;
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&pomerium(&keys.url()))
-        .start()
-        .await;
+    let (_upstream, _standin, sidecar) = pomerium_sidecar(&keys).await;
     let body = page_with(
         &sidecar,
         "x-pomerium-jwt-assertion",

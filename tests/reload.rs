@@ -19,12 +19,7 @@ const NEW_SECRET: &str = "new-secret-bbbb";
 const PAGE: &str = "<released-page></released-page>";
 
 async fn page_has_token(sidecar: &Sidecar, path: &str) -> bool {
-    let resp = client()
-        .get(sidecar.url(path))
-        .headers(navigation("alice", "alice@example.com"))
-        .send()
-        .await
-        .unwrap();
+    let resp = sidecar.page_load(path).await;
     assert_eq!(resp.status(), 200);
     tokens_in(&resp.text().await.unwrap()).len() == 1
 }

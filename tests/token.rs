@@ -15,31 +15,11 @@ const SECRET: &str = support::sidecar::SECRET;
 const PAGE: &str = "<html><body><released-page account=\"a\"></released-page>\
 <p>hello</p><released-widget></released-widget><released-form/></body></html>";
 
-async fn page_load(sidecar: &support::sidecar::Sidecar, path: &str) -> reqwest::Response {
-    client()
-        .get(sidecar.url(path))
-        .headers(navigation("alice@example.com", "alice@example.com"))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn setup(
-    reply: impl Fn(&support::upstream::Seen) -> Reply + Send + Sync + 'static,
-) -> (Upstream, StandIn, support::sidecar::Sidecar) {
-    let upstream = Upstream::start(reply).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .start()
-        .await;
-    (upstream, standin, sidecar)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_page_load_makes_one_call_and_every_tag_carries_its_token() {
-    let (upstream, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
+    let (upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     for i in 1..=3 {
-        let resp = page_load(&sidecar, "/feedback").await;
+        let resp = sidecar.page_load("/feedback").await;
         assert_eq!(resp.status(), 200);
         let body = resp.text().await.unwrap();
         let issued = standin.issued();
@@ -80,7 +60,7 @@ async fn each_page_load_makes_one_call_and_every_tag_carries_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_fields_follow_the_field_rules() {
-    let (_upstream, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     let mut headers = navigation("bob", "bob@example.com");
     headers.insert(
         "x-forwarded-preferred-username",
@@ -115,8 +95,8 @@ async fn profile_fields_follow_the_field_rules() {
 async fn existing_tokens_are_replaced_in_any_case_and_shape() {
     let html =
         "<RELEASED-PAGE auth-token=\"stale\" AUTH-TOKEN='older'></RELEASED-PAGE><Released-Widget/>";
-    let (_u, standin, sidecar) = setup(move |_| Reply::html(html)).await;
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let (_u, standin, sidecar) = support::start(move |_| Reply::html(html)).await;
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
     assert_eq!(
         body,
@@ -126,7 +106,7 @@ async fn existing_tokens_are_replaced_in_any_case_and_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_split_into_one_byte_chunks_is_still_rewritten() {
-    let (_u, standin, sidecar) = setup(|_| Reply::Stream {
+    let (_u, standin, sidecar) = support::start(|_| Reply::Stream {
         status: 200,
         headers: vec![("content-type".into(), "text/html".into())],
         chunks: PAGE
@@ -135,7 +115,7 @@ async fn a_tag_split_into_one_byte_chunks_is_still_rewritten() {
             .collect(),
     })
     .await;
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
     assert_eq!(tokens_in(&body), vec![token; 3]);
     assert_eq!(
@@ -238,7 +218,7 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_again() {
 async fn encodings_that_cannot_be_decoded_pass_through_untouched() {
     let body: Vec<u8> = (0..200u8).collect();
     let served = body.clone();
-    let (_u, standin, sidecar) = setup(move |req| {
+    let (_u, standin, sidecar) = support::start(move |req| {
         let coding = if req.path == "/zstd" {
             "zstd"
         } else {
@@ -248,7 +228,7 @@ async fn encodings_that_cannot_be_decoded_pass_through_untouched() {
     })
     .await;
     for path in ["/zstd", "/deflate"] {
-        let resp = page_load(&sidecar, path).await;
+        let resp = sidecar.page_load(path).await;
         assert!(resp.headers().get("content-encoding").is_some());
         assert!(
             resp.headers().get("cache-control").is_none(),
@@ -265,8 +245,8 @@ async fn a_non_utf8_page_keeps_every_byte_around_the_token() {
     let page: &[u8] =
         b"<p>caf\xe9 cr\xe8me</p><released-page></released-page><p>\xe0 bient\xf4t</p>";
     let (_u, standin, sidecar) =
-        setup(move |_| Reply::with(200, "text/html; charset=windows-1252", page)).await;
-    let body = page_load(&sidecar, "/").await.bytes().await.unwrap();
+        support::start(move |_| Reply::with(200, "text/html; charset=windows-1252", page)).await;
+    let body = sidecar.page_load("/").await.bytes().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
     let mut want = b"<p>caf\xe9 cr\xe8me</p><released-page auth-token=\"".to_vec();
     want.extend_from_slice(token.as_bytes());
@@ -276,7 +256,7 @@ async fn a_non_utf8_page_keeps_every_byte_around_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewritten_pages_lose_validators_and_become_uncacheable() {
-    let (upstream, _s, sidecar) = setup(|_| {
+    let (upstream, _s, sidecar) = support::start(|_| {
         Reply::html(PAGE)
             .header("etag", "\"v1\"")
             .header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")
@@ -308,7 +288,7 @@ async fn rewritten_pages_lose_validators_and_become_uncacheable() {
 async fn everything_that_is_not_a_200_html_page_load_is_untouched_byte_for_byte() {
     let json = r#"{"html":"<released-page></released-page>"}"#;
     let js = "document.write('<released-page></released-page>');";
-    let (_u, standin, sidecar) = setup(move |req| match req.path.as_str() {
+    let (_u, standin, sidecar) = support::start(move |req| match req.path.as_str() {
         "/api" => Reply::with(200, "application/json", json).header("etag", "\"j\""),
         "/app.js" => Reply::with(200, "application/javascript", js),
         "/missing" => Reply::with(404, "text/html", PAGE),
@@ -369,7 +349,7 @@ async fn everything_that_is_not_a_200_html_page_load_is_untouched_byte_for_byte(
 
     // Page loads whose response cannot carry a token: untouched.
     for (path, status) in [("/missing", 404), ("/error", 500), ("/nothing", 204)] {
-        let resp = page_load(&sidecar, path).await;
+        let resp = sidecar.page_load(path).await;
         assert_eq!(resp.status(), status);
         assert!(resp.headers().get("cache-control").is_none());
         let want = if status == 204 { "" } else { PAGE };
@@ -379,7 +359,7 @@ async fn everything_that_is_not_a_200_html_page_load_is_untouched_byte_for_byte(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_identity_makes_no_call_and_serves_the_page_unchanged() {
-    let (_u, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
+    let (_u, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     for headers in [
         navigation("alice", "not-an-email"),
         {
@@ -427,11 +407,13 @@ async fn a_malformed_identity_makes_no_call_and_serves_the_page_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_call_overlaps_the_app_so_latency_is_the_max_not_the_sum() {
-    let (_u, standin, sidecar) =
-        setup(|_| Reply::Delayed(Duration::from_millis(1000), Box::new(Reply::html(PAGE)))).await;
+    let (_u, standin, sidecar) = support::start(|_| {
+        Reply::Delayed(Duration::from_millis(1000), Box::new(Reply::html(PAGE)))
+    })
+    .await;
     standin.set_behavior(Behavior::Slow(Duration::from_millis(800)));
     let started = Instant::now();
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(tokens_in(&body).len(), 3, "token arrived in time");
     assert!(
@@ -442,10 +424,10 @@ async fn the_token_call_overlaps_the_app_so_latency_is_the_max_not_the_sum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_released_delays_the_page_by_at_most_the_timeout() {
-    let (_u, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
+    let (_u, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     standin.set_behavior(Behavior::Slow(Duration::from_secs(5)));
     let started = Instant::now();
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(body, PAGE, "served without token");
     assert!(
@@ -465,7 +447,7 @@ async fn a_slow_released_delays_the_page_by_at_most_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_failures_serve_the_page_at_once_unchanged() {
-    let (_u, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
+    let (_u, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     let cases = [
         (Behavior::Status(500), "http_error"),
         (Behavior::Status(429), "http_error"),
@@ -474,7 +456,7 @@ async fn released_failures_serve_the_page_at_once_unchanged() {
     for (behavior, label) in cases {
         standin.set_behavior(behavior.clone());
         let started = Instant::now();
-        let body = page_load(&sidecar, "/").await.text().await.unwrap();
+        let body = sidecar.page_load("/").await.text().await.unwrap();
         assert_eq!(body, PAGE, "{behavior:?}");
         assert!(
             started.elapsed() < Duration::from_millis(1000),
@@ -498,7 +480,7 @@ async fn a_wrong_secret_is_refused_by_released_and_counted() {
         .secret("an-old-secret")
         .start()
         .await;
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(body, PAGE);
     assert_eq!(standin.calls()[0].status, 401);
     assert_eq!(
@@ -511,7 +493,7 @@ async fn a_wrong_secret_is_refused_by_released_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_token_shape_is_accepted() {
-    let (_u, standin, sidecar) = setup(|_| Reply::html(PAGE)).await;
+    let (_u, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     for behavior in [
         Behavior::Token,
         Behavior::TokenIn("token"),
@@ -519,7 +501,7 @@ async fn every_documented_token_shape_is_accepted() {
         Behavior::TokenIn("access_token"),
     ] {
         standin.set_behavior(behavior.clone());
-        let body = page_load(&sidecar, "/").await.text().await.unwrap();
+        let body = sidecar.page_load("/").await.text().await.unwrap();
         let token = standin.issued().last().unwrap().token.clone().unwrap();
         assert_eq!(tokens_in(&body), vec![token; 3], "{behavior:?}");
     }
@@ -538,11 +520,11 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
         .await;
     standin.set_behavior(Behavior::Status(503));
     for _ in 0..2 {
-        assert_eq!(page_load(&sidecar, "/").await.text().await.unwrap(), PAGE);
+        assert_eq!(sidecar.page_load("/").await.text().await.unwrap(), PAGE);
     }
     assert_eq!(standin.calls().len(), 2);
     for _ in 0..3 {
-        assert_eq!(page_load(&sidecar, "/").await.text().await.unwrap(), PAGE);
+        assert_eq!(sidecar.page_load("/").await.text().await.unwrap(), PAGE);
     }
     assert_eq!(
         standin.calls().len(),
@@ -563,9 +545,9 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
 
     standin.set_behavior(Behavior::Token);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 3, "the probe succeeds");
-    let body = page_load(&sidecar, "/").await.text().await.unwrap();
+    let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 3, "calls resume");
     assert!(
         sidecar.wait_for_log("cool-down closed").await,
@@ -594,7 +576,7 @@ async fn a_20_mb_page_streams_through_with_small_memory() {
             [..CHUNK]
             .to_string(),
     );
-    let (_u, standin, sidecar) = setup(move |_| {
+    let (_u, standin, sidecar) = support::start(move |_| {
         let mut chunks = vec![(Duration::ZERO, Bytes::from_static(HEAD))];
         for i in 0..CHUNKS {
             // The app takes ~1.6 s to send the whole page.
@@ -617,7 +599,7 @@ async fn a_20_mb_page_streams_through_with_small_memory() {
     .await;
     let baseline = vm_hwm_kib(sidecar.pid());
     let started = Instant::now();
-    let mut resp = page_load(&sidecar, "/big").await;
+    let mut resp = sidecar.page_load("/big").await;
     let first = resp.chunk().await.unwrap().unwrap();
     let first_at = started.elapsed();
     let mut total = first.len();
@@ -653,7 +635,7 @@ async fn a_hostile_page_past_the_memory_bound_is_served_whole_and_counted() {
     page.extend(std::iter::repeat_n(b'a', 3 << 20));
     page.extend_from_slice(b"\"></released-widget><released-form></released-form>");
     let served = Bytes::from(page.clone());
-    let (_u, standin, sidecar) = setup(move |_| Reply::Stream {
+    let (_u, standin, sidecar) = support::start(move |_| Reply::Stream {
         status: 200,
         headers: vec![("content-type".into(), "text/html".into())],
         chunks: served
@@ -662,7 +644,7 @@ async fn a_hostile_page_past_the_memory_bound_is_served_whole_and_counted() {
             .collect(),
     })
     .await;
-    let body = page_load(&sidecar, "/hostile").await.bytes().await.unwrap();
+    let body = sidecar.page_load("/hostile").await.bytes().await.unwrap();
     let token = standin.issued()[0].token.clone().unwrap();
     let first = format!("<released-page auth-token=\"{token}\"></released-page>");
     assert!(

@@ -131,15 +131,19 @@ struct PartialJwt {
     refresh: Option<Duration>,
 }
 
+/// The keys written in either block, each once.
+fn union(mut own: Vec<&'static str>, base: &[&'static str]) -> Vec<&'static str> {
+    for key in base {
+        if !own.contains(key) {
+            own.push(key);
+        }
+    }
+    own
+}
+
 impl PartialJwt {
     fn or(self, base: &PartialJwt) -> PartialJwt {
-        let mut written = self.written;
-        written.extend(
-            base.written
-                .iter()
-                .filter(|k| !written.contains(k))
-                .collect::<Vec<_>>(),
-        );
+        let written = union(self.written, &base.written);
         PartialJwt {
             written,
             header: self.header.or_else(|| base.header.clone()),
@@ -164,13 +168,7 @@ impl PartialIdentity {
             }),
             (own, b) => own.or_else(|| b.clone()),
         };
-        let mut written = self.written;
-        written.extend(
-            base.written
-                .iter()
-                .filter(|k| !written.contains(k))
-                .collect::<Vec<_>>(),
-        );
+        let written = union(self.written, &base.written);
         PartialIdentity {
             written,
             user_id: self.user_id.or_else(|| base.user_id.clone()),

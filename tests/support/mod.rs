@@ -46,6 +46,19 @@ pub fn navigation(user: &str, email: &str) -> reqwest::header::HeaderMap {
     h
 }
 
+/// A sidecar with the default config in front of an app answering with `reply`, and a
+/// stand-in accepting the default secret.
+pub async fn start(
+    reply: impl Fn(&upstream::Seen) -> Reply + Send + Sync + 'static,
+) -> (Upstream, StandIn, sidecar::Sidecar) {
+    let upstream = Upstream::start(reply).await;
+    let standin = StandIn::start(sidecar::SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
+    (upstream, standin, sidecar)
+}
+
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

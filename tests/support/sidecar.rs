@@ -217,6 +217,16 @@ impl Sidecar {
         format!("http://{}{path}", self.listen)
     }
 
+    /// A page load of `path` by alice, as oauth2-proxy would forward it.
+    pub async fn page_load(&self, path: &str) -> reqwest::Response {
+        super::client()
+            .get(self.url(path))
+            .headers(super::navigation("alice@example.com", "alice@example.com"))
+            .send()
+            .await
+            .expect("page load")
+    }
+
     /// `http://ADMIN{path}`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
