@@ -94,13 +94,12 @@ async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
     assert_eq!(tokens_in(&body).len(), 1);
     // The access metrics are recorded after the response is sent.
     assert!(
-        eventually(Duration::from_secs(2), || async {
-            sidecar
-                .metric("released_sidecar_requests_total{code=\"200\",route=\"default\"}")
-                .await
-                == 1.0
-        })
-        .await
+        sidecar
+            .wait_for_metric(
+                "released_sidecar_requests_total{code=\"200\",route=\"default\"}",
+                |v| v == 1.0
+            )
+            .await
     );
 
     let text = sidecar.metrics().await;

@@ -125,21 +125,31 @@ fn config_with_identity(identity: &str) -> String {
     format!("{base}identity:\n{identity}")
 }
 
-fn pomerium(jwks_url: &str) -> String {
-    config_with_identity(&format!(
+fn pomerium_identity(jwks_url: &str) -> String {
+    format!(
         "  preset: pomerium\n  jwt:\n    jwks_url: \"{jwks_url}\"\n    issuer: \"{ISSUER}\"\n    audience: \"{AUDIENCE}\"\n"
-    ))
+    )
+}
+
+fn pomerium(jwks_url: &str) -> String {
+    config_with_identity(&pomerium_identity(jwks_url))
+}
+
+/// A sidecar whose `identity:` block is `identity` (indented), in front of an app
+/// serving [`PAGE`], with a stand-in.
+async fn start_with_identity(identity: &str) -> (Upstream, StandIn, Sidecar) {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .template(&config_with_identity(identity))
+        .start()
+        .await;
+    (upstream, standin, sidecar)
 }
 
 /// A sidecar with the Pomerium preset and keys from `keys`.
 async fn pomerium_sidecar(keys: &KeyServer) -> (Upstream, StandIn, Sidecar) {
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&pomerium(&keys.url()))
-        .start()
-        .await;
-    (upstream, standin, sidecar)
+    start_with_identity(&pomerium_identity(&keys.url())).await
 }
 
 async fn page_with(sidecar: &Sidecar, header: &str, assertion: Option<&str>) -> String {
@@ -359,16 +369,12 @@ async fn readyz_waits_for_the_keys() {
 async fn google_iap_assertions_use_the_sub_after_the_accounts_prefix() {
     let key = ec_key("iap-1");
     let keys = KeyServer::start(jwks(&[&key])).await;
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
     let audience = "/projects/123456/global/backendServices/789";
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&config_with_identity(&format!(
-            "  preset: google-iap\n  jwt: {{ jwks_url: \"{}\", audience: \"{audience}\" }}\n",
-            keys.url()
-        )))
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = start_with_identity(&format!(
+        "  preset: google-iap\n  jwt: {{ jwks_url: \"{}\", audience: \"{audience}\" }}\n",
+        keys.url()
+    ))
+    .await;
     let assertion = sign(
         &key,
         &claims(
@@ -386,15 +392,10 @@ async fn google_iap_assertions_use_the_sub_after_the_accounts_prefix() {
 async fn cloudflare_access_rs256_assertions_with_audience_lists_verify() {
     let key = rsa_key("cf-1");
     let keys = KeyServer::start(jwks(&[&key])).await;
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&config_with_identity(&format!(
+    let (_upstream, standin, sidecar) = start_with_identity(&format!(
             "  preset: cloudflare-access\n  jwt: {{ jwks_url: \"{}\", issuer: \"https://team.cloudflareaccess.com\", audience: \"aud-tag-1\" }}\n",
             keys.url()
-        )))
-        .start()
-        .await;
+        )).await;
     let assertion = sign(
         &key,
         &claims(
@@ -448,16 +449,11 @@ async fn aws_alb_padded_assertions_verify_with_a_key_fetched_per_kid() {
         }
     })
     .await;
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
     let signer = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/legacy/50dc6c495c0c9188";
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .template(&config_with_identity(&format!(
+    let (_upstream, standin, sidecar) = start_with_identity(&format!(
             "  preset: aws-alb\n  jwt: {{ key_url: \"{}/alb/{{kid}}\", issuer: \"{ISSUER}\", signer: \"{signer}\" }}\n",
             key_server.url()
-        )))
-        .start()
-        .await;
+        )).await;
     let no_aud = claims(json!({}));
     let body = page_with(
         &sidecar,

@@ -135,13 +135,12 @@ async fn an_invalid_config_keeps_the_previous_one_serving() {
 
     std::fs::write(&sidecar.config_path, format!("{good}workers: [oops\n")).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sidecar
-                .metric("released_sidecar_config_reloads_total{result=\"error\"}")
-                .await
-                >= 1.0
-        })
-        .await,
+        sidecar
+            .wait_for_metric(
+                "released_sidecar_config_reloads_total{result=\"error\"}",
+                |v| v >= 1.0
+            )
+            .await,
         "{}",
         sidecar.logs()
     );
@@ -164,13 +163,12 @@ async fn an_invalid_config_keeps_the_previous_one_serving() {
     )
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sidecar
-                .metric("released_sidecar_config_reloads_total{result=\"error\"}")
-                .await
-                >= 2.0
-        })
-        .await
+        sidecar
+            .wait_for_metric(
+                "released_sidecar_config_reloads_total{result=\"error\"}",
+                |v| v >= 2.0
+            )
+            .await
     );
     assert!(
         sidecar
@@ -206,13 +204,12 @@ async fn sighup_reloads_and_listen_changes_are_refused_until_restart() {
 
     sidecar.signal(libc::SIGHUP);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sidecar
-                .metric("released_sidecar_config_reloads_total{result=\"success\"}")
-                .await
-                >= 1.0
-        })
-        .await
+        sidecar
+            .wait_for_metric(
+                "released_sidecar_config_reloads_total{result=\"success\"}",
+                |v| v >= 1.0
+            )
+            .await
     );
     assert!(
         sidecar.wait_for_log("config reloaded: no changes").await,
@@ -303,13 +300,12 @@ async fn page_loads_under_load_all_succeed_while_config_and_secret_reload_ten_ti
             .unwrap();
         }
         assert!(
-            eventually(Duration::from_secs(5), || async {
-                sidecar
-                    .metric("released_sidecar_config_reloads_total{result=\"success\"}")
-                    .await
-                    > before
-            })
-            .await,
+            sidecar
+                .wait_for_metric(
+                    "released_sidecar_config_reloads_total{result=\"success\"}",
+                    |v| v > before
+                )
+                .await,
             "reload {i} not seen:\n{}",
             sidecar.logs()
         );

@@ -435,13 +435,12 @@ async fn a_slow_released_delays_the_page_by_at_most_the_timeout() {
         "took {elapsed:?} with a 1500ms timeout"
     );
     assert!(
-        support::eventually(Duration::from_secs(3), || async {
-            sidecar
-                .metric("released_sidecar_token_requests_total{result=\"timeout\"}")
-                .await
-                == 1.0
-        })
-        .await
+        sidecar
+            .wait_for_metric(
+                "released_sidecar_token_requests_total{result=\"timeout\"}",
+                |v| v == 1.0
+            )
+            .await
     );
 }
 
@@ -657,13 +656,9 @@ async fn a_hostile_page_past_the_memory_bound_is_served_whole_and_counted() {
         "everything after it passes through whole"
     );
     assert!(
-        support::eventually(Duration::from_secs(2), || async {
-            sidecar
-                .metric("released_sidecar_rewrite_bailouts_total")
-                .await
-                == 1.0
-        })
-        .await
+        sidecar
+            .wait_for_metric("released_sidecar_rewrite_bailouts_total", |v| v == 1.0)
+            .await
     );
     assert!(
         sidecar.wait_for_log("HTML rewrite stopped").await,

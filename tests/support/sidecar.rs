@@ -272,6 +272,14 @@ impl Sidecar {
         .await
     }
 
+    /// Waits (up to 5 s) until the sample `series` of `/metrics` satisfies `want`.
+    pub async fn wait_for_metric(&self, series: &str, want: impl Fn(f64) -> bool) -> bool {
+        super::eventually(Duration::from_secs(5), || async {
+            want(self.metric(series).await)
+        })
+        .await
+    }
+
     /// Everything logged so far, once the sidecar's log buffer has surely been written.
     pub async fn settled_logs(&self) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
