@@ -70,15 +70,7 @@ async fn profile_fields_follow_the_field_rules() {
         "x-forwarded-avatar",
         "/relative/avatar.png".parse().unwrap(),
     );
-    let body = client()
-        .get(sidecar.url("/"))
-        .headers(headers)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = sidecar.get_text("/", headers).await;
     assert_eq!(tokens_in(&body).len(), 3);
     let sent = &standin.issued()[0].body;
     assert_eq!(
@@ -373,15 +365,7 @@ async fn a_malformed_identity_makes_no_call_and_serves_the_page_unchanged() {
             h
         },
     ] {
-        let body = client()
-            .get(sidecar.url("/"))
-            .headers(headers)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = sidecar.get_text("/", headers).await;
         assert_eq!(body, PAGE);
     }
     assert!(standin.calls().is_empty());

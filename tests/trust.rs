@@ -79,15 +79,7 @@ async fn x_forwarded_for_never_grants_trust() {
     let mut headers = forged();
     headers.insert("x-forwarded-for", "10.0.0.5".parse().unwrap());
     headers.insert("forwarded", "for=10.0.0.5".parse().unwrap());
-    let body = client()
-        .get(sidecar.url("/page"))
-        .headers(headers)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = sidecar.get_text("/page", headers).await;
     assert_eq!(
         body, "<released-page></released-page>",
         "page served unchanged"

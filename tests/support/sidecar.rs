@@ -227,6 +227,19 @@ impl Sidecar {
             .expect("page load")
     }
 
+    /// The body of a GET of `path` with `headers`.
+    pub async fn get_text(&self, path: &str, headers: reqwest::header::HeaderMap) -> String {
+        super::client()
+            .get(self.url(path))
+            .headers(headers)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    }
+
     /// `http://ADMIN{path}`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
