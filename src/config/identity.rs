@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 
 use super::decode::join;
 use super::yaml::{self, Node};
-use super::Schema;
+use super::{is_loopback_host, Schema};
 use crate::identity::{FieldRule, IdentityRules, Source, Transform};
 use crate::jwt::{JwtSettings, PUBLIC_KEY_ALGORITHMS};
 use crate::keys::{KeySource, KeyStore};
@@ -617,14 +617,5 @@ impl Schema<'_, '_> {
                 .unwrap_or_else(|| vec![Algorithm::ES256, Algorithm::RS256]),
             leeway: jwt.leeway.unwrap_or(DEFAULT_LEEWAY),
         })
-    }
-}
-
-fn is_loopback_host(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }

@@ -1028,12 +1028,7 @@ impl Schema<'_, '_> {
                 return None;
             }
         };
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
-        };
+        let loopback = is_loopback_host(&url);
         match url.scheme() {
             "https" => Some(url),
             "http" if loopback => Some(url),
@@ -1121,6 +1116,17 @@ impl Schema<'_, '_> {
             }
         }
         ok.then_some(policy)
+    }
+}
+
+/// Whether a URL points at this machine (plain http is allowed only there, for local
+/// stand-ins: secrets and keys must not cross a network in clear).
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
