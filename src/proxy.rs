@@ -13,7 +13,6 @@
 //! 5. `response_body_filter`: rewrite (and recompress) chunk by chunk.
 //! 6. `logging`: one access-log line and the request metrics.
 
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +78,8 @@ pub struct RequestCtx {
     started: Instant,
     route: Option<usize>,
     trusted: bool,
+    /// A page load on a route: its HTML must not be cached, token or not.
+    page_load: bool,
     token: TokenState,
     rewrite: Option<SyncWrapper<PageRewrite>>,
     upstream_sent: Option<Instant>,
@@ -148,6 +149,7 @@ impl ProxyHttp for Sidecar {
             started: Instant::now(),
             route: None,
             trusted: false,
+            page_load: false,
             token: TokenState::NotNeeded("no_route"),
             rewrite: None,
             upstream_sent: None,
@@ -179,11 +181,7 @@ impl ProxyHttp for Sidecar {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !ctx.trusted {
-            for name in &ctx.snapshot.config.identity_headers {
-                upstream_request.remove_header(name);
-            }
-        }
+        self.strip_identity_headers(upstream_request, ctx);
         if ctx.token_pending() {
             // `identity` rather than no header: without Accept-Encoding any coding is
             // acceptable (RFC 9110 §12.5.3). The page must come back whole and fresh so
@@ -243,26 +241,17 @@ impl ProxyHttp for Sidecar {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !ctx.token_pending() || response.status.is_informational() {
+        if response.status.is_informational() {
             return Ok(());
         }
-        let charset = rewritable(response);
-        let token = match charset {
-            Some(_) => self.await_token(ctx).await,
-            None => {
-                self.abandon_token(ctx, "not_rewritable");
-                None
-            }
-        };
-        if let (Some(token), Some(charset)) = (token, charset) {
-            let accept = session.req_header().headers.get(header::ACCEPT_ENCODING);
-            let coding = Coding::negotiate(accept.map(|v| v.as_bytes()));
-            prepare_rewritten_headers(response, coding)?;
-            let embed = &ctx.snapshot.config.embed;
-            ctx.rewrite = Some(SyncWrapper::new(PageRewrite {
-                rewriter: Rewriter::new(&embed.tags, &token, charset, embed.memory_limit),
-                compressor: coding.map(Compressor::new),
-            }));
+        if ctx.token_pending() {
+            self.set_up_rewrite(session, response, ctx).await?;
+        }
+        if ctx.page_load && ctx.rewrite.is_none() && is_html_page(response) {
+            // A token route's page that goes out without a token (timeout, failure,
+            // cool-down, identity problem) must not be kept by a browser or CDN and served
+            // again once Released answers.
+            forbid_caching(response)?;
         }
         Ok(())
     }
@@ -345,6 +334,45 @@ impl ProxyHttp for Sidecar {
 }
 
 impl Sidecar {
+    /// The trust boundary's verdict applied to the request the app will see.
+    fn strip_identity_headers(&self, upstream_request: &mut RequestHeader, ctx: &RequestCtx) {
+        let identity = &ctx.snapshot.config.identity_headers;
+        for (name, why) in identity.to_strip(&upstream_request.headers, ctx.trusted) {
+            upstream_request.remove_header(&name);
+            self.metrics
+                .identity_headers_stripped
+                .with_label_values(&[why.label()])
+                .inc();
+            tracing::debug!(header = %name, reason = why.label(), "identity header removed");
+        }
+    }
+
+    /// Once the app's header is in: wait for the token if the page can carry it, and set
+    /// up the rewrite; otherwise stop the token call.
+    async fn set_up_rewrite(
+        &self,
+        session: &Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(charset) = rewritable(response) else {
+            self.abandon_token(ctx, "not_rewritable");
+            return Ok(());
+        };
+        let Some(token) = self.await_token(ctx).await else {
+            return Ok(());
+        };
+        let accept = session.req_header().headers.get(header::ACCEPT_ENCODING);
+        let coding = Coding::negotiate(accept.map(|v| v.as_bytes()));
+        prepare_rewritten_headers(response, coding)?;
+        let embed = &ctx.snapshot.config.embed;
+        ctx.rewrite = Some(SyncWrapper::new(PageRewrite {
+            rewriter: Rewriter::new(&embed.tags, &token, charset, embed.memory_limit),
+            compressor: coding.map(Compressor::new),
+        }));
+        Ok(())
+    }
+
     /// Runs the planner on the request head and records its verdict.
     fn plan_token(&self, session: &Session, ctx: &mut RequestCtx) {
         let req = session.req_header();
@@ -370,6 +398,7 @@ impl Sidecar {
         );
         ctx.route = plan.route;
         ctx.trusted = plan.trusted;
+        ctx.page_load = plan.page_load;
         if plan.page_load {
             let route = plan.route(config).map_or("", |r| r.name.as_str());
             self.metrics.page_loads.with_label_values(&[route]).inc();
@@ -498,21 +527,25 @@ async fn obtain_token(
         .map_err(|e| e.label())
 }
 
+/// A `200` `text/html` response.
+fn is_html_page(response: &ResponseHeader) -> bool {
+    response.status == StatusCode::OK
+        && response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/html"))
+}
+
 /// The charset to rewrite in, if this response can carry a token: a `200` `text/html`
 /// body in an encoding we can read (identity, or gzip/br that pingora undoes) and an
 /// ASCII-compatible charset.
 fn rewritable(response: &ResponseHeader) -> Option<Charset> {
-    if response.status != StatusCode::OK {
+    if !is_html_page(response) || response.headers.contains_key(header::CONTENT_RANGE) {
         return None;
     }
     let content_type = response.headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let mime = content_type.split(';').next().unwrap_or_default().trim();
-    if !mime.eq_ignore_ascii_case("text/html") {
-        return None;
-    }
-    if response.headers.contains_key(header::CONTENT_RANGE) {
-        return None;
-    }
     let encodings = response.headers.get_all(header::CONTENT_ENCODING);
     let mut count = 0;
     for value in encodings.iter() {
@@ -531,16 +564,43 @@ fn rewritable(response: &ResponseHeader) -> Option<Charset> {
     }
 }
 
+/// Headers that let a browser, CDN or reverse-proxy cache keep or revalidate a page.
+const CACHING_HEADERS: &[&str] = &[
+    "etag",
+    "last-modified",
+    "expires",
+    "cdn-cache-control",
+    "surrogate-control",
+    // nginx obeys it over Cache-Control.
+    "x-accel-expires",
+];
+
+/// Headers that describe the exact bytes of the body, wrong once it is rewritten.
+const BODY_HEADERS: &[&str] = &[
+    "content-length",
+    "accept-ranges",
+    "content-digest",
+    "repr-digest",
+    "content-md5",
+    "content-encoding",
+];
+
+/// SPEC §2.6: a page of a token route is for one user, now, and nobody else.
+fn forbid_caching(response: &mut ResponseHeader) -> Result<()> {
+    for name in CACHING_HEADERS {
+        response.remove_header(*name);
+    }
+    response.insert_header(header::CACHE_CONTROL, "private, no-store")?;
+    Ok(())
+}
+
 /// SPEC §2.6: the page now carries a per-user secret, a different length and maybe a new
 /// encoding.
 fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Coding>) -> Result<()> {
-    response.remove_header(&header::CONTENT_LENGTH);
-    response.remove_header(&header::ETAG);
-    response.remove_header(&header::LAST_MODIFIED);
-    response.remove_header(&header::ACCEPT_RANGES);
-    response.remove_header(&header::EXPIRES);
-    response.insert_header(header::CACHE_CONTROL, "private, no-store")?;
-    response.remove_header(&header::CONTENT_ENCODING);
+    forbid_caching(response)?;
+    for name in BODY_HEADERS {
+        response.remove_header(*name);
+    }
     if let Some(coding) = coding {
         response.insert_header(header::CONTENT_ENCODING, coding.token())?;
     }
@@ -596,48 +656,6 @@ async fn respond_plain(session: &mut Session, code: u16) -> Result<()> {
     session
         .write_response_body(Some(Bytes::from(text)), true)
         .await
-}
-
-/// The app as a pingora peer: address resolved now (at start and on each reload, never
-/// per request), TLS settings and timeouts applied.
-pub fn upstream_peer(config: &Config) -> Result<HttpPeer, String> {
-    let up = &config.upstream;
-    let addr = (up.host.as_str(), up.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("upstream host `{}` does not resolve: {e}", up.host))?
-        .next()
-        .ok_or_else(|| format!("upstream host `{}` has no address", up.host))?;
-    let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
-    let t = &config.timeouts;
-    peer.options.connection_timeout = Some(t.upstream_connect);
-    peer.options.total_connection_timeout = Some(t.upstream_connect);
-    peer.options.read_timeout = Some(t.upstream_read);
-    peer.options.write_timeout = Some(t.upstream_write);
-    peer.options.idle_timeout = Some(t.upstream_idle);
-    peer.options.verify_cert = up.verify;
-    peer.options.verify_hostname = up.verify;
-    if let Some(ca_file) = &up.ca_file {
-        peer.options.ca = Some(Arc::from(load_ca(ca_file)?));
-    }
-    Ok(peer)
-}
-
-fn load_ca(path: &std::path::Path) -> Result<Box<[pingora::utils::tls::WrappedX509]>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("CA file {} holds no certificate", path.display()));
-    }
-    Ok(certs
-        .into_iter()
-        .map(|der| {
-            pingora::utils::tls::WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509)
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -702,11 +720,23 @@ mod tests {
                 ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
                 ("cache-control", "public, max-age=3600"),
                 ("accept-ranges", "bytes"),
+                ("expires", "Wed, 21 Oct 2035 07:28:00 GMT"),
+                ("cdn-cache-control", "max-age=600"),
+                ("surrogate-control", "max-age=600"),
+                ("x-accel-expires", "600"),
+                ("content-digest", "sha-256=:AAAA:"),
+                ("repr-digest", "sha-256=:AAAA:"),
+                ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+                ("content-encoding", "br"),
             ],
         );
         prepare_rewritten_headers(&mut r, Some(Coding::Gzip)).unwrap();
-        for gone in ["content-length", "etag", "last-modified", "accept-ranges"] {
-            assert!(r.headers.get(gone).is_none(), "{gone}");
+        for gone in CACHING_HEADERS
+            .iter()
+            .chain(BODY_HEADERS)
+            .filter(|h| **h != "content-encoding")
+        {
+            assert!(r.headers.get(*gone).is_none(), "{gone}");
         }
         assert_eq!(r.headers.get("content-encoding").unwrap(), "gzip");
         assert_eq!(r.headers.get("vary").unwrap(), "Accept-Encoding");

@@ -26,7 +26,7 @@ use crate::released::{
 use crate::rewrite::EmbedTags;
 use crate::routes::{HostPattern, Route, Routes};
 use crate::secret::Secret;
-use crate::trust::{parse_net, TrustedProxies};
+use crate::trust::{parse_net, IdentityHeaders, TrustedProxies};
 pub use decode::parse_duration;
 use decode::{join, Decoder, Fields};
 use identity::PartialIdentity;
@@ -200,8 +200,9 @@ pub struct Config {
     pub workers: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
-    /// Every identity header named anywhere in the config (stripped from untrusted peers).
-    pub identity_headers: Vec<HeaderName>,
+    /// Every identity header named anywhere in the config, and which spellings of them
+    /// the trust boundary strips.
+    pub identity_headers: IdentityHeaders,
     /// Secret files to watch for rotation.
     pub secret_files: Vec<PathBuf>,
     /// JWKS files to watch (reloaded like secrets).
@@ -467,7 +468,7 @@ impl Schema<'_, '_> {
             });
         }
 
-        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        let mut identity_headers: Vec<HeaderName> = top_identity.headers().cloned().collect();
         let mut secret_files: Vec<PathBuf> = Vec::new();
         let mut key_files: Vec<PathBuf> = Vec::new();
         let mut key_stores: Vec<Arc<KeyStore>> = Vec::new();
@@ -503,7 +504,7 @@ impl Schema<'_, '_> {
             embed: embed?,
             workers: workers?,
             timeouts: timeouts?,
-            identity_headers,
+            identity_headers: IdentityHeaders::new(identity_headers),
             secret_files,
             key_files,
             key_stores,
@@ -1020,14 +1021,28 @@ impl Schema<'_, '_> {
 
     fn api_url(&mut self, node: &Node, path: &str) -> Option<Url> {
         let text = self.d.non_empty(node, path)?;
+        // A URL with `@` may carry a password: never echo it.
+        let shown = if text.contains('@') {
+            "the URL".to_string()
+        } else {
+            format!("`{text}`")
+        };
         let url = match Url::parse(&text) {
             Ok(u) if u.host_str().is_some() => u,
             _ => {
                 self.d
-                    .error(path, node.line, format!("`{text}` is not an absolute URL"));
+                    .error(path, node.line, format!("{shown} is not an absolute URL"));
                 return None;
             }
         };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.d.error(
+                path,
+                node.line,
+                "must not carry a user name or password: the shared secret is sent as a bearer token (shared_secret_file)",
+            );
+            return None;
+        }
         let loopback = is_loopback_host(&url);
         match url.scheme() {
             "https" => Some(url),
