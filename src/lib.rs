@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod compress;
 pub mod config;
+pub mod embed_client;
 pub mod explain;
 pub mod identity;
 pub mod jwt;
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod mint;
 pub mod plan;
 pub mod proxy;
 pub mod released;

@@ -393,6 +393,7 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
     }
     if old.embed.tags.names() != new.embed.tags.names()
         || old.embed.memory_limit != new.embed.memory_limit
+        || old.embed.client != new.embed.client
     {
         parts.push("embed changed".into());
     }

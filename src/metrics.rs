@@ -42,6 +42,8 @@ pub struct Metrics {
     pub reloader_heartbeat: IntGauge,
     /// Token API answers 401/403: the shared secret or account is wrong.
     pub token_auth_failures: IntCounter,
+    /// Answers of the client-embed token endpoint, by status code.
+    pub embed_token_responses: IntCounterVec,
     /// Log lines dropped because stderr could not keep up (synced at each render).
     log_lines_dropped: IntCounter,
 }
@@ -86,6 +88,11 @@ impl Metrics {
             "identity_headers_stripped_total",
             "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies) or respelled (an _ spelling of one, from any peer).",
             &["reason"],
+        );
+        let embed_token_responses = counter_vec(
+            "embed_token_responses_total",
+            "Answers of the client-embed token endpoint (embed.client), by HTTP status code.",
+            &["code"],
         );
         let config_reloads = counter_vec(
             "config_reloads_total",
@@ -207,6 +214,7 @@ impl Metrics {
             identity_headers_stripped,
             reloader_heartbeat,
             token_auth_failures,
+            embed_token_responses,
             log_lines_dropped,
         }
     }

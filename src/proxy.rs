@@ -29,13 +29,14 @@ use tokio::task::JoinHandle;
 
 use crate::compress::{Coding, Compressor};
 use crate::config::Config;
-use crate::identity::IdentityRules;
+use crate::embed_client::{self, TokenEndpoint};
 use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
-use crate::plan::{plan, verify_assertion, NoToken, Planned, RequestFacts};
-use crate::released::{ReleasedClient, ReleasedSettings};
+use crate::mint::Minter;
+use crate::plan::{plan, NoToken, Planned, RequestFacts};
+use crate::released::ReleasedClient;
 use crate::rewrite::{Charset, Rewriter};
-use crate::routes::host_without_port;
+use crate::routes::{host_without_port, Route};
 use crate::secret::Token;
 
 /// The sidecar's proxy logic; one instance serves every request.
@@ -43,6 +44,7 @@ pub struct Sidecar {
     live: Arc<Live>,
     released: ReleasedClient,
     metrics: Arc<Metrics>,
+    embed: TokenEndpoint,
 }
 
 impl Sidecar {
@@ -52,6 +54,7 @@ impl Sidecar {
             live,
             released,
             metrics,
+            embed: TokenEndpoint::default(),
         }
     }
 }
@@ -158,6 +161,17 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if let Some(own) = embed_client::own_path(&ctx.snapshot.config, path) {
+            // The client-embed endpoint and loader: answered here, never by the app.
+            let snapshot = Arc::clone(&ctx.snapshot);
+            let minter = |route: usize| self.minter(&snapshot.config.routes.0[route]);
+            self.embed
+                .serve(session, own, &snapshot.config, minter, &self.metrics)
+                .await?;
+            ctx.token = TokenState::NotNeeded("embed_endpoint");
+            return Ok(true);
+        }
         self.plan_token(session, ctx);
         if self.start_token_call(ctx) {
             // A safety net for apps that compress although asked not to: pingora undoes
@@ -334,6 +348,16 @@ impl ProxyHttp for Sidecar {
 }
 
 impl Sidecar {
+    /// Mints tokens for `route`.
+    fn minter(&self, route: &Route) -> Minter {
+        Minter {
+            identity: Arc::clone(&route.identity),
+            settings: Arc::clone(&route.released),
+            client: self.released.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
     /// The trust boundary's verdict applied to the request the app will see.
     fn strip_identity_headers(&self, upstream_request: &mut RequestHeader, ctx: &RequestCtx) {
         let identity = &ctx.snapshot.config.identity_headers;
@@ -431,14 +455,13 @@ impl Sidecar {
             return false;
         };
         let deadline = ctx.started + route.released.timeout;
-        let task = tokio::spawn(obtain_token(
-            planned,
-            Arc::clone(&route.identity),
-            Arc::clone(&route.released),
-            self.released.clone(),
-            Arc::clone(&self.metrics),
-            deadline,
-        ));
+        let minter = self.minter(route);
+        let task = tokio::spawn(async move {
+            minter
+                .mint(planned, deadline, |_| Ok(()))
+                .await
+                .map_err(|r| r.label())
+        });
         ctx.token = TokenState::Pending { task, deadline };
         true
     }
@@ -478,53 +501,6 @@ impl Sidecar {
             }
         }
     }
-}
-
-/// Everything between the plan and the token, off the request path: verify the gateway
-/// assertion (if identity comes from one), respect the cool-down, call Released.
-async fn obtain_token(
-    planned: Planned,
-    identity: Arc<IdentityRules>,
-    settings: Arc<ReleasedSettings>,
-    client: ReleasedClient,
-    metrics: Arc<Metrics>,
-    deadline: Instant,
-) -> Result<Token, &'static str> {
-    let request = match planned {
-        Planned::Request(request, _) => request,
-        Planned::Assertion(raw) => {
-            match verify_assertion(
-                &raw,
-                &identity,
-                &settings.account_id,
-                client.http(),
-                deadline,
-            )
-            .await
-            {
-                Ok(request) => request,
-                Err(reason) => {
-                    tracing::debug!(reason = %reason, "page load without token");
-                    metrics
-                        .token_skips
-                        .with_label_values(&[reason.label()])
-                        .inc();
-                    return Err(reason.label());
-                }
-            }
-        }
-    };
-    if !settings.cooldown.admit() {
-        metrics
-            .token_requests
-            .with_label_values(&["cooldown"])
-            .inc();
-        return Err("cooldown");
-    }
-    client
-        .fetch(&settings, &request, deadline)
-        .await
-        .map_err(|e| e.label())
 }
 
 /// A `200` `text/html` response.

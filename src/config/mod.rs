@@ -6,6 +6,7 @@
 //! while collecting errors, and this file holds the schema.
 
 mod decode;
+mod embed;
 mod identity;
 pub mod yaml;
 
@@ -28,6 +29,8 @@ use crate::routes::{HostPattern, Route, Routes};
 use crate::secret::Secret;
 use crate::trust::{parse_net, IdentityHeaders, TrustedProxies};
 pub use decode::parse_duration;
+pub use embed::{ClientEmbed, RateLimit};
+
 use decode::{join, Decoder, Fields};
 use identity::PartialIdentity;
 pub use identity::PRESETS;
@@ -179,6 +182,8 @@ pub struct Embed {
     pub tags: EmbedTags,
     /// Per-response bound on the rewriter's buffers, in bytes.
     pub memory_limit: usize,
+    /// The same-origin token endpoint and loader for client-rendered embeds (off if `None`).
+    pub client: Option<ClientEmbed>,
 }
 
 /// A loaded, validated configuration.
@@ -773,18 +778,23 @@ impl Schema<'_, '_> {
     fn embed(&mut self, top: &Fields<'_>) -> Option<Embed> {
         let mut tags: Vec<String> = DEFAULT_EMBED_TAGS.iter().map(|s| s.to_string()).collect();
         let mut memory_limit = DEFAULT_REWRITE_MEMORY;
+        let mut client = None;
         let (line, ok) = match top.get("embed") {
             None => (top.line, true),
             Some(node) => (
                 node.line,
-                self.embed_fields(node, &mut tags, &mut memory_limit)?,
+                self.embed_fields(node, &mut tags, &mut memory_limit, &mut client)?,
             ),
         };
         if !ok {
             return None;
         }
         match EmbedTags::new(&tags) {
-            Ok(tags) => Some(Embed { tags, memory_limit }),
+            Ok(tags) => Some(Embed {
+                tags,
+                memory_limit,
+                client,
+            }),
             Err(msg) => {
                 self.d.error("embed.tags", line, msg);
                 None
@@ -797,9 +807,16 @@ impl Schema<'_, '_> {
         node: &Node,
         tags: &mut Vec<String>,
         memory_limit: &mut usize,
+        client: &mut Option<ClientEmbed>,
     ) -> Option<bool> {
-        let fields = self.d.map(node, "embed", &["tags", "memory_limit"])?;
+        let fields = self
+            .d
+            .map(node, "embed", &["tags", "memory_limit", "client"])?;
         let mut ok = true;
+        if let Some(n) = fields.get("client") {
+            *client = self.embed_client(n);
+            ok &= client.is_some();
+        }
         if let Some(n) = fields.get("tags") {
             match self.d.strings(n, "embed.tags") {
                 Some(items) if items.is_empty() => {
