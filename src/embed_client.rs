@@ -25,6 +25,7 @@ use crate::config::{ClientEmbed, Config, RateLimit};
 use crate::metrics::Metrics;
 use crate::mint::{Minter, Refused};
 use crate::plan::{plan_embed_token, NoToken, Planned, RequestFacts};
+use crate::rewrite::escape_attribute;
 use crate::routes::host_without_port;
 
 /// How long a minted token may be used (SPEC §1: two minutes).
@@ -72,6 +73,81 @@ pub fn loader(client: &ClientEmbed, tags: &[String]) -> (Bytes, String) {
             .collect::<String>()
     );
     (Bytes::from(body), etag)
+}
+
+/// The `<script>` that loads the loader into a page, or `None` when the page's
+/// `Content-Security-Policy` would not let it run (then the page is left alone).
+pub fn loader_tag(client: &ClientEmbed, response: &HeaderMap) -> Option<String> {
+    let nonce = match script_policy(response) {
+        ScriptPolicy::Blocked => return None,
+        ScriptPolicy::Allowed(nonce) => nonce,
+    };
+    let src = escape_attribute(&client.loader_path);
+    Some(match nonce {
+        Some(n) => format!(
+            "<script src=\"{src}\" defer nonce=\"{}\"></script>",
+            escape_attribute(&n)
+        ),
+        None => format!("<script src=\"{src}\" defer></script>"),
+    })
+}
+
+/// Whether a same-origin external script may run under a response's CSP, and the nonce it
+/// must carry.
+#[derive(Debug, PartialEq, Eq)]
+enum ScriptPolicy {
+    Allowed(Option<String>),
+    Blocked,
+}
+
+/// Every enforced policy must allow the script: by `'self'` (or `*`, `http:`, `https:`)
+/// unless `'strict-dynamic'` voids those, or by its nonce. Report-only policies do not
+/// block anything and are ignored; a host-source naming our own host is not recognised.
+fn script_policy(headers: &HeaderMap) -> ScriptPolicy {
+    let mut required: Option<String> = None;
+    let mut offered: Option<String> = None;
+    let policies = headers
+        .get_all(header::CONTENT_SECURITY_POLICY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
+    for policy in policies {
+        let directives: Vec<(&str, Vec<&str>)> = policy
+            .split(';')
+            .filter_map(|d| {
+                let mut words = d.split_ascii_whitespace();
+                Some((words.next()?, words.collect()))
+            })
+            .collect();
+        let sources = ["script-src-elem", "script-src", "default-src"]
+            .iter()
+            .find_map(|name| {
+                directives
+                    .iter()
+                    .find(|(d, _)| d.eq_ignore_ascii_case(name))
+                    .map(|(_, s)| s)
+            });
+        let Some(sources) = sources else { continue };
+        let has = |word: &str| sources.iter().any(|s| s.eq_ignore_ascii_case(word));
+        let nonce = sources.iter().find_map(|s| {
+            let lower = s.to_ascii_lowercase();
+            lower
+                .starts_with("'nonce-")
+                .then(|| s[7..].trim_end_matches('\'').to_string())
+                .filter(|n| !n.is_empty())
+        });
+        let by_origin = !has("'strict-dynamic'")
+            && (has("'self'") || has("*") || has("https:") || has("http:"));
+        match nonce {
+            _ if by_origin => offered = offered.or(nonce),
+            Some(n) => match &required {
+                Some(r) if *r != n => return ScriptPolicy::Blocked,
+                _ => required = Some(n),
+            },
+            None => return ScriptPolicy::Blocked,
+        }
+    }
+    ScriptPolicy::Allowed(required.or(offered))
 }
 
 /// The per-identity limiter, rebuilt when `embed.client.rate_limit` changes.
@@ -398,6 +474,52 @@ mod tests {
                 *ok,
                 "{pairs:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_loader_tag_obeys_the_pages_csp() {
+        let client = ClientEmbed {
+            token_path: "/.released/token".into(),
+            loader_path: "/.released/embed.js".into(),
+            inject: true,
+            rate_limit: crate::config::RateLimit {
+                count: 1,
+                per: Duration::from_secs(1),
+            },
+        };
+        let plain = r#"<script src="/.released/embed.js" defer></script>"#;
+        let nonced = r#"<script src="/.released/embed.js" defer nonce="r4nd0m"></script>"#;
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], Some(plain)),
+            (&["frame-ancestors 'none'"], Some(plain)),
+            (&["default-src 'self'"], Some(plain)),
+            (&["script-src 'self' https://cdn.example"], Some(plain)),
+            (
+                &["script-src 'nonce-r4nd0m' 'strict-dynamic'"],
+                Some(nonced),
+            ),
+            (&["script-src 'self' 'nonce-r4nd0m'"], Some(nonced)),
+            (
+                &["default-src 'self'; script-src 'nonce-r4nd0m'"],
+                Some(nonced),
+            ),
+            (&["default-src 'none'"], None),
+            (&["script-src https://cdn.example"], None),
+            (&["script-src 'self' 'strict-dynamic'"], None),
+            (&["script-src 'self'", "script-src 'none'"], None),
+            (&["script-src 'nonce-a'", "script-src 'nonce-b'"], None),
+            (
+                &["script-src 'self', script-src 'nonce-r4nd0m'"],
+                Some(nonced),
+            ),
+        ];
+        for (policies, want) in cases {
+            let mut h = HeaderMap::new();
+            for p in *policies {
+                h.append("content-security-policy", p.parse().unwrap());
+            }
+            assert_eq!(loader_tag(&client, &h).as_deref(), *want, "{policies:?}");
         }
     }
 

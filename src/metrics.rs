@@ -44,6 +44,8 @@ pub struct Metrics {
     pub token_auth_failures: IntCounter,
     /// Answers of the client-embed token endpoint, by status code.
     pub embed_token_responses: IntCounterVec,
+    /// Pages that got the embed loader injected, or were left alone for their CSP.
+    pub loader_injections: IntCounterVec,
     /// Log lines dropped because stderr could not keep up (synced at each render).
     log_lines_dropped: IntCounter,
 }
@@ -93,6 +95,11 @@ impl Metrics {
             "embed_token_responses_total",
             "Answers of the client-embed token endpoint (embed.client), by HTTP status code.",
             &["code"],
+        );
+        let loader_injections = counter_vec(
+            "loader_injections_total",
+            "Token-route pages given the embed loader (injected), or left alone because their Content-Security-Policy would block it (csp_blocked).",
+            &["result"],
         );
         let config_reloads = counter_vec(
             "config_reloads_total",
@@ -190,6 +197,9 @@ impl Metrics {
         ] {
             token_requests.with_label_values(&[result]);
         }
+        for result in ["injected", "csp_blocked"] {
+            loader_injections.with_label_values(&[result]);
+        }
         for reason in ["untrusted_peer", "respelled"] {
             identity_headers_stripped.with_label_values(&[reason]);
         }
@@ -215,6 +225,7 @@ impl Metrics {
             reloader_heartbeat,
             token_auth_failures,
             embed_token_responses,
+            loader_injections,
             log_lines_dropped,
         }
     }

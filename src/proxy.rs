@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::plan::{plan, NoToken, Planned, RequestFacts};
 use crate::released::ReleasedClient;
-use crate::rewrite::{Charset, Rewriter};
+use crate::rewrite::{Charset, Edits, Rewriter};
 use crate::routes::{host_without_port, Route};
 use crate::secret::Token;
 
@@ -83,6 +83,8 @@ pub struct RequestCtx {
     trusted: bool,
     /// A page load on a route: its HTML must not be cached, token or not.
     page_load: bool,
+    /// The app was asked for the whole, uncompressed page (a token or the loader goes in).
+    whole_page: bool,
     token: TokenState,
     rewrite: Option<SyncWrapper<PageRewrite>>,
     upstream_sent: Option<Instant>,
@@ -94,10 +96,6 @@ impl RequestCtx {
         self.route
             .and_then(|i| self.snapshot.config.routes.0.get(i))
             .map_or("", |r| r.name.as_str())
-    }
-
-    fn token_pending(&self) -> bool {
-        matches!(self.token, TokenState::Pending { .. })
     }
 }
 
@@ -153,6 +151,7 @@ impl ProxyHttp for Sidecar {
             route: None,
             trusted: false,
             page_load: false,
+            whole_page: false,
             token: TokenState::NotNeeded("no_route"),
             rewrite: None,
             upstream_sent: None,
@@ -173,7 +172,17 @@ impl ProxyHttp for Sidecar {
             return Ok(true);
         }
         self.plan_token(session, ctx);
-        if self.start_token_call(ctx) {
+        let token = self.start_token_call(ctx);
+        let inject = ctx.page_load
+            && ctx
+                .snapshot
+                .config
+                .embed
+                .client
+                .as_ref()
+                .is_some_and(|c| c.inject);
+        if token || inject {
+            ctx.whole_page = true;
             // A safety net for apps that compress although asked not to: pingora undoes
             // gzip/br for this response (disarmed again below if it is not a page).
             session.upstream_compression.adjust_decompression(true);
@@ -196,10 +205,10 @@ impl ProxyHttp for Sidecar {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.strip_identity_headers(upstream_request, ctx);
-        if ctx.token_pending() {
+        if ctx.whole_page {
             // `identity` rather than no header: without Accept-Encoding any coding is
             // acceptable (RFC 9110 §12.5.3). The page must come back whole and fresh so
-            // it can carry this page load's token.
+            // it can carry this page load's token (or the loader).
             upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
             upstream_request.remove_header(&header::IF_NONE_MATCH);
             upstream_request.remove_header(&header::IF_MODIFIED_SINCE);
@@ -217,7 +226,7 @@ impl ProxyHttp for Sidecar {
     ) -> Result<()> {
         // Decompression was armed for a page that can carry a token; anything else must
         // reach the client byte for byte, compressed or not.
-        if ctx.token_pending()
+        if ctx.whole_page
             && !upstream_response.status.is_informational()
             && session.upstream_compression.is_header_phase()
             && (end_of_stream || rewritable(upstream_response).is_none())
@@ -258,7 +267,7 @@ impl ProxyHttp for Sidecar {
         if response.status.is_informational() {
             return Ok(());
         }
-        if ctx.token_pending() {
+        if ctx.whole_page {
             self.set_up_rewrite(session, response, ctx).await?;
         }
         if ctx.page_load && ctx.rewrite.is_none() && is_html_page(response) {
@@ -318,6 +327,12 @@ impl ProxyHttp for Sidecar {
             let rewriter = &rewrite.get_mut().rewriter;
             tags = rewriter.tags_rewritten();
             self.metrics.tags_rewritten.inc_by(tags as u64);
+            if rewriter.injected() {
+                self.metrics
+                    .loader_injections
+                    .with_label_values(&["injected"])
+                    .inc();
+            }
             if rewriter.bailed_out() {
                 self.metrics.rewrite_bailouts.inc();
             }
@@ -383,18 +398,41 @@ impl Sidecar {
             self.abandon_token(ctx, "not_rewritable");
             return Ok(());
         };
-        let Some(token) = self.await_token(ctx).await else {
+        let token = self.await_token(ctx).await;
+        let inject = self.loader_tag(ctx, response);
+        if token.is_none() && inject.is_none() {
             return Ok(());
-        };
+        }
         let accept = session.req_header().headers.get(header::ACCEPT_ENCODING);
         let coding = Coding::negotiate(accept.map(|v| v.as_bytes()));
         prepare_rewritten_headers(response, coding)?;
         let embed = &ctx.snapshot.config.embed;
+        let edits = Edits {
+            token: token.as_ref(),
+            inject,
+        };
         ctx.rewrite = Some(SyncWrapper::new(PageRewrite {
-            rewriter: Rewriter::new(&embed.tags, &token, charset, embed.memory_limit),
+            rewriter: Rewriter::with_edits(&embed.tags, edits, charset, embed.memory_limit),
             compressor: coding.map(Compressor::new),
         }));
         Ok(())
+    }
+
+    /// The loader `<script>` for this page when `embed.client.inject` is on and the page's
+    /// CSP lets it run.
+    fn loader_tag(&self, ctx: &RequestCtx, response: &ResponseHeader) -> Option<String> {
+        let client = ctx.snapshot.config.embed.client.as_ref()?;
+        if !client.inject || !ctx.page_load {
+            return None;
+        }
+        let tag = embed_client::loader_tag(client, &response.headers);
+        if tag.is_none() {
+            self.metrics
+                .loader_injections
+                .with_label_values(&["csp_blocked"])
+                .inc();
+        }
+        tag
     }
 
     /// Runs the planner on the request head and records its verdict.

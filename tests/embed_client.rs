@@ -287,3 +287,91 @@ async fn embed_client_is_hot_reloaded() {
         "the endpoint no longer reaches the app"
     );
 }
+
+const LOADER: &str = r#"<script src="/.released/embed.js" defer></script>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_puts_the_loader_into_token_route_pages_once_and_obeys_csp() {
+    let page =
+        "<html><head><title>t</title></head><body><released-page></released-page></body></html>";
+    let upstream = Upstream::start(move |req| match req.path.as_str() {
+        "/nonce" => Reply::html(page).header(
+            "content-security-policy",
+            "script-src 'nonce-abc123' 'strict-dynamic'",
+        ),
+        "/locked" => Reply::html(page).header("content-security-policy", "script-src 'none'"),
+        "/gzip" => Reply::Full {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/html".into()),
+                ("content-encoding".into(), "gzip".into()),
+            ],
+            body: {
+                use std::io::Write;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(page.as_bytes()).unwrap();
+                gz.finish().unwrap().into()
+            },
+        },
+        "/api" => Reply::with(200, "application/json", "{}"),
+        _ => Reply::html(page),
+    })
+    .await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra("embed: { client: { inject: true } }\n")
+        .start()
+        .await;
+
+    let body = sidecar.page_load("/").await.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!("<html><head><title>t</title>{LOADER}</head><body><released-page auth-token=\"{}\"></released-page></body></html>",
+            standin.issued()[0].token.clone().unwrap()),
+        "with a token"
+    );
+
+    // No identity: no token, but the loader still goes in (it will ask the endpoint).
+    let anonymous = client()
+        .get(sidecar.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.headers()["cache-control"], "private, no-store");
+    let body = anonymous.text().await.unwrap();
+    assert_eq!(body.matches(LOADER).count(), 1, "{body}");
+    assert!(!body.contains("auth-token"));
+
+    let body = sidecar.page_load("/nonce").await.text().await.unwrap();
+    assert!(
+        body.contains(r#"<script src="/.released/embed.js" defer nonce="abc123"></script></head>"#),
+        "{body}"
+    );
+    let body = sidecar.page_load("/locked").await.text().await.unwrap();
+    assert!(
+        !body.contains("embed.js"),
+        "a CSP that forbids it: left alone"
+    );
+    let body = sidecar.page_load("/gzip").await.text().await.unwrap();
+    assert_eq!(
+        body.matches(LOADER).count(),
+        1,
+        "compressed pages too: {body}"
+    );
+    let body = sidecar.page_load("/api").await.text().await.unwrap();
+    assert_eq!(body, "{}", "not a page");
+
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_loader_injections_total{result=\"csp_blocked\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_loader_injections_total{result=\"injected\"}")
+            .await,
+        4.0
+    );
+}
