@@ -333,10 +333,19 @@ fn systemd_config_passes_check_with_the_secret_from_the_credentials_directory() 
 }
 
 #[test]
-fn config_example_passes_check_without_secrets() {
+fn config_example_passes_the_check_command_its_header_suggests() {
+    // Run exactly what a newcomer copies from the file's header, from the repository root.
+    let example = read("config.example.yaml");
+    let command = example
+        .lines()
+        .find_map(|l| l.strip_prefix("# Validate with:"))
+        .expect("config.example.yaml says how to validate it");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"released-sidecar"), "{command}");
+    assert!(words.contains(&"--skip-secrets"), "{command}");
     let out = sidecar()
-        .args(["check", "--skip-secrets", "--config"])
-        .arg(repo("config.example.yaml"))
+        .args(&words[1..])
+        .current_dir(repo(""))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
