@@ -5,6 +5,7 @@
 //! 127.0.0.1 and stops when dropped.
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod sidecar;
 pub mod standin;
 pub mod tools;
