@@ -273,8 +273,11 @@ fn signed_with_header(key: &Key, header: Value, claims: &Value) -> String {
     format!("{input}.{sig}")
 }
 
-/// Page loads, each `(path, headers, peer)`, that end in every outcome the docs name.
-fn page_loads(key: &Key) -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>, &'static str)> {
+/// A page load: path, headers (raw bytes, to send non-UTF-8), and the client's address.
+type PageLoad = (&'static str, Vec<(&'static str, Vec<u8>)>, &'static str);
+
+/// Page loads that end in every outcome the docs name, one skip reason each.
+fn page_loads(key: &Key) -> Vec<PageLoad> {
     let ok = [
         ("x-forwarded-user", b"alice".to_vec()),
         ("x-forwarded-email", b"alice@example.com".to_vec()),
