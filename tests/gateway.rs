@@ -677,6 +677,24 @@ fn forged_identity_headers_through_oauth2_proxy_never_change_the_token_identity(
             .collect();
         assert!(leaked.is_empty(), "{leaked:?}");
 
+        // oauth2-proxy on its own (no sidecar behind it) already replaces the dashed names
+        // and drops the underscore spellings, as the README says.
+        let seen_before = gw.upstream.seen().len();
+        let direct = navigate(&client, &format!("{}/page", gw.direct.url), FORGED).await;
+        assert_eq!(direct.status, 200);
+        let seen = gw.upstream.seen().split_off(seen_before);
+        let page = seen
+            .iter()
+            .find(|s| s.path == "/page")
+            .expect("direct page");
+        assert_eq!(page.header("x-forwarded-user"), vec![SUB]);
+        let underscored: Vec<_> = page
+            .headers
+            .iter()
+            .filter(|(k, _)| k.contains('_'))
+            .collect();
+        assert!(underscored.is_empty(), "{underscored:?}");
+
         // Without a session the forgery only earns a redirect to the IdP.
         let before = gw.standin.calls().len();
         let anonymous = cookie_client();
