@@ -13,6 +13,11 @@ OAUTH2_PROXY_VERSION=v7.15.6
 tools=target/tools
 mkdir -p "$tools/bin"
 
+# The official Go tarball installs to /usr/local/go, which a non-login shell may not have
+# on PATH.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
 missing=()
 for tool in go node npm python3; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
