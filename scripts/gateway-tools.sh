@@ -4,8 +4,9 @@
 #   target/tools/bin/oauth2-proxy       go install github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION
 #   tests/gateway/node_modules          npm ci (oauth2-mock-server, playwright-core; pinned in package-lock.json)
 #   target/tools/venv                   kubernetes-validate (pinned in scripts/kubernetes-validate.txt; ships its schemas)
-# Needs Go (>= 1.22), Node.js (>= 20.19, with npm) and python3 with venv. System packages
-# (nginx-light, chromium, ...) come from scripts/deps.sh test.
+# Needs Go (>= 1.26: oauth2-proxy v7.15.6's go.mod says so), Node.js (>= 20.19, with npm)
+# and python3 with venv. System packages (nginx-light, chromium, ...) come from
+# scripts/deps.sh test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,7 @@ for tool in go node npm python3; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-  echo "scripts/gateway-tools.sh: not installed: ${missing[*]} (Go >= 1.22, Node.js >= 20.19, python3)" >&2
+  echo "scripts/gateway-tools.sh: not installed: ${missing[*]} (Go >= 1.26, Node.js >= 20.19, python3)" >&2
   exit 1
 fi
 
