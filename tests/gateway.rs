@@ -579,6 +579,27 @@ fn one_call_for_the_idp_user(calls: &[Call]) -> String {
     call.token.clone().expect("a token was issued")
 }
 
+/// A navigation to `base/page` without a session, with `extra` headers: answered with a
+/// redirect to the IdP's authorize endpoint, and no token call is made.
+async fn redirected_to_login_without_a_token(gw: &Gateway, base: &str, extra: &[(&str, &str)]) {
+    let before = gw.standin.calls().len();
+    let mut req = cookie_client()
+        .get(format!("{base}/page"))
+        .headers(navigation());
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let to = location(&resp).unwrap();
+    assert!(
+        to.starts_with(&format!("{}/authorize", gw.idp.issuer)),
+        "{to}"
+    );
+    settle().await;
+    assert_eq!(gw.calls_since(before).len(), 0);
+}
+
 /// Waits long enough for a token call the sidecar might still make to arrive.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -626,23 +647,8 @@ fn oauth2_proxy_sends_the_headers_preset_oauth2_proxy_reads() {
 #[test]
 fn oauth2_proxy_without_a_session_redirects_to_login_and_no_token_is_requested() {
     let Some((gw, _turn)) = gateway() else { return };
-    gw.rt.block_on(async {
-        let before = gw.standin.calls().len();
-        let resp = cookie_client()
-            .get(format!("{}/page", gw.proxy.url))
-            .headers(navigation())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 302);
-        let to = location(&resp).unwrap();
-        assert!(
-            to.starts_with(&format!("{}/authorize", gw.idp.issuer)),
-            "{to}"
-        );
-        settle().await;
-        assert_eq!(gw.calls_since(before).len(), 0);
-    });
+    gw.rt
+        .block_on(redirected_to_login_without_a_token(gw, &gw.proxy.url, &[]));
 }
 
 /// Forged identity headers, in both spellings: app servers (and some proxies) fold `_`
@@ -696,17 +702,7 @@ fn forged_identity_headers_through_oauth2_proxy_never_change_the_token_identity(
         assert!(underscored.is_empty(), "{underscored:?}");
 
         // Without a session the forgery only earns a redirect to the IdP.
-        let before = gw.standin.calls().len();
-        let anonymous = cookie_client();
-        let mut req = anonymous
-            .get(format!("{}/page", gw.proxy.url))
-            .headers(navigation());
-        for (k, v) in FORGED {
-            req = req.header(*k, *v);
-        }
-        assert_eq!(req.send().await.unwrap().status(), 302);
-        settle().await;
-        assert_eq!(gw.calls_since(before).len(), 0);
+        redirected_to_login_without_a_token(gw, &gw.proxy.url, FORGED).await;
     });
 }
 
@@ -876,25 +872,12 @@ fn nginx_auth_request_login_flow_ends_on_the_page_with_one_token_for_the_idp_use
 fn nginx_auth_request_without_a_session_redirects_to_login_and_no_token_is_requested() {
     let Some((gw, _turn)) = gateway() else { return };
     let Some(nginx) = gw.nginx() else { return };
-    gw.rt.block_on(async {
-        let before = gw.standin.calls().len();
-        let resp = cookie_client()
-            .get(format!("{}/page", nginx.url))
-            .headers(navigation())
-            .header("X-Auth-Request-User", FORGED_USER)
-            .header("X-Auth-Request-Email", FORGED_EMAIL)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 302);
-        let to = location(&resp).unwrap();
-        assert!(
-            to.starts_with(&format!("{}/authorize", gw.idp.issuer)),
-            "{to}"
-        );
-        settle().await;
-        assert_eq!(gw.calls_since(before).len(), 0);
-    });
+    let forged = [
+        ("X-Auth-Request-User", FORGED_USER),
+        ("X-Auth-Request-Email", FORGED_EMAIL),
+    ];
+    gw.rt
+        .block_on(redirected_to_login_without_a_token(gw, &nginx.url, &forged));
 }
 
 // ---------------------------------------------------------------------------------------
