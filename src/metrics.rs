@@ -197,6 +197,9 @@ impl Metrics {
         ] {
             token_requests.with_label_values(&[result]);
         }
+        for code in ["200", "401", "403", "404", "405", "429", "503"] {
+            embed_token_responses.with_label_values(&[code]);
+        }
         for result in ["injected", "csp_blocked"] {
             loader_injections.with_label_values(&[result]);
         }
