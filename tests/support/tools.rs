@@ -51,7 +51,7 @@ pub fn find(name: &str) -> Option<PathBuf> {
 
 /// `tool` if it runs (`tool args` exits 0); otherwise a [`skip`] and `None`.
 pub fn require(tool: &str, args: &[&str], install: &str) -> Option<PathBuf> {
-    let found = find(tool).or_else(|| Some(PathBuf::from(tool)))?;
+    let found = find(tool).unwrap_or_else(|| PathBuf::from(tool));
     match Command::new(&found)
         .args(args)
         .stdin(Stdio::null())
