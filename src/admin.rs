@@ -37,6 +37,11 @@ impl Health {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether a shutdown or a handover to a new process has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Whether the proxy accepts connections and is not shutting down.
     pub fn is_ready(&self) -> bool {
         self.proxy_accepting.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)

@@ -43,8 +43,9 @@ pub enum StartError {
 }
 
 /// Runs the sidecar with the config at `path`; returns only on a start error (a normal
-/// shutdown exits the process with status 0).
-pub fn run(path: &Path) -> Result<(), StartError> {
+/// shutdown exits the process with status 0). With `upgrade`, the listening sockets come
+/// from the running process (sent when it gets SIGQUIT) instead of being bound anew.
+pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     crate::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let live = Arc::new(Live::start(path, Arc::clone(&metrics))?);
@@ -56,8 +57,16 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     let bind = |addr, what| {
         std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, what, source })
     };
-    drop(bind(config.listen, "listen")?);
-    let admin_listener = bind(config.admin_listen, "admin.listen")?;
+    if !upgrade {
+        drop(bind(config.listen, "listen")?);
+    }
+    // SO_REUSEPORT: during a binary upgrade the old and the new process both hold the
+    // admin port for a moment (pingora hands over only the proxy's sockets).
+    let admin_listener = bind_shared(config.admin_listen).map_err(|source| StartError::Bind {
+        addr: config.admin_listen,
+        what: "admin.listen",
+        source,
+    })?;
     admin_listener
         .set_nonblocking(true)
         .map_err(|source| StartError::Bind {
@@ -76,15 +85,33 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         threads: config.workers,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     // Our CLI owns argv: pingora's own Opt parser is never called.
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        tracing::info!(
+            upgrade_sock = %config.upgrade_sock.display(),
+            "waiting for the running process's listening sockets: send it SIGQUIT now"
+        );
+    }
+    // With `upgrade`, this is where the sockets arrive (pingora gives up after a few
+    // seconds and exits 1).
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Sidecar::new(Arc::clone(&live), released, Arc::clone(&metrics)),
+        Sidecar::new(
+            Arc::clone(&live),
+            released,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        ),
         "released-sidecar proxy",
     );
     proxy.add_tcp(&config.listen.to_string());
@@ -122,7 +149,19 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     std::process::exit(0)
 }
 
-/// SIGTERM/SIGQUIT: drain and exit; SIGINT: exit now; SIGHUP: reload.
+/// Binds `addr` with SO_REUSEPORT, so a successor process can bind it too.
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// SIGTERM: drain and exit; SIGQUIT: hand the listening sockets to a `run --upgrade`
+/// successor, then drain and exit; SIGINT: exit now; SIGHUP: reload.
 struct Signals {
     health: Arc<Health>,
     reloader: Reloader,
@@ -147,7 +186,11 @@ impl ShutdownSignalWatch for Signals {
                     self.reloader.trigger(Trigger::Signal);
                 }
                 _ = term.recv() => break,
-                _ = quit.recv() => break,
+                _ = quit.recv() => {
+                    self.health.start_draining();
+                    tracing::info!("SIGQUIT: handing the listening sockets to the new process, then finishing in-flight requests");
+                    return ShutdownSignal::GracefulUpgrade;
+                }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: exiting without draining");
                     return ShutdownSignal::FastShutdown;
@@ -169,7 +212,11 @@ fn spawn_drain_watcher(server: &Server, metrics: Arc<Metrics>, grace: Duration) 
         .spawn(move || {
             loop {
                 match phases.blocking_recv() {
-                    Ok(ExecutionPhase::GracefulTerminate) => break,
+                    // After SIGTERM; after SIGQUIT once the sockets are handed over and
+                    // this process has stopped accepting.
+                    Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
+                        break
+                    }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
