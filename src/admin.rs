@@ -139,6 +139,7 @@ async fn wait_for_proxy(listen: SocketAddr, health: Arc<Health>) {
         if tokio::net::TcpStream::connect(probe).await.is_ok() {
             health.proxy_accepting.store(true, Ordering::Release);
             tracing::info!(listen = %listen, "proxy is accepting connections");
+            crate::systemd::ready();
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

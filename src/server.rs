@@ -2,7 +2,7 @@
 //! admin services, reloader, signal handling) and runs it until SIGTERM has drained the
 //! in-flight requests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +81,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let health = Arc::new(Health::default());
 
     let grace = config.timeouts.shutdown_grace;
+    let upgrade_sock = config.upgrade_sock.clone();
     let conf = ServerConf {
         threads: config.workers,
         grace_period_seconds: Some(grace.as_secs().max(1)),
@@ -142,7 +143,11 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     );
     drop(snapshot);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { health, reloader }),
+        shutdown_signal: Box::new(Signals {
+            health,
+            reloader,
+            upgrade_sock,
+        }),
     });
     tracing::info!("shutdown complete");
     crate::logging::flush();
@@ -161,20 +166,24 @@ fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListe
 }
 
 /// SIGTERM: drain and exit; SIGQUIT: hand the listening sockets to a `run --upgrade`
-/// successor, then drain and exit; SIGINT: exit now; SIGHUP: reload.
+/// successor, then drain and exit; SIGUSR2: start that successor from this process's own
+/// command line, then as SIGQUIT (nginx's USR2 + QUIT in one, so the successor inherits the
+/// systemd unit, its sandbox and credentials); SIGINT: exit now; SIGHUP: reload.
 struct Signals {
     health: Arc<Health>,
     reloader: Reloader,
+    upgrade_sock: PathBuf,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return ShutdownSignal::FastShutdown;
@@ -186,6 +195,14 @@ impl ShutdownSignalWatch for Signals {
                     self.reloader.trigger(Trigger::Signal);
                 }
                 _ = term.recv() => break,
+                _ = usr2.recv() => {
+                    if !start_successor(&self.upgrade_sock).await {
+                        continue;
+                    }
+                    self.health.start_draining();
+                    tracing::info!("SIGUSR2: the new process waits; handing the listening sockets over, then finishing in-flight requests");
+                    return ShutdownSignal::GracefulUpgrade;
+                }
                 _ = quit.recv() => {
                     self.health.start_draining();
                     tracing::info!("SIGQUIT: handing the listening sockets to the new process, then finishing in-flight requests");
@@ -201,6 +218,57 @@ impl ShutdownSignalWatch for Signals {
         tracing::info!("SIGTERM: not ready, no new connections, finishing in-flight requests");
         ShutdownSignal::GracefulTerminate
     }
+}
+
+/// How long a successor may take to start waiting for the sockets.
+const SUCCESSOR_START: Duration = Duration::from_secs(10);
+
+/// Starts this process's own command line again with `--upgrade` and waits until it
+/// listens on `upgrade_sock`. Returns whether it does (otherwise this process keeps
+/// serving, and says why).
+async fn start_successor(upgrade_sock: &Path) -> bool {
+    // argv[0], not current_exe(): after a package upgrade /proc/self/exe is the old,
+    // deleted file, while the path names the new binary.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.is_empty() {
+        return false;
+    }
+    let program = args.remove(0);
+    if !args.iter().any(|a| a == "--upgrade") {
+        args.push("--upgrade".into());
+    }
+    // A socket file left by an earlier upgrade would look like a waiting successor.
+    let _ = std::fs::remove_file(upgrade_sock);
+    let mut child = match std::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::error!(program = ?program, error = %e, "SIGUSR2: cannot start the new process; still serving");
+            return false;
+        }
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < SUCCESSOR_START {
+        if upgrade_sock.exists() {
+            tracing::info!(pid = child.id(), "SIGUSR2: new process started");
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            tracing::error!(%status, "SIGUSR2: the new process exited before taking over; still serving");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::error!(
+        upgrade_sock = %upgrade_sock.display(),
+        "SIGUSR2: the new process never waited for the sockets; still serving"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 /// pingora waits the full grace period after SIGTERM even when nothing is in flight; exit

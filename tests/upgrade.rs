@@ -109,3 +109,72 @@ async fn three_upgrades_back_to_back_under_load_lose_no_request() {
     let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 1, "the last process rewrites pages");
 }
+
+/// Kills a process the test did not spawn itself (a successor) when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test learned from the process itself.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// The `MAINPID=` of the next `READY=1` notification on `socket`.
+async fn next_ready(socket: &tokio::net::UnixDatagram) -> i32 {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf))
+            .await
+            .expect("a notification within 20s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.lines().any(|l| l == "READY=1") {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix("MAINPID="))
+                .expect("READY=1 names the main pid")
+                .parse()
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_successor_which_tells_systemd_it_is_the_main_process() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify.sock");
+    let notifications = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let mut sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra("upgrade_sock: \"{dir}/upgrade.sock\"\n")
+        .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
+        .start()
+        .await;
+    let first = next_ready(&notifications).await;
+    assert_eq!(
+        first,
+        sidecar.pid(),
+        "READY=1 from the process systemd started"
+    );
+
+    sidecar.signal(libc::SIGUSR2);
+    let successor = next_ready(&notifications).await;
+    let _cleanup = KillOnDrop(successor);
+    assert_ne!(
+        successor, first,
+        "the successor names itself the main process"
+    );
+    let old = sidecar.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(old.and_then(|s| s.code()), Some(0), "{}", sidecar.logs());
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(
+        unsafe { libc::kill(successor, 0) },
+        0,
+        "the successor runs on"
+    );
+    let body = sidecar.page_load("/").await.text().await.unwrap();
+    assert_eq!(tokens_in(&body).len(), 1, "and serves:\n{}", sidecar.logs());
+    assert!(sidecar.logs().contains("SIGUSR2: new process started"));
+}
