@@ -27,6 +27,7 @@ use crate::mint::{Minter, Refused};
 use crate::plan::{plan_embed_token, NoToken, Planned, RequestFacts};
 use crate::rewrite::escape_attribute;
 use crate::routes::host_without_port;
+use crate::trust::{ClientCert, TrustSource};
 
 /// How long a minted token may be used (SPEC §1: two minutes).
 const TOKEN_LIFETIME_SECS: u64 = 120;
@@ -181,6 +182,8 @@ pub struct EndpointRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The request method.
     pub method: &'a Method,
+    /// The connection's verified client certificate.
+    pub client_cert: Option<&'a ClientCert>,
 }
 
 impl TokenEndpoint {
@@ -228,6 +231,7 @@ impl TokenEndpoint {
                 .map(|a| a.ip()),
             headers: &req.headers,
             method: &req.method,
+            client_cert: crate::proxy::client_cert(session),
         };
         let answer = self.token(&request, config, client, minter).await;
         send_json(session, answer, head, metrics).await
@@ -240,14 +244,15 @@ impl TokenEndpoint {
         client: &ClientEmbed,
         minter: impl FnOnce(usize) -> Minter,
     ) -> Answer {
-        let trusted = request
-            .peer
-            .is_some_and(|ip| config.trusted_proxies.contains(ip));
+        let trusted = config
+            .trust_rule()
+            .decide(request.peer, request.client_cert)
+            != TrustSource::None;
         let host = request
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok());
-        let origin = own_origin(request.headers, host, trusted);
+        let origin = own_origin(request.headers, host, trusted, config.tls.is_some());
         if let Err(why) = same_origin_request(request.headers, origin.as_deref()) {
             return Answer::error(StatusCode::FORBIDDEN, why);
         }
@@ -261,6 +266,7 @@ impl TokenEndpoint {
                 host: host.map(host_without_port),
                 path: &page_path,
                 headers: request.headers,
+                client_cert: request.client_cert,
             },
         );
         let (Some(route_index), Some(route)) = (plan.route, plan.route(config)) else {
@@ -313,8 +319,13 @@ impl TokenEndpoint {
 }
 
 /// The origin this request was made to: the scheme the gateway says it served (only a
-/// trusted peer's `X-Forwarded-Proto` counts), else plain http; the host from `Host`.
-fn own_origin(headers: &HeaderMap, host: Option<&str>, trusted: bool) -> Option<String> {
+/// trusted peer's `X-Forwarded-Proto` counts), else the listener's; the host from `Host`.
+fn own_origin(
+    headers: &HeaderMap,
+    host: Option<&str>,
+    trusted: bool,
+    https: bool,
+) -> Option<String> {
     let host = host?.trim().to_ascii_lowercase();
     let scheme = trusted
         .then(|| headers.get("x-forwarded-proto")?.to_str().ok())
@@ -327,7 +338,7 @@ fn own_origin(headers: &HeaderMap, host: Option<&str>, trusted: bool) -> Option<
                 .to_ascii_lowercase()
         })
         .filter(|p| p == "https" || p == "http")
-        .unwrap_or_else(|| "http".into());
+        .unwrap_or_else(|| if https { "https" } else { "http" }.into());
     Some(format!("{scheme}://{host}"))
 }
 
@@ -527,14 +538,18 @@ mod tests {
     fn the_scheme_comes_from_a_trusted_gateway_only() {
         let h = headers(&[("x-forwarded-proto", "https")]);
         assert_eq!(
-            own_origin(&h, Some("App.example.com"), true).as_deref(),
+            own_origin(&h, Some("App.example.com"), true, false).as_deref(),
             Some("https://app.example.com")
         );
         assert_eq!(
-            own_origin(&h, Some("app.example.com"), false).as_deref(),
+            own_origin(&h, Some("app.example.com"), false, false).as_deref(),
             Some("http://app.example.com")
         );
-        assert_eq!(own_origin(&h, None, true), None);
+        assert_eq!(
+            own_origin(&HeaderMap::new(), Some("a.example"), false, true).as_deref(),
+            Some("https://a.example")
+        );
+        assert_eq!(own_origin(&h, None, true, false), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::jwt::{self, Outcome};
 use crate::plan::{plan, Planned, RequestFacts};
 use crate::released::TokenRequest;
 use crate::routes::{host_without_port, Route};
+use crate::trust::{ClientCert, TrustRule};
 
 /// The request to explain.
 pub struct ExplainRequest {
@@ -26,6 +27,34 @@ pub struct ExplainRequest {
     pub headers: HeaderMap,
     /// TCP peer (default 127.0.0.1).
     pub peer: IpAddr,
+    /// The client certificate the connection presents (`--client-cert`), verified.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// Reads a PEM client certificate and checks it the way the TLS listener would: against
+/// `tls.client_ca_file`. Errors say why the handshake would refuse it.
+pub fn read_client_cert(config: &Config, path: &std::path::Path) -> Result<ClientCert, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+    let ca = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_ca_file.as_ref())
+        .ok_or("the config has no tls.client_ca_file: client certificates are not asked for")?;
+    let bytes = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+    crate::tls::client_verifier(&bytes, ca)?
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| format!("refused at the TLS handshake: {e}"))?;
+    Ok(ClientCert {
+        names: crate::tls::certificate_names(leaf),
+    })
 }
 
 /// Parses `Name: value` as given to `-H`.
@@ -61,6 +90,7 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
         host,
         path: request.url.path(),
         headers: &headers,
+        client_cert: request.client_cert.as_ref(),
     };
     let plan = plan(config, &facts);
     let mut out = String::new();
@@ -90,20 +120,38 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
             let _ = writeln!(out, "route:      none matches");
         }
     }
-    let _ = writeln!(
-        out,
-        "trusted:    {} ({} {} in trusted_proxies [{}])",
-        if plan.trusted { "yes" } else { "no" },
-        request.peer,
-        if plan.trusted { "is" } else { "is not" },
-        config
-            .trusted_proxies
-            .nets()
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let verdict = if plan.trusted { "yes" } else { "no" };
+    match config.trust_rule() {
+        TrustRule::Address(proxies) => {
+            let _ = writeln!(
+                out,
+                "trusted:    {verdict} ({} {} in trusted_proxies [{}])",
+                request.peer,
+                if plan.trusted { "is" } else { "is not" },
+                proxies
+                    .nets()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        TrustRule::Certificate(names) => {
+            let presented = request.client_cert.as_ref().map_or_else(
+                || "no client certificate".to_string(),
+                |c| format!("a verified certificate for {}", c.names.join(", ")),
+            );
+            let wanted = if names.is_empty() {
+                "any certificate tls.client_ca_file signed".to_string()
+            } else {
+                format!("trusted_client_names [{}]", names.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "trusted:    {verdict} ({presented}; trust by certificate: {wanted}; addresses do not count)"
+            );
+        }
+    }
     let stripped = config.identity_headers.to_strip(&headers, plan.trusted);
     if !stripped.is_empty() {
         let names: Vec<String> = stripped

@@ -28,6 +28,7 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod systemd;
+pub mod tls;
 pub mod trust;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share

@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigErrors, LoadOptions};
 use crate::keys::{KeyError, KeySource, KeyStore};
 use crate::metrics::Metrics;
 use crate::released::SecretSource;
+use crate::tls::TlsMaterial;
 
 /// Quiet time after the last file event before reloading (editors and Kubernetes write in
 /// bursts).
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub generation: u64,
     fingerprint: u64,
     ca_digest: Option<u64>,
+    /// The certificate, key and client CA of `tls` (HTTPS on `listen`).
+    pub tls: Option<TlsMaterial>,
 }
 
 impl Snapshot {
@@ -47,13 +50,19 @@ impl Snapshot {
     /// detection.
     pub fn build(config: Config, text: &str, generation: u64) -> Result<Snapshot, String> {
         let upstream = upstream_peer(&config)?;
-        let fingerprint = fingerprint(&config, text, &upstream);
+        // A pair that does not load fails the reload: the old one keeps serving.
+        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
+        let mut fingerprint = fingerprint(&config, text, &upstream);
+        if let Some(tls) = &tls {
+            fingerprint ^= tls.digest;
+        }
         Ok(Snapshot {
             config,
             upstream: upstream.peer,
             generation,
             fingerprint,
             ca_digest: upstream.ca_digest,
+            tls,
         })
     }
 }
@@ -266,6 +275,11 @@ impl Live {
         files.extend(snapshot.config.secret_files.iter().cloned());
         files.extend(snapshot.config.key_files.iter().cloned());
         files.extend(snapshot.config.upstream.ca_file.iter().cloned());
+        if let Some(tls) = &snapshot.config.tls {
+            files.push(tls.cert_file.clone());
+            files.push(tls.key_file.clone());
+            files.extend(tls.client_ca_file.iter().cloned());
+        }
         files
     }
 }
@@ -314,6 +328,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             old.workers, new.workers
         ));
     }
+    if old.tls.is_some() != new.tls.is_some() {
+        out.push("`tls` added or removed (HTTPS on or off): needs a restart".to_string());
+    }
     if old.upgrade_sock != new.upgrade_sock {
         out.push("`upgrade_sock` changed: needs a restart".to_string());
     }
@@ -327,6 +344,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String {
     let (old, new) = (&old_snapshot.config, &new_snapshot.config);
     let mut parts = Vec::new();
+    let tls_digest = |s: &Snapshot| s.tls.as_ref().map(|t| t.digest);
+    if tls_digest(old_snapshot) != tls_digest(new_snapshot) {
+        parts.push("TLS certificate, key or client CA changed".to_string());
+    }
     if old_snapshot.ca_digest != new_snapshot.ca_digest {
         parts.push("upstream CA bundle changed".to_string());
     }

@@ -10,7 +10,7 @@ use http::header::HeaderMap;
 use http::Method;
 
 use released_sidecar::config::{Config, LoadOptions};
-use released_sidecar::explain::{explain, parse_header, ExplainRequest};
+use released_sidecar::explain::{explain, parse_header, read_client_cert, ExplainRequest};
 
 /// Where the config is looked for when neither --config nor RELEASED_SIDECAR_CONFIG is set.
 const DEFAULT_CONFIG: &str = "/etc/released-sidecar/config.yaml";
@@ -72,6 +72,9 @@ enum Command {
         /// The request method.
         #[arg(long, short = 'X', default_value = "GET")]
         method: String,
+        /// The client certificate (PEM) the connection presents, with `tls.client_ca_file`.
+        #[arg(long)]
+        client_cert: Option<PathBuf>,
     },
 }
 
@@ -125,7 +128,8 @@ fn main() -> ExitCode {
             headers,
             peer,
             method,
-        } => match run_explain(&config.config, url, &headers, peer, &method) {
+            client_cert,
+        } => match run_explain(&config.config, url, &headers, peer, &method, client_cert) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -144,6 +148,7 @@ fn run_explain(
     headers: &[String],
     peer: IpAddr,
     method: &str,
+    client_cert: Option<PathBuf>,
 ) -> anyhow::Result<String> {
     let options = LoadOptions {
         read_secrets: false,
@@ -157,6 +162,14 @@ fn run_explain(
     }
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .with_context(|| format!("`{method}` is not an HTTP method"))?;
+    let client_cert = match client_cert {
+        Some(path) => Some(
+            read_client_cert(&config, &path)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("client certificate {}", path.display()))?,
+        ),
+        None => None,
+    };
     Ok(explain(
         &config,
         &ExplainRequest {
@@ -164,6 +177,7 @@ fn run_explain(
             url,
             headers: map,
             peer,
+            client_cert,
         },
     ))
 }

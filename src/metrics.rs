@@ -42,6 +42,10 @@ pub struct Metrics {
     pub reloader_heartbeat: IntGauge,
     /// Token API answers 401/403: the shared secret or account is wrong.
     pub token_auth_failures: IntCounter,
+    /// TLS handshakes on `listen`, by outcome.
+    pub tls_handshakes: IntCounterVec,
+    /// Requests by where their trust came from.
+    pub requests_by_trust: IntCounterVec,
     /// Answers of the client-embed token endpoint, by status code.
     pub embed_token_responses: IntCounterVec,
     /// Pages that got the embed loader injected, or were left alone for their CSP.
@@ -95,6 +99,16 @@ impl Metrics {
             "embed_token_responses_total",
             "Answers of the client-embed token endpoint (embed.client), by HTTP status code.",
             &["code"],
+        );
+        let tls_handshakes = counter_vec(
+            "tls_handshakes_total",
+            "TLS handshakes on listen: ok, or bad_certificate (a client certificate that does not verify against tls.client_ca_file; the handshake is refused).",
+            &["result"],
+        );
+        let requests_by_trust = counter_vec(
+            "requests_by_trust_total",
+            "Requests by where the trust in their identity headers came from: certificate, address, or none.",
+            &["source"],
         );
         let loader_injections = counter_vec(
             "loader_injections_total",
@@ -200,6 +214,12 @@ impl Metrics {
         for code in ["200", "401", "403", "404", "405", "429", "503"] {
             embed_token_responses.with_label_values(&[code]);
         }
+        for result in ["ok", "bad_certificate"] {
+            tls_handshakes.with_label_values(&[result]);
+        }
+        for source in ["certificate", "address", "none"] {
+            requests_by_trust.with_label_values(&[source]);
+        }
         for result in ["injected", "csp_blocked"] {
             loader_injections.with_label_values(&[result]);
         }
@@ -228,6 +248,8 @@ impl Metrics {
             reloader_heartbeat,
             token_auth_failures,
             embed_token_responses,
+            tls_handshakes,
+            requests_by_trust,
             loader_injections,
             log_lines_dropped,
         }

@@ -13,6 +13,7 @@ use crate::identity::{Dropped, IdentityError, IdentityRules};
 use crate::jwt::JwtError;
 use crate::released::TokenRequest;
 use crate::routes::{page_load, NotPageLoad, Route};
+use crate::trust::{ClientCert, TrustSource};
 
 /// What the planner looks at: the TCP peer and the request head.
 pub struct RequestFacts<'a> {
@@ -26,6 +27,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The verified client certificate of the connection, if any.
+    pub client_cert: Option<&'a ClientCert>,
 }
 
 /// Why a request gets no token.
@@ -78,6 +81,8 @@ pub struct Plan {
     pub route: Option<usize>,
     /// Whether the peer may carry identity headers.
     pub trusted: bool,
+    /// Why (or why not).
+    pub trust: TrustSource,
     /// Whether the request is a page load (on a matching route).
     pub page_load: bool,
     /// The token request to send, or why there is none.
@@ -113,9 +118,8 @@ pub fn plan_embed_token(config: &Config, facts: &RequestFacts<'_>) -> Plan {
 }
 
 fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) -> Plan {
-    let trusted = facts
-        .peer
-        .is_some_and(|ip| config.trusted_proxies.contains(ip));
+    let trust = config.trust_rule().decide(facts.peer, facts.client_cert);
+    let trusted = trust != TrustSource::None;
     let Some(route_index) = config
         .routes
         .0
@@ -125,6 +129,7 @@ fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) ->
         return Plan {
             route: None,
             trusted,
+            trust,
             page_load: false,
             decision: Err(NoToken::NoRoute),
         };
@@ -133,6 +138,7 @@ fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) ->
     let mut plan = Plan {
         route: Some(route_index),
         trusted,
+        trust,
         page_load: false,
         decision: Err(NoToken::NoRoute),
     };

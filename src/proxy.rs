@@ -39,6 +39,7 @@ use crate::released::ReleasedClient;
 use crate::rewrite::{Charset, Edits, Rewriter};
 use crate::routes::{host_without_port, Route};
 use crate::secret::Token;
+use crate::trust::ClientCert;
 
 /// The sidecar's proxy logic; one instance serves every request.
 pub struct Sidecar {
@@ -471,10 +472,15 @@ impl Sidecar {
                 host,
                 path: req.uri.path(),
                 headers: &req.headers,
+                client_cert: client_cert(session),
             },
         );
         ctx.route = plan.route;
         ctx.trusted = plan.trusted;
+        self.metrics
+            .requests_by_trust
+            .with_label_values(&[plan.trust.label()])
+            .inc();
         ctx.page_load = plan.page_load;
         if plan.page_load {
             let route = plan.route(config).map_or("", |r| r.name.as_str());
@@ -554,6 +560,16 @@ impl Sidecar {
             }
         }
     }
+}
+
+/// The verified client certificate of the connection (HTTPS with `tls.client_ca_file`).
+pub fn client_cert(session: &Session) -> Option<&ClientCert> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<ClientCert>()
 }
 
 /// A `200` `text/html` response.

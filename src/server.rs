@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -37,6 +39,9 @@ pub enum StartError {
     /// The token client could not be built.
     #[error("cannot build the token API client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The TLS listener could not be set up.
+    #[error("cannot set up TLS on listen: {0}")]
+    Tls(String),
     /// The file watcher could not start.
     #[error("cannot watch the config files: {0}")]
     Watch(#[from] notify::Error),
@@ -115,7 +120,23 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         ),
         "released-sidecar proxy",
     );
-    proxy.add_tcp(&config.listen.to_string());
+    match &config.tls {
+        None => proxy.add_tcp(&config.listen.to_string()),
+        Some(_) => {
+            // The certificate and the client CA come from the live snapshot at each
+            // handshake, so rotations need no restart.
+            let mut tls =
+                TlsSettings::with_callbacks(Box::new(crate::tls::Handshakes(Arc::clone(&metrics))))
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+            tls.set_cert_resolver(Arc::new(crate::tls::LiveCertificate(Arc::clone(&live))));
+            tls.set_client_cert_verifier(Arc::new(crate::tls::LiveClientVerifier::new(
+                Arc::clone(&live),
+                Arc::clone(&metrics),
+            )));
+            tls.set_alpn(ALPN::H1);
+            proxy.add_tls_with_settings(&config.listen.to_string(), None, tls);
+        }
+    }
     server.add_service(proxy);
     server.add_service(background_service(
         "released-sidecar admin",

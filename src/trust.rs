@@ -40,6 +40,65 @@ impl TrustedProxies {
     }
 }
 
+/// What a verified client certificate says about the peer (set after the TLS handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// DNS subject alternative names, else the common name, lower case.
+    pub names: Vec<String>,
+}
+
+/// Where a request's trust comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustSource {
+    /// A verified client certificate with an accepted name (`tls.client_ca_file`).
+    Certificate,
+    /// The TCP peer is in `trusted_proxies`.
+    Address,
+    /// Not trusted: identity headers are stripped, no token.
+    None,
+}
+
+impl TrustSource {
+    /// The `source` label of `released_sidecar_requests_by_trust_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TrustSource::Certificate => "certificate",
+            TrustSource::Address => "address",
+            TrustSource::None => "none",
+        }
+    }
+}
+
+/// How a listener decides trust.
+#[derive(Debug, Clone, Copy)]
+pub enum TrustRule<'a> {
+    /// By the TCP peer's address (`trusted_proxies`).
+    Address(&'a TrustedProxies),
+    /// Only by a verified client certificate carrying one of these names (any name when
+    /// empty). Addresses never count then: the two are not mixed.
+    Certificate(&'a [String]),
+}
+
+impl TrustRule<'_> {
+    /// The verdict for a connection from `peer` that presented `cert` (already verified
+    /// by the TLS layer against the CA).
+    pub fn decide(self, peer: Option<IpAddr>, cert: Option<&ClientCert>) -> TrustSource {
+        match self {
+            TrustRule::Address(proxies) if peer.is_some_and(|ip| proxies.contains(ip)) => {
+                TrustSource::Address
+            }
+            TrustRule::Certificate(allowed)
+                if cert.is_some_and(|c| {
+                    allowed.is_empty() || c.names.iter().any(|n| allowed.contains(n))
+                }) =>
+            {
+                TrustSource::Certificate
+            }
+            _ => TrustSource::None,
+        }
+    }
+}
+
 /// Every identity header named anywhere in the config (top level, routes, presets,
 /// `jwt.header`), and the rule for which spellings of them are removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,6 +286,41 @@ mod tests {
         assert_eq!(
             stripped,
             [(HeaderName::from_static("x-remote-user"), Strip::Respelled)]
+        );
+    }
+
+    #[test]
+    fn certificate_trust_never_mixes_with_address_trust() {
+        let loopback = TrustedProxies::loopback();
+        let local = Some("127.0.0.1".parse().unwrap());
+        let gateway = ClientCert {
+            names: vec!["oauth2-proxy.gateway.internal".into()],
+        };
+        let other = ClientCert {
+            names: vec!["laptop.example.com".into()],
+        };
+        let names = ["oauth2-proxy.gateway.internal".to_string()];
+        let by_cert = TrustRule::Certificate(&names);
+        assert_eq!(
+            by_cert.decide(local, Some(&gateway)),
+            TrustSource::Certificate
+        );
+        assert_eq!(by_cert.decide(local, Some(&other)), TrustSource::None);
+        assert_eq!(
+            by_cert.decide(local, None),
+            TrustSource::None,
+            "no address trust"
+        );
+        assert_eq!(
+            TrustRule::Certificate(&[]).decide(None, Some(&other)),
+            TrustSource::Certificate,
+            "no names: any certificate the CA signed"
+        );
+        let by_address = TrustRule::Address(&loopback);
+        assert_eq!(by_address.decide(local, None), TrustSource::Address);
+        assert_eq!(
+            by_address.decide(Some("10.0.0.1".parse().unwrap()), Some(&gateway)),
+            TrustSource::None
         );
     }
 

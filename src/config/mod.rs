@@ -8,6 +8,7 @@
 mod decode;
 mod embed;
 mod identity;
+mod tls;
 pub mod yaml;
 
 use std::fmt;
@@ -27,9 +28,10 @@ use crate::released::{
 use crate::rewrite::EmbedTags;
 use crate::routes::{HostPattern, Route, Routes};
 use crate::secret::Secret;
-use crate::trust::{parse_net, IdentityHeaders, TrustedProxies};
+use crate::trust::{parse_net, IdentityHeaders, TrustRule, TrustedProxies};
 pub use decode::parse_duration;
 pub use embed::{ClientEmbed, RateLimit};
+pub use tls::Tls;
 
 use decode::{join, Decoder, Fields};
 use identity::PartialIdentity;
@@ -209,6 +211,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Where `run --upgrade` receives the listening sockets of the running process.
     pub upgrade_sock: PathBuf,
+    /// HTTPS on `listen`, and certificate trust (plain HTTP when `None`).
+    pub tls: Option<Tls>,
     /// Every identity header named anywhere in the config, and which spellings of them
     /// the trust boundary strips.
     pub identity_headers: IdentityHeaders,
@@ -221,6 +225,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// How `listen` decides trust: by client certificate when `tls.client_ca_file` is set,
+    /// else by the peer's address.
+    pub fn trust_rule(&self) -> TrustRule<'_> {
+        match &self.tls {
+            Some(tls) if tls.client_ca_file.is_some() => {
+                TrustRule::Certificate(&tls.trusted_client_names)
+            }
+            _ => TrustRule::Address(&self.trusted_proxies),
+        }
+    }
+
     /// Loads and validates the file at `path`.
     pub fn load(path: &Path, options: &LoadOptions<'_>) -> Result<Config, ConfigErrors> {
         let source = path.display().to_string();
@@ -296,6 +311,7 @@ impl Config {
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "tls",
     "upgrade_sock",
     "upstream",
     "upstream_tls",
@@ -416,6 +432,10 @@ impl Schema<'_, '_> {
             ),
         };
         let timeouts = self.timeouts(&top);
+        let tls = match top.get("tls") {
+            Some(n) => self.tls(n).map(Some),
+            None => Some(None),
+        };
         let upgrade_sock = match top.get("upgrade_sock") {
             Some(n) => self
                 .d
@@ -521,6 +541,7 @@ impl Schema<'_, '_> {
             embed: embed?,
             workers: workers?,
             upgrade_sock: upgrade_sock?,
+            tls: tls?,
             timeouts: timeouts?,
             identity_headers: IdentityHeaders::new(identity_headers),
             secret_files,

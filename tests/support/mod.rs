@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod pki;
 pub mod sidecar;
 pub mod standin;
 pub mod tools;

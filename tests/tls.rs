@@ -1,0 +1,344 @@
+//! HTTPS on `listen` and identity trusted by the gateway's client certificate (`tls`):
+//! certificates made in the test, real TLS handshakes on 127.0.0.1.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::pki::{Ca, Leaf};
+use support::sidecar::Sidecar;
+use support::{eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream};
+
+const PAGE: &str = "<released-page></released-page>";
+
+/// An HTTPS client trusting `ca`, presenting `identity` if given.
+fn https_client(ca: &Ca, identity: Option<&Leaf>) -> reqwest::Client {
+    released_sidecar::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The page (with the identity headers of `navigation`) and the headers the app saw.
+async fn load(client: &reqwest::Client, sidecar: &Sidecar) -> reqwest::Result<(String, String)> {
+    let base = format!("https://localhost:{}", sidecar.listen.port());
+    let page = client
+        .get(format!("{base}/page"))
+        .headers(navigation("alice", "alice@example.com"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    // The same identity headers on a request that is not a page load (no token call).
+    let mut api = navigation("alice", "alice@example.com");
+    api.insert("accept", "application/json".parse().unwrap());
+    api.remove("sec-fetch-dest");
+    let echo = client
+        .get(format!("{base}/echo"))
+        .headers(api)
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok((page, echo))
+}
+
+fn app(seen: &support::upstream::Seen) -> Reply {
+    match seen.path.as_str() {
+        "/echo" => Reply::EchoHeaders,
+        _ => Reply::html(PAGE),
+    }
+}
+
+/// A sidecar serving HTTPS with a certificate from `server_ca`, `extra` added to `tls`.
+async fn https_sidecar(
+    server_ca: &Ca,
+    tls_extra: &str,
+    files: &[(&str, &str)],
+) -> (Upstream, StandIn, Sidecar) {
+    let upstream = Upstream::start(app).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let server = server_ca.server("sidecar");
+    let mut builder = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .file("tls.crt", &server.cert)
+        .file("tls.key", &server.key)
+        .extra(&format!(
+            "tls:\n  cert_file: tls.crt\n  key_file: tls.key\n{tls_extra}"
+        ));
+    for (name, content) in files {
+        builder = builder.file(name, content);
+    }
+    let sidecar = builder.start().await;
+    (upstream, standin, sidecar)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_page_load_gets_its_token() {
+    let ca = Ca::new("server CA");
+    let (_upstream, standin, sidecar) = https_sidecar(&ca, "", &[]).await;
+    let (page, echo) = load(&https_client(&ca, None), &sidecar).await.unwrap();
+    assert_eq!(tokens_in(&page).len(), 1, "{page}");
+    assert!(echo.contains("x-forwarded-user"), "address trust: loopback");
+    assert_eq!(standin.calls().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_only_a_trusted_gateway_certificate_mints_a_token() {
+    let server_ca = Ca::new("server CA");
+    let gateway_ca = Ca::new("gateway CA");
+    let (_upstream, standin, sidecar) = https_sidecar(
+        &server_ca,
+        "  client_ca_file: gateway-ca.pem\n  trusted_client_names: [oauth2-proxy.gateway.internal]\n",
+        &[("gateway-ca.pem", &gateway_ca.pem)],
+    )
+    .await;
+
+    let gateway = gateway_ca.client(&["oauth2-proxy.gateway.internal"], "gw");
+    let (page, echo) = load(&https_client(&server_ca, Some(&gateway)), &sidecar)
+        .await
+        .unwrap();
+    assert_eq!(
+        tokens_in(&page).len(),
+        1,
+        "the gateway's certificate: {page}"
+    );
+    assert!(echo.contains("\"x-forwarded-user\":[\"alice\"]"), "{echo}");
+    assert_eq!(standin.calls().len(), 1);
+
+    // Served, but untrusted: identity headers stripped (a forged one included), no token.
+    let wrong_name = gateway_ca.client(&["laptop.example.com"], "laptop");
+    for (who, identity) in [
+        ("no certificate", None),
+        ("a name not in the list", Some(&wrong_name)),
+    ] {
+        let (page, echo) = load(&https_client(&server_ca, identity), &sidecar)
+            .await
+            .unwrap();
+        assert_eq!(page, PAGE, "{who}: served unchanged");
+        assert!(!echo.contains("x-forwarded-user"), "{who}: {echo}");
+        assert_eq!(standin.calls().len(), 1, "{who}: no call");
+    }
+
+    // Another CA's certificate is refused at the handshake.
+    let stranger = Ca::new("other CA").client(&["oauth2-proxy.gateway.internal"], "gw");
+    let refused = load(&https_client(&server_ca, Some(&stranger)), &sidecar).await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA must not get through"
+    );
+    assert_eq!(standin.calls().len(), 1);
+
+    for (series, at_least) in [
+        (
+            "released_sidecar_requests_by_trust_total{source=\"certificate\"}",
+            2.0,
+        ),
+        (
+            "released_sidecar_requests_by_trust_total{source=\"none\"}",
+            4.0,
+        ),
+        (
+            "released_sidecar_requests_by_trust_total{source=\"address\"}",
+            0.0,
+        ),
+        (
+            "released_sidecar_tls_handshakes_total{result=\"bad_certificate\"}",
+            1.0,
+        ),
+    ] {
+        let v = sidecar.metric(series).await;
+        if at_least == 0.0 {
+            assert_eq!(v, 0.0, "{series}: addresses never count with a client CA");
+        } else {
+            assert!(v >= at_least, "{series} = {v}");
+        }
+    }
+}
+
+/// The certificate the server presents to a new connection.
+async fn served_certificate(sidecar: &Sidecar, ca: &Ca) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(sidecar.listen)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_by_symlink_serves_new_connections_and_a_broken_key_keeps_the_old() {
+    let ca = Ca::new("server CA");
+    let (v1, v2) = (ca.server("v1"), ca.server("v2"));
+    let upstream = Upstream::start(app).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    // A Kubernetes TLS Secret volume: tls.crt -> ..data/tls.crt, ..data -> ..v1.
+    let (c1, k1) = (v1.cert.clone(), v1.key.clone());
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .prepare(move |dir| {
+            let v = dir.join("certs").join("..v1");
+            std::fs::create_dir_all(&v).unwrap();
+            std::fs::write(v.join("tls.crt"), &c1).unwrap();
+            std::fs::write(v.join("tls.key"), &k1).unwrap();
+            std::os::unix::fs::symlink("..v1", dir.join("certs/..data")).unwrap();
+            for f in ["tls.crt", "tls.key"] {
+                std::os::unix::fs::symlink(format!("..data/{f}"), dir.join("certs").join(f))
+                    .unwrap();
+            }
+        })
+        .extra("tls:\n  cert_file: certs/tls.crt\n  key_file: certs/tls.key\n")
+        .start()
+        .await;
+    assert_eq!(served_certificate(&sidecar, &ca).await, der(&v1.cert));
+    let client = https_client(&ca, None);
+    let (page, _) = load(&client, &sidecar).await.unwrap();
+    assert_eq!(tokens_in(&page).len(), 1);
+
+    let certs = sidecar.dir.path().join("certs");
+    let swap = |name: &str, cert: &str, key: &str| {
+        let v = certs.join(name);
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("tls.crt"), cert).unwrap();
+        std::fs::write(v.join("tls.key"), key).unwrap();
+        std::os::unix::fs::symlink(name, certs.join("..data_tmp")).unwrap();
+        std::fs::rename(certs.join("..data_tmp"), certs.join("..data")).unwrap();
+    };
+    swap("..v2", &v2.cert, &v2.key);
+    let rotated = eventually(Duration::from_secs(5), || async {
+        served_certificate(&sidecar, &ca).await == der(&v2.cert)
+    })
+    .await;
+    assert!(rotated, "v2 not served:\n{}", sidecar.logs());
+    // The client's kept-alive connection (handshaken with v1) goes on working.
+    let (page, _) = load(&client, &sidecar).await.unwrap();
+    assert_eq!(tokens_in(&page).len(), 1);
+
+    let errors = "released_sidecar_config_reloads_total{result=\"error\"}";
+    swap(
+        "..v3",
+        &ca.server("v3").cert,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    );
+    assert!(
+        sidecar.wait_for_metric(errors, |v| v >= 1.0).await,
+        "{}",
+        sidecar.logs()
+    );
+    assert_eq!(
+        served_certificate(&sidecar, &ca).await,
+        der(&v2.cert),
+        "a broken pair keeps the previous one serving"
+    );
+    let (page, _) = load(&https_client(&ca, None), &sidecar).await.unwrap();
+    assert_eq!(tokens_in(&page).len(), 1);
+}
+
+#[test]
+fn explain_shows_the_trust_decision_for_a_client_certificate() {
+    let (server_ca, gateway_ca) = (Ca::new("server CA"), Ca::new("gateway CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_ca.server("sidecar");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("tls.crt", &server.cert);
+    write("tls.key", &server.key);
+    write("gateway-ca.pem", &gateway_ca.pem);
+    write("secret", "s3cret\n");
+    write(
+        "gateway.pem",
+        &gateway_ca
+            .client(&["oauth2-proxy.gateway.internal"], "gw")
+            .cert,
+    );
+    write(
+        "laptop.pem",
+        &gateway_ca.client(&["laptop.example.com"], "l").cert,
+    );
+    write(
+        "stranger.pem",
+        &Ca::new("other")
+            .client(&["oauth2-proxy.gateway.internal"], "x")
+            .cert,
+    );
+    write(
+        "config.yaml",
+        "upstream: http://127.0.0.1:3000\nreleased: { account_id: a, shared_secret_file: secret }\nidentity: { preset: oauth2-proxy }\ntls:\n  cert_file: tls.crt\n  key_file: tls.key\n  client_ca_file: gateway-ca.pem\n  trusted_client_names: [oauth2-proxy.gateway.internal]\n",
+    );
+    let explain = |cert: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_released-sidecar"));
+        cmd.arg("explain")
+            .arg("--config")
+            .arg(dir.path().join("config.yaml"))
+            .args([
+                "--url",
+                "https://app.example.com/",
+                "-H",
+                "X-Forwarded-User: alice",
+            ])
+            .args(["-H", "X-Forwarded-Email: alice@example.com"]);
+        if let Some(cert) = cert {
+            cmd.arg("--client-cert").arg(dir.path().join(cert));
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = explain(Some("gateway.pem"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("trusted:    yes (a verified certificate for oauth2-proxy.gateway.internal"),
+        "{out}"
+    );
+    assert!(out.contains("Authorization: Bearer [redacted]"), "{out}");
+    let (_, out) = explain(Some("laptop.pem"));
+    assert!(
+        out.contains("trusted:    no (a verified certificate for laptop.example.com"),
+        "{out}"
+    );
+    let (_, out) = explain(None);
+    assert!(
+        out.contains("trusted:    no (no client certificate"),
+        "{out}"
+    );
+    assert!(out.contains("addresses do not count"), "{out}");
+    let (code, out) = explain(Some("stranger.pem"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("refused at the TLS handshake"), "{out}");
+}
