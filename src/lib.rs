@@ -5,6 +5,7 @@
 //!
 //! The request path, in the order a request meets it: [`trust`] → [`routes`] →
 //! [`identity`] → [`plan`] → [`released`] → [`rewrite`], wired together by [`proxy`].
+//! [`front`] guards the proxy port's connections before pingora reads a request.
 //! [`live`] holds the hot-reloaded config, [`admin`] and [`metrics`] the operator view,
 //! [`server`] assembles the process.
 
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod compress;
 pub mod config;
 pub mod explain;
+pub mod front;
 pub mod identity;
 pub mod jwt;
 pub mod keys;

@@ -10,9 +10,11 @@ use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{AdminServer, Health};
+use crate::front::{ConnectionLimit, Front};
 use crate::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::Sidecar;
@@ -82,12 +84,25 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    // pingora's HTTP proxy runs behind the connection guard (crate::front), which owns
+    // the connection loop, the head deadline and the connection cap.
+    let mut http = pingora::proxy::HttpProxy::new(
         Sidecar::new(Arc::clone(&live), released, Arc::clone(&metrics)),
-        "released-sidecar proxy",
+        Arc::clone(&server.configuration),
+    );
+    http.handle_init_modules();
+    let limit = Arc::new(ConnectionLimit::new(config.limits.max_connections));
+    let mut proxy = Service::new(
+        "released-sidecar proxy".to_string(),
+        Front::new(
+            Arc::new(http),
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            Some(Arc::clone(&limit)),
+        ),
     );
     proxy.add_tcp(&config.listen.to_string());
+    proxy.set_connection_filter(limit);
     server.add_service(proxy);
     server.add_service(background_service(
         "released-sidecar admin",

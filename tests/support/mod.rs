@@ -4,6 +4,7 @@
 //! helpers. Everything listens on 127.0.0.1 and stops when dropped.
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod sidecar;
 pub mod standin;
 pub mod upstream;

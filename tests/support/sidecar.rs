@@ -45,6 +45,7 @@ pub struct SidecarBuilder {
     args: Vec<String>,
     prepare: Option<Prepare>,
     ready_path: &'static str,
+    max_open_files: Option<u64>,
 }
 
 impl SidecarBuilder {
@@ -61,12 +62,19 @@ impl SidecarBuilder {
             args: Vec::new(),
             prepare: None,
             ready_path: "/readyz",
+            max_open_files: None,
         }
     }
 
     /// Replaces the whole config template (placeholders still apply).
     pub fn template(mut self, template: &str) -> Self {
         self.template = template.to_string();
+        self
+    }
+
+    /// Starts the process with `RLIMIT_NOFILE` lowered to `n` (to reach the limit cheaply).
+    pub fn max_open_files(mut self, n: u64) -> Self {
+        self.max_open_files = Some(n);
         self
     }
 
@@ -171,6 +179,22 @@ impl SidecarBuilder {
             .env("RUST_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.max_open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit(2) is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         sidecar.child = Some(cmd.spawn().expect("spawn released-sidecar"));
         let deadline = Instant::now() + Duration::from_secs(20);

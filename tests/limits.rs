@@ -1,0 +1,263 @@
+//! Hostile clients and faulty peers: the request-head deadline, the connection cap, the
+//! admin listener at the descriptor limit, and token calls that die with their request.
+
+mod support;
+
+use std::time::Duration;
+
+use support::raw::{connect, read_until_close, statuses};
+use support::standin::Behavior;
+use support::{Reply, SidecarBuilder, StandIn, Upstream};
+use tokio::io::AsyncWriteExt;
+
+const PAGE: &str = "<html><body><released-page></released-page></body></html>";
+
+#[tokio::test]
+async fn a_head_trickled_past_the_deadline_gets_408_and_a_vanishing_client_is_quiet() {
+    let (upstream, _standin, sidecar) = {
+        let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+        let standin = StandIn::start(support::sidecar::SECRET).await;
+        let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+            .extra("timeouts: { client_header: 1s }")
+            .start()
+            .await;
+        (upstream, standin, sidecar)
+    };
+
+    // One byte every 200 ms never trips a per-read idle timeout; the head deadline does.
+    let mut slow = connect(sidecar.listen).await;
+    let trickle = async {
+        for byte in b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: "
+            .iter()
+            .chain(&[b'z'; 40])
+        {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), trickle).await;
+    let text = read_until_close(&mut slow, Duration::from_secs(5)).await;
+    assert_eq!(statuses(&text), [408], "{text}");
+
+    // A client that leaves mid-head is counted, not an error.
+    let mut leaver = connect(sidecar.listen).await;
+    leaver.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+    drop(leaver);
+
+    assert!(
+        sidecar
+            .wait_for_metric(
+                r#"released_sidecar_rejected_requests_total{reason="header_timeout"}"#,
+                |v| v == 1.0
+            )
+            .await
+    );
+    assert!(
+        sidecar
+            .wait_for_metric("released_sidecar_client_head_disconnects_total", |v| v
+                == 1.0)
+            .await
+    );
+    // Keep-alive requests still work: the deadline restarts for every head.
+    let client = support::client();
+    for _ in 0..2 {
+        let resp = client.get(sidecar.url("/ok")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let logs = sidecar.settled_logs().await;
+    assert!(logs.contains("status=408"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+/// A stand-in that answers after 3 s (the page's token deadline is 1.5 s) and a sidecar
+/// in front of `upstream_url`.
+async fn slow_token_setup(upstream_url: &str) -> (StandIn, support::sidecar::Sidecar) {
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    standin.set_behavior(Behavior::Slow(Duration::from_secs(3)));
+    let sidecar = SidecarBuilder::new(upstream_url, &standin.url())
+        .start()
+        .await;
+    (standin, sidecar)
+}
+
+/// The call was aborted for `reason` and never ran to its own timeout.
+async fn assert_aborted(sidecar: &support::sidecar::Sidecar, reason: &str) {
+    let series = format!(r#"released_sidecar_token_calls_aborted_total{{reason="{reason}"}}"#);
+    assert!(
+        sidecar.wait_for_metric(&series, |v| v == 1.0).await,
+        "{}",
+        sidecar.metrics().await
+    );
+    // Past the 1.5 s token deadline: an unaborted call would have counted a timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let timeouts = sidecar
+        .metric(r#"released_sidecar_token_requests_total{result="timeout"}"#)
+        .await;
+    assert_eq!(timeouts, 0.0, "{}", sidecar.metrics().await);
+}
+
+#[tokio::test]
+async fn a_token_call_is_aborted_when_the_client_goes_away() {
+    let upstream =
+        Upstream::start(|_| Reply::Delayed(Duration::from_secs(2), Box::new(Reply::html(PAGE))))
+            .await;
+    let (_standin, sidecar) = slow_token_setup(&upstream.url()).await;
+    let mut client = connect(sidecar.listen).await;
+    client
+        .write_all(
+            b"GET / HTTP/1.1\r\nhost: a\r\naccept: text/html\r\nx-forwarded-user: alice\r\n\
+              x-forwarded-email: alice@example.com\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert!(
+        sidecar
+            .wait_for_metric("released_sidecar_in_flight_requests", |v| v == 1.0)
+            .await
+    );
+    drop(client);
+    assert_aborted(&sidecar, "client_gone").await;
+}
+
+#[tokio::test]
+async fn a_token_call_is_aborted_when_the_app_fails() {
+    let closed_port = support::free_port();
+    let (_standin, sidecar) = slow_token_setup(&format!("http://127.0.0.1:{closed_port}")).await;
+    let resp = sidecar.page_load("/").await;
+    assert_eq!(resp.status(), 502);
+    assert_aborted(&sidecar, "upstream_error").await;
+}
+
+#[tokio::test]
+async fn a_token_call_is_aborted_when_the_page_is_not_rewritable() {
+    let upstream = Upstream::start(|_| Reply::with(200, "application/json", "{}")).await;
+    let (_standin, sidecar) = slow_token_setup(&upstream.url()).await;
+    let resp = sidecar.page_load("/").await;
+    assert_eq!(resp.status(), 200);
+    assert_aborted(&sidecar, "not_rewritable").await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_in_the_backlog_while_admin_answers() {
+    let (_upstream, _standin, sidecar) = {
+        let upstream = Upstream::start(|_| Reply::with(200, "text/plain", "ok")).await;
+        let standin = StandIn::start(support::sidecar::SECRET).await;
+        let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+            .extra("limits: { max_connections: 2 }")
+            .start()
+            .await;
+        (upstream, standin, sidecar)
+    };
+    // The readiness probes have come and gone; hold both slots with idle connections.
+    assert!(
+        sidecar
+            .wait_for_metric("released_sidecar_client_connections", |v| v == 0.0)
+            .await
+    );
+    let first = connect(sidecar.listen).await;
+    let _second = connect(sidecar.listen).await;
+    assert!(
+        sidecar
+            .wait_for_metric("released_sidecar_client_connections", |v| v == 2.0)
+            .await
+    );
+
+    let mut third = connect(sidecar.listen).await;
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = read_until_close(&mut third, Duration::from_millis(700)).await;
+    assert_eq!(early, "", "a connection past the cap was served");
+    let health = support::client()
+        .get(sidecar.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        sidecar.metric("released_sidecar_client_connections").await,
+        2.0
+    );
+
+    drop(first);
+    let text = read_until_close(&mut third, Duration::from_secs(5)).await;
+    assert_eq!(statuses(&text), [200], "{text}");
+}
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn open_files(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn the_admin_listener_backs_off_at_the_descriptor_limit() {
+    const NOFILE: u64 = 128;
+    let (_upstream, _standin, sidecar) = {
+        let upstream = Upstream::start(|_| Reply::with(200, "text/plain", "ok")).await;
+        let standin = StandIn::start(support::sidecar::SECRET).await;
+        let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+            .max_open_files(NOFILE)
+            .start()
+            .await;
+        (upstream, standin, sidecar)
+    };
+    let pid = sidecar.pid();
+    // Idle proxy connections use up the sidecar's descriptors.
+    let mut held = Vec::new();
+    for _ in 0..NOFILE {
+        held.push(connect(sidecar.listen).await);
+    }
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            open_files(pid) as u64 >= NOFILE
+        })
+        .await,
+        "the sidecar has {} of {NOFILE} descriptors open",
+        open_files(pid)
+    );
+
+    // A health probe now cannot be accepted; the listener must wait, not spin.
+    let probe = tokio::spawn({
+        let url = sidecar.admin_url("/healthz");
+        async move { support::client().get(url).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(pid) - before;
+    eprintln!("CPU used at the descriptor limit: {used:.3} s in 2 s");
+    // A tight accept() loop burns a core (or what a busy machine leaves of one); backing
+    // off uses next to nothing. The bound is the 10 % of a core the issue allows.
+    assert!(
+        used < 0.2,
+        "{used:.2} s of CPU in 2 s at the descriptor limit"
+    );
+
+    for tcp in &mut held {
+        let _ = tcp.shutdown().await;
+    }
+    drop(held);
+    let status = tokio::time::timeout(Duration::from_secs(10), probe)
+        .await
+        .expect("health answered once descriptors freed")
+        .unwrap()
+        .expect("health request");
+    assert_eq!(status, 200);
+}
