@@ -165,11 +165,25 @@ impl PageRewrite {
 /// The token task of one request. Dropping it aborts the task: a token call never
 /// outlives the request that wanted it (SPEC §3), even when pingora drops the request
 /// without reaching `logging` (shutdown, a cancelled connection task).
-struct TokenTask(JoinHandle<Result<Token, &'static str>>);
+struct TokenTask(Option<JoinHandle<Result<Token, &'static str>>>);
+
+impl TokenTask {
+    fn is_finished(&self) -> bool {
+        self.0.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Lets the task run on: only for a task already at its own deadline, so it can
+    /// record how the call ended.
+    fn detach(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for TokenTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -530,7 +544,7 @@ impl Sidecar {
             deadline,
         ));
         ctx.token = TokenState::Pending {
-            task: TokenTask(task),
+            task: TokenTask(Some(task)),
             deadline,
         };
         true
@@ -538,10 +552,15 @@ impl Sidecar {
 
     /// Waits for the token until the deadline; `None` if it failed or came too late.
     async fn await_token(&self, ctx: &mut RequestCtx) -> Option<Token> {
-        let TokenState::Pending { task, deadline } = &mut ctx.token else {
+        let TokenState::Pending { mut task, deadline } =
+            std::mem::replace(&mut ctx.token, TokenState::Settled("task_failed"))
+        else {
             return None;
         };
-        let outcome = tokio::time::timeout_at((*deadline).into(), &mut task.0).await;
+        let outcome = match task.0.as_mut() {
+            Some(handle) => tokio::time::timeout_at(deadline.into(), handle).await,
+            None => return None,
+        };
         let (state, token) = match outcome {
             Ok(Ok(Ok(token))) => ("used", Some(token)),
             Ok(Ok(Err(label))) => (label, None),
@@ -550,8 +569,11 @@ impl Sidecar {
                 ("task_failed", None)
             }
             // The task ends at its own (identical) deadline and records the timeout
-            // itself; replacing the state below aborts whatever is left of it.
-            Err(_elapsed) => ("timeout", None),
+            // itself, so it is left to finish.
+            Err(_elapsed) => {
+                task.detach();
+                ("timeout", None)
+            }
         };
         ctx.token = TokenState::Settled(state);
         token
@@ -563,7 +585,7 @@ impl Sidecar {
         if let TokenState::Pending { task, .. } =
             std::mem::replace(&mut ctx.token, TokenState::Settled(why))
         {
-            if !task.0.is_finished() {
+            if !task.is_finished() {
                 self.metrics
                     .token_requests
                     .with_label_values(&["abandoned"])
