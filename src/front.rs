@@ -112,12 +112,15 @@ impl ServerApp for Front {
         }
         let deadline = self.live.snapshot().config.timeouts.client_header;
         let shared = Arc::new(HeadShared::default());
-        let guard = HeadGuard::new(
+        let mut guard = HeadGuard::new(
             stream,
             Arc::clone(&shared),
             Arc::clone(&self.metrics),
             deadline,
         );
+        if !guard.first_head().await {
+            return None;
+        }
         let mut session = ServerSession::new_http1(Box::new(guard));
         // The same keep-alive default pingora's own HTTP/1 loop applies.
         session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
@@ -214,6 +217,7 @@ struct Slot {
 impl Slot {
     fn take(limit: Option<Arc<ConnectionLimit>>, gauge: &prometheus::IntGauge) -> Self {
         gauge.inc();
+        crate::trim::observe(gauge.get());
         Self {
             limit,
             gauge: gauge.clone(),
@@ -351,6 +355,30 @@ impl HeadGuard {
         }
     }
 
+    /// Waits for the connection's first head, answering 408/414/431 itself, before
+    /// pingora allocates anything for the connection: a flood of idle or slow connections
+    /// then costs little more than their sockets. `false`: refused or abandoned.
+    async fn first_head(&mut self) -> bool {
+        std::future::poll_fn(|cx| loop {
+            match self.phase {
+                Phase::Holding => {
+                    if ready!(self.poll_holding(cx)).is_err() {
+                        return Poll::Ready(false);
+                    }
+                }
+                Phase::Answering { .. } => {
+                    let _ = ready!(self.poll_answering(cx));
+                }
+                Phase::Lingering { .. } => {
+                    let _ = ready!(self.poll_lingering(cx));
+                }
+                Phase::Closed => return Poll::Ready(false),
+                Phase::Watching | Phase::Passing => return Poll::Ready(true),
+            }
+        })
+        .await
+    }
+
     /// Follows the proxy: a claimed request passes through; a new request re-arms.
     fn sync_with_proxy(&mut self) {
         let generation = self.shared.generation.load(Ordering::Acquire);
@@ -421,11 +449,9 @@ impl HeadGuard {
         Poll::Ready(Ok(read.filled().len()))
     }
 
-    fn poll_holding(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    /// Reads until the head is whole (phase `Watching`, the head in `held`), refused
+    /// (`Answering`) or abandoned (`Closed`).
+    fn poll_holding(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
             if self.deadline_passed(cx) {
                 self.refuse(Refusal::Timeout);
@@ -458,7 +484,6 @@ impl HeadGuard {
                     self.shared.released.store(true, Ordering::Release);
                     self.watched = self.held.len();
                     self.phase = Phase::Watching;
-                    self.serve_held(buf);
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -573,18 +598,13 @@ impl AsyncRead for HeadGuard {
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         this.sync_with_proxy();
-        // Held bytes are a head being let through; while still holding, they wait.
-        if !matches!(this.phase, Phase::Holding) && this.serve_held(buf) {
-            return Poll::Ready(Ok(()));
-        }
         loop {
+            // A head being let through: its held bytes go first.
+            if matches!(this.phase, Phase::Watching | Phase::Passing) && this.serve_held(buf) {
+                return Poll::Ready(Ok(()));
+            }
             match this.phase {
-                Phase::Holding => {
-                    ready!(this.poll_holding(cx, buf))?;
-                    if !matches!(this.phase, Phase::Answering { .. }) {
-                        return Poll::Ready(Ok(()));
-                    }
-                }
+                Phase::Holding => ready!(this.poll_holding(cx))?,
                 Phase::Watching => {
                     if this.deadline_passed(cx) {
                         this.refuse(Refusal::Timeout);

@@ -27,6 +27,7 @@ pub mod rewrite;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod trim;
 pub mod trust;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share
