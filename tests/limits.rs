@@ -343,3 +343,76 @@ async fn memory_comes_back_after_a_connection_flood() {
         "RSS before {before} KiB, during {during} KiB, after {after} KiB"
     );
 }
+
+/// Peak resident memory of `pid` in KiB (`VmHWM`).
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_page_that_multiplies_into_gigabytes_streams_in_bounded_memory() {
+    use tokio::io::AsyncReadExt;
+    const TAG: &[u8] = b"<released-page></released-page>";
+    const TOKEN: usize = 4096;
+    // 8 MiB of empty embed tags, each of which would grow by the 4 KB token: 1.1 GB.
+    let chunk: bytes::Bytes = TAG.repeat(64 * 1024 / TAG.len()).into();
+    let chunks = vec![(Duration::ZERO, chunk.clone()); 128];
+    let upstream = Upstream::start(move |_| Reply::Stream {
+        status: 200,
+        headers: vec![("content-type".into(), "text/html".into())],
+        chunks: chunks.clone(),
+    })
+    .await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    standin.set_behavior(Behavior::LongToken(TOKEN));
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
+    let pid = sidecar.pid();
+
+    let mut tcp = connect(sidecar.listen).await;
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nhost: a\r\naccept: text/html\r\nx-forwarded-user: alice\r\n\
+          x-forwarded-email: alice@example.com\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // A slow reader: 64 KiB at a time with pauses, so the sidecar must wait for it.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            if total % (1024 * 1024) < 64 * 1024 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(25), read_all)
+        .await
+        .expect("the page streamed within 25 s");
+    let input = chunk.len() * 128;
+    let budget = released_sidecar::rewrite::MAX_TOKEN_BYTES_PER_PAGE;
+    // The whole page, with the page's budget of token copies and no more.
+    assert!(total > input + budget / 2, "{total} bytes out of {input}");
+    assert!(
+        total < input + budget + 64 * 1024,
+        "{total} bytes out of {input}"
+    );
+    let peak = peak_rss_kib(pid);
+    eprintln!("{total} bytes out, peak RSS {peak} KiB");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    assert!(
+        sidecar
+            .wait_for_metric("released_sidecar_rewrite_bailouts_total", |v| v == 1.0)
+            .await
+    );
+}
