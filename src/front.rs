@@ -454,7 +454,14 @@ impl HeadGuard {
     fn poll_holding(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
             if self.deadline_passed(cx) {
-                self.refuse(Refusal::Timeout);
+                if self.held.is_empty() {
+                    // Nothing was asked (a preconnected socket): close without an answer,
+                    // as nginx does.
+                    tracing::debug!("closing a connection that sent no request in time");
+                    self.phase = Phase::Closed;
+                } else {
+                    self.refuse(Refusal::Timeout);
+                }
                 return Poll::Ready(Ok(()));
             }
             let n = match self.poll_fill(cx) {

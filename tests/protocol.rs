@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::raw::{exchange, split_response, statuses};
-use support::{Reply, SidecarBuilder, StandIn, Upstream};
+use support::{Reply, SidecarBuilder, StandIn};
 
 const PAGE: &str = "<html><body><released-page></released-page><p>end</p></body></html>";
 const LIMIT: Duration = Duration::from_secs(10);
@@ -21,7 +21,7 @@ fn page_load_head(version: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn http10_clients_get_close_delimited_bodies_never_chunks() {
-    let upstream = Upstream::start(|seen| match seen.path.as_str() {
+    let (_upstream, _standin, sidecar) = support::start(|seen| match seen.path.as_str() {
         // No Content-Length upstream: pingora would frame this as chunked for anyone.
         "/stream" => Reply::Stream {
             status: 200,
@@ -34,10 +34,6 @@ async fn http10_clients_get_close_delimited_bodies_never_chunks() {
         _ => Reply::html(PAGE),
     })
     .await;
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .start()
-        .await;
 
     let text = exchange(sidecar.listen, page_load_head("1.0", "/").as_bytes(), LIMIT).await;
     let (head, body) = split_response(&text);
@@ -148,14 +144,11 @@ async fn oversized_heads_get_414_and_431_and_are_logged_and_counted() {
 
 #[tokio::test]
 async fn an_app_that_times_out_before_its_head_gets_504() {
-    let upstream =
-        Upstream::start(|_| Reply::Delayed(Duration::from_secs(3), Box::new(Reply::html(PAGE))))
-            .await;
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra("timeouts: { upstream_read: 300ms }")
-        .start()
-        .await;
+    let (_upstream, _standin, sidecar) = support::start_with(
+        |_| Reply::Delayed(Duration::from_secs(3), Box::new(Reply::html(PAGE))),
+        |b| b.extra("timeouts: { upstream_read: 300ms }"),
+    )
+    .await;
     let resp = support::client()
         .get(sidecar.url("/slow"))
         .send()
