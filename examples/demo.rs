@@ -6,7 +6,8 @@
 //! - the real `released-sidecar` binary in front of the app.
 //!
 //! Run with `scripts/demo.sh` (or `cargo run --example demo`). `--once` makes one checked
-//! request and exits (0 if the token was injected).
+//! request and exits (0 if the token was injected). Its temporary directory (config and a
+//! secret file) is removed on every exit: `--once`, Ctrl+C, SIGTERM, SIGHUP.
 
 // The stand-in is shared with the integration tests; the demo uses only part of it.
 #[allow(dead_code)]
@@ -43,6 +44,8 @@ const PAGE: &str = r#"<!doctype html>
 #[tokio::main]
 async fn main() {
     let once = std::env::args().any(|a| a == "--once");
+    // Installed first, so a signal at any point leads to the cleanup below, not a bare kill.
+    let mut stop_signals = StopSignals::install();
     released_sidecar::install_crypto_provider();
 
     let standin = standin::StandIn::start(DEMO_SECRET).await;
@@ -84,14 +87,18 @@ identity:
     println!("  released-sidecar (proxy) ..... http://{listen}/");
     println!("  released-sidecar (admin) ..... http://{admin}/metrics");
     let log = dir.path().join("sidecar.log");
-    println!("  config ....................... {}", config.display());
-    println!("  sidecar logs ................. tail -f {}", log.display());
+    if !once {
+        println!("  config ....................... {}", config.display());
+        println!("  sidecar logs ................. tail -f {}", log.display());
+    }
     println!();
 
     let mut child = spawn_sidecar(&config, &log);
     if !wait_ready(admin, &mut child).await {
         eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
         stop(&mut child);
+        // exit() skips destructors: remove the directory (it holds a secret) first.
+        drop(dir);
         std::process::exit(1);
     }
 
@@ -115,7 +122,9 @@ identity:
         .lines()
         .filter(|l| l.contains("auth-token="))
         .collect::<Vec<_>>();
-    println!("A page load as alice (what oauth2-proxy would forward) came back with:");
+    println!(
+        "A page load as alice@example.com (the headers oauth2-proxy would forward) came back with:"
+    );
     for line in &injected {
         println!("  {}", line.trim());
     }
@@ -124,6 +133,16 @@ identity:
         "The stand-in received {} token request(s).",
         standin.issued().len()
     );
+    let ok = injected.len() == 2;
+    if once {
+        stop(&mut child);
+        drop(dir);
+        if !ok {
+            eprintln!("demo check failed: expected two rewritten tags");
+        }
+        println!("Stopped. `scripts/demo.sh` without --once keeps everything running to curl it.");
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     println!();
     println!("Try it yourself:");
     println!("  # a page load by a signed-in user: both tags get auth-token=\"tok-…\"");
@@ -139,22 +158,41 @@ identity:
     println!("  curl -s http://{admin}/metrics | grep released_sidecar_token");
     println!("  # dry run without network");
     println!(
-        "  target/debug/released-sidecar explain --config {} --url http://{listen}/ -H 'X-Forwarded-User: alice' -H 'X-Forwarded-Email: alice@example.com'",
+        "  target/debug/released-sidecar explain --config {} --url http://{listen}/ -H 'X-Forwarded-User: alice@example.com' -H 'X-Forwarded-Email: alice@example.com'",
         config.display()
     );
 
-    let ok = injected.len() == 2;
-    if once {
-        stop(&mut child);
-        if !ok {
-            eprintln!("demo check failed: expected two rewritten tags");
-        }
-        std::process::exit(if ok { 0 } else { 1 });
-    }
     println!();
     println!("Press Ctrl+C to stop.");
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signals.recv().await;
     stop(&mut child);
+    drop(dir);
+}
+
+/// Ctrl+C, SIGTERM and SIGHUP (a closed terminal), caught so `main` can clean up.
+struct StopSignals(Vec<tokio::signal::unix::Signal>);
+
+impl StopSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ];
+        Self(
+            kinds
+                .into_iter()
+                .map(|k| signal(k).expect("signal handler"))
+                .collect(),
+        )
+    }
+
+    /// Returns when any of them arrives.
+    async fn recv(&mut self) {
+        let waits = self.0.iter_mut().map(|s| Box::pin(s.recv()));
+        futures_util::future::select_all(waits).await;
+    }
 }
 
 fn client() -> reqwest::Client {

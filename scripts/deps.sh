@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system packages released-sidecar needs on Debian/Ubuntu, only when missing.
 #   scripts/deps.sh          build: cmake and a C compiler (pingora's zlib-ng is C)
-#   scripts/deps.sh test     + systemd-analyze (unit checks) and promtool (metrics lint)
+#   scripts/deps.sh test     + systemd-analyze (unit checks), promtool (metrics lint),
+#                              nginx-light and chromium (gateway tests), python3-venv
+#                              (kubernetes-validate); scripts/gateway-tools.sh does the rest
 #   scripts/deps.sh bench    + nginx-light and wrk (load benchmark)
 set -euo pipefail
 
 want=()
-need() { command -v "$1" >/dev/null 2>&1 || want+=("$2"); }
+# need TOOL PACKAGE: install PACKAGE unless TOOL is on PATH (or in /usr/sbin, which a
+# non-root PATH may lack).
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || want+=("$2"); }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust first (https://rustup.rs)" >&2
@@ -19,6 +23,12 @@ case "${1:-}" in
   test)
     need systemd-analyze systemd
     need promtool prometheus
+    need nginx nginx-light
+    need chromium chromium
+    need python3 python3
+    if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+      want+=(python3-venv)
+    fi
     ;;
   bench)
     need nginx nginx-light
@@ -41,18 +51,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -q
-# prometheus is only wanted for promtool; a failed install of it is not fatal.
-optional=(prometheus)
-required=()
-for p in "${want[@]}"; do
-  [[ " ${optional[*]} " == *" $p "* ]] || required+=("$p")
-done
-if ((${#required[@]})); then
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${required[@]}"
-fi
-for p in "${want[@]}"; do
-  if [[ " ${optional[*]} " == *" $p "* ]]; then
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends "$p" ||
-      echo "==> optional package $p could not be installed; the tests that use it are skipped" >&2
-  fi
-done
+# Every package is required: under CI a test whose tool is missing fails.
+"${sudo[@]}" apt-get install -y -q --no-install-recommends "${want[@]}"

@@ -157,7 +157,7 @@ impl AcceptBackoff {
 
     /// One warning when failures start, then one a minute at the longest pause.
     fn should_log(&self) -> bool {
-        self.failures == 1 || (self.failures > 8 && self.failures % 60 == 0)
+        self.failures == 1 || (self.failures > 8 && self.failures.is_multiple_of(60))
     }
 
     fn reset(&mut self) {

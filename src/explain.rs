@@ -104,6 +104,18 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let stripped = config.identity_headers.to_strip(&headers, plan.trusted);
+    if !stripped.is_empty() {
+        let names: Vec<String> = stripped
+            .iter()
+            .map(|(name, why)| format!("{name} ({})", why.label()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "stripped:   {} (never reach the app)",
+            names.join(", ")
+        );
+    }
     if route.is_some() {
         let _ = writeln!(
             out,

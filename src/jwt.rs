@@ -299,18 +299,18 @@ pub async fn verify(
     deadline: Instant,
 ) -> Result<Map<String, Value>, JwtError> {
     let parsed = parse(raw)?;
-    check_algorithm(&parsed, settings)?;
-    check_signer(&parsed, settings)?;
+    let mut quiet = |_: &'static str, _: Outcome| {};
+    // No key fetch for an assertion that cannot pass anyway.
+    checks_before_key(&parsed, settings, &mut quiet)?;
     let key = match settings.keys.ensure(http, &parsed.kid, deadline).await {
         Lookup::Found => settings
             .keys
             .cached(&parsed.kid)
-            .ok_or(JwtError::UnknownKid)?,
-        Lookup::Unknown => return Err(JwtError::UnknownKid),
-        Lookup::Unavailable => return Err(JwtError::KeysUnavailable),
+            .map_or(Key::Missing(JwtError::UnknownKid), Key::Found),
+        Lookup::Unknown => Key::Missing(JwtError::UnknownKid),
+        Lookup::Unavailable => Key::Missing(JwtError::KeysUnavailable),
     };
-    check_signature(&parsed, &key)?;
-    check_claims(&parsed.claims, settings, SystemTime::now())?;
+    checks_with_key(&parsed, key, settings, SystemTime::now(), &mut quiet)?;
     Ok(parsed.claims)
 }
 
@@ -333,8 +333,9 @@ pub struct Report {
     pub claims: Option<Map<String, Value>>,
 }
 
-/// Every check on `raw`, for `explain`: uses only keys already loaded (no network), so a
-/// JWKS URL's signature check is reported as skipped.
+/// Every check on `raw`, for `explain`: the same sequence as [`verify`], but with only
+/// the keys already loaded (no network), so a JWKS URL's signature check is reported as
+/// skipped, and every step is run and reported rather than stopping at the first failure.
 pub fn report(raw: &str, settings: &JwtSettings, now: SystemTime) -> Report {
     let mut steps = Vec::new();
     let parsed = match parse(raw) {
@@ -353,84 +354,114 @@ pub fn report(raw: &str, settings: &JwtSettings, now: SystemTime) -> Report {
             };
         }
     };
-    fn step(
-        steps: &mut Vec<(&'static str, Outcome)>,
-        name: &'static str,
-        result: Result<(), JwtError>,
-        pass: String,
-    ) -> bool {
-        let ok = result.is_ok();
-        steps.push((
-            name,
-            result.map_or_else(|e| Outcome::Fail(e.to_string()), |()| Outcome::Pass(pass)),
-        ));
-        ok
-    }
-    let mut ok = step(
-        &mut steps,
-        "algorithm",
-        check_algorithm(&parsed, settings),
-        format!("{:?} is accepted", parsed.alg),
-    );
-    if settings.signer.is_some() {
-        ok &= step(
-            &mut steps,
-            "signer",
-            check_signer(&parsed, settings),
-            "matches".into(),
-        );
-    }
-    match settings.keys.cached(&parsed.kid) {
-        Some(key) => {
-            ok &= step(
-                &mut steps,
-                "signature",
-                check_signature(&parsed, &key),
-                format!("valid ({})", settings.keys.source()),
-            );
-        }
+    let mut record = |name: &'static str, outcome: Outcome| steps.push((name, outcome));
+    let before = checks_before_key(&parsed, settings, &mut record);
+    let key = match settings.keys.cached(&parsed.kid) {
+        Some(key) => Key::Found(key),
         None if settings.keys.is_ready()
             && matches!(settings.keys.source(), crate::keys::KeySource::JwksFile(_)) =>
         {
-            ok &= step(
-                &mut steps,
-                "signature",
-                Err(JwtError::UnknownKid),
-                String::new(),
-            );
+            Key::Missing(JwtError::UnknownKid)
         }
-        None => {
-            steps.push((
-                "signature",
-                Outcome::Skipped(format!(
-                    "not checked: keys come from {} and explain makes no network calls",
-                    settings.keys.source()
-                )),
-            ));
-        }
-    }
-    let exp = parsed
-        .claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0);
-    let left = exp
-        - now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-    ok &= step(
-        &mut steps,
-        "claims",
-        check_claims(&parsed.claims, settings, now),
-        format!(
-            "iss, aud, exp ({}s left), nbf and iat accepted",
-            left as i64
-        ),
-    );
+        None => Key::NotHere(format!(
+            "not checked: keys come from {} and explain makes no network calls",
+            settings.keys.source()
+        )),
+    };
+    let after = checks_with_key(&parsed, key, settings, now, &mut record);
+    let ok = before.is_ok() && after.is_ok();
     Report {
         steps,
         claims: ok.then_some(parsed.claims),
     }
+}
+
+/// The verification key for an assertion's `kid`, as far as the caller could tell.
+enum Key {
+    /// Loaded.
+    Found(PublicKey),
+    /// Not to be had: the signature check fails with this.
+    Missing(JwtError),
+    /// Not looked up here (a dry run without network); the check is skipped.
+    NotHere(String),
+}
+
+/// Receives each check's outcome, in order.
+type Steps<'a> = &'a mut dyn FnMut(&'static str, Outcome);
+
+/// Runs one check, reports it, and keeps the first failure.
+fn step(
+    steps: Steps<'_>,
+    first_failure: &mut Result<(), JwtError>,
+    name: &'static str,
+    result: Result<(), JwtError>,
+    pass: impl FnOnce() -> String,
+) {
+    match result {
+        Ok(()) => steps(name, Outcome::Pass(pass())),
+        Err(e) => {
+            steps(name, Outcome::Fail(e.to_string()));
+            if first_failure.is_ok() {
+                *first_failure = Err(e);
+            }
+        }
+    }
+}
+
+/// The checks that need no key: the algorithm, and ALB's signer when configured.
+fn checks_before_key(
+    parsed: &Parsed<'_>,
+    settings: &JwtSettings,
+    steps: Steps<'_>,
+) -> Result<(), JwtError> {
+    let mut first = Ok(());
+    let alg = check_algorithm(parsed, settings);
+    step(steps, &mut first, "algorithm", alg, || {
+        format!("{:?} is accepted", parsed.alg)
+    });
+    if settings.signer.is_some() {
+        let signer = check_signer(parsed, settings);
+        step(steps, &mut first, "signer", signer, || "matches".into());
+    }
+    first
+}
+
+/// The signature with `key`, then `exp`, `nbf`, `iat`, `iss` and `aud` at `now`.
+fn checks_with_key(
+    parsed: &Parsed<'_>,
+    key: Key,
+    settings: &JwtSettings,
+    now: SystemTime,
+    steps: Steps<'_>,
+) -> Result<(), JwtError> {
+    let mut first = Ok(());
+    match key {
+        Key::Found(key) => {
+            let signature = check_signature(parsed, &key);
+            step(steps, &mut first, "signature", signature, || {
+                format!("valid ({})", settings.keys.source())
+            });
+        }
+        Key::Missing(e) => step(steps, &mut first, "signature", Err(e), String::new),
+        Key::NotHere(why) => steps("signature", Outcome::Skipped(why)),
+    }
+    let claims = check_claims(&parsed.claims, settings, now);
+    step(steps, &mut first, "claims", claims, || {
+        let exp = parsed
+            .claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let left = exp
+            - now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+        format!(
+            "iss, aud, exp ({}s left), nbf and iat accepted",
+            left as i64
+        )
+    });
+    first
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! public key.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -165,6 +165,8 @@ pub fn parse_pem(bytes: &[u8]) -> Result<PublicKey, KeyError> {
 /// The keys of one source, shared by every request and kept across config reloads.
 pub struct KeyStore {
     source: KeySource,
+    /// A digest of the file bytes the keys were parsed from (0 for fetched keys).
+    loaded_digest: u64,
     keys: ArcSwap<HashMap<String, PublicKey>>,
     loaded: AtomicBool,
     refresh_every: Duration,
@@ -202,11 +204,16 @@ pub enum Lookup {
 impl KeyStore {
     /// A store for `source`. A file is read now; URLs are fetched by [`KeyStore::refresh`].
     pub fn new(source: KeySource, refresh_every: Duration) -> Result<KeyStore, KeyError> {
-        let store = KeyStore::unloaded(source, refresh_every);
+        let mut store = KeyStore::unloaded(source, refresh_every);
         match &store.source {
             KeySource::JwksFile(path) => {
-                store.keys.store(Arc::new(read_jwks_file(path)?));
+                let bytes = std::fs::read(path)
+                    .map_err(|e| KeyError::Fetch(format!("cannot read {}: {e}", path.display())))?;
+                store.keys.store(Arc::new(parse_jwks(&bytes)?));
                 store.loaded.store(true, Ordering::Release);
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&bytes, &mut h);
+                store.loaded_digest = std::hash::Hasher::finish(&h);
             }
             // Keys are fetched one by one as `kid`s appear: nothing to wait for.
             KeySource::KeyUrl(_) => store.loaded.store(true, Ordering::Release),
@@ -218,6 +225,7 @@ impl KeyStore {
     /// A store that loads nothing (for `check --skip-secrets`).
     pub fn unloaded(source: KeySource, refresh_every: Duration) -> KeyStore {
         KeyStore {
+            loaded_digest: 0,
             keys: ArcSwap::from_pointee(HashMap::new()),
             loaded: AtomicBool::new(false),
             refresh_every,
@@ -229,6 +237,12 @@ impl KeyStore {
             fetching: tokio::sync::Mutex::new(()),
             source,
         }
+    }
+
+    /// A digest of the file bytes the keys were parsed from (0 for fetched keys), so a
+    /// reload sees exactly what changed in what was loaded.
+    pub fn loaded_digest(&self) -> u64 {
+        self.loaded_digest
     }
 
     /// Where the keys come from.
@@ -362,13 +376,6 @@ impl KeyStore {
             KeySource::JwksFile(_) => Ok(()),
         }
     }
-}
-
-/// Reads a JWKS file.
-pub fn read_jwks_file(path: &Path) -> Result<HashMap<String, PublicKey>, KeyError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| KeyError::Fetch(format!("cannot read {}: {e}", path.display())))?;
-    parse_jwks(&bytes)
 }
 
 async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, KeyError> {

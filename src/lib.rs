@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod compress;
 pub mod config;
+pub mod embed_client;
 pub mod explain;
 pub mod front;
 pub mod identity;
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod mint;
 pub mod plan;
 pub mod proxy;
 pub mod released;

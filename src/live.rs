@@ -8,6 +8,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
+use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::utils::tls::WrappedX509;
 
 use crate::config::{Config, ConfigErrors, LoadOptions};
 use crate::keys::{KeyError, KeySource, KeyStore};
@@ -37,34 +39,94 @@ pub struct Snapshot {
     /// Increments with each successful reload (1 at start).
     pub generation: u64,
     fingerprint: u64,
+    ca_digest: Option<u64>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from a loaded config; `text` is the config source for change
     /// detection.
     pub fn build(config: Config, text: &str, generation: u64) -> Result<Snapshot, String> {
-        let upstream = crate::proxy::upstream_peer(&config)?;
+        let upstream = upstream_peer(&config)?;
         let fingerprint = fingerprint(&config, text, &upstream);
         Ok(Snapshot {
             config,
-            upstream,
+            upstream: upstream.peer,
             generation,
             fingerprint,
+            ca_digest: upstream.ca_digest,
         })
     }
 }
 
-fn fingerprint(config: &Config, text: &str, upstream: &HttpPeer) -> u64 {
+/// A digest of every input that changes behaviour: the config text, what it resolved to,
+/// and the bytes actually loaded from the files it names (a file read again here could
+/// differ from what was parsed).
+fn fingerprint(config: &Config, text: &str, upstream: &UpstreamPeer) -> u64 {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
-    upstream.address().to_string().hash(&mut h);
+    upstream.peer.address().to_string().hash(&mut h);
+    upstream.ca_digest.hash(&mut h);
     for route in &config.routes.0 {
         route.released.secret.expose().hash(&mut h);
     }
-    for file in &config.key_files {
-        std::fs::read(file).unwrap_or_default().hash(&mut h);
+    for store in &config.key_stores {
+        store.loaded_digest().hash(&mut h);
     }
     h.finish()
+}
+
+/// The app as a pingora peer, and a digest of the CA bundle it trusts.
+struct UpstreamPeer {
+    peer: HttpPeer,
+    ca_digest: Option<u64>,
+}
+
+/// The app as a pingora peer: address resolved now (at start and on each reload, never
+/// per request), TLS settings and timeouts applied.
+fn upstream_peer(config: &Config) -> Result<UpstreamPeer, String> {
+    let up = &config.upstream;
+    let addr = (up.host.as_str(), up.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("upstream host `{}` does not resolve: {e}", up.host))?
+        .next()
+        .ok_or_else(|| format!("upstream host `{}` has no address", up.host))?;
+    let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+    let t = &config.timeouts;
+    peer.options.connection_timeout = Some(t.upstream_connect);
+    peer.options.total_connection_timeout = Some(t.upstream_connect);
+    peer.options.read_timeout = Some(t.upstream_read);
+    peer.options.write_timeout = Some(t.upstream_write);
+    peer.options.idle_timeout = Some(t.upstream_idle);
+    peer.options.verify_cert = up.verify;
+    peer.options.verify_hostname = up.verify;
+    let mut ca_digest = None;
+    if let Some(ca_file) = &up.ca_file {
+        let (certs, digest) = load_ca(ca_file)?;
+        peer.options.ca = Some(Arc::from(certs));
+        ca_digest = Some(digest);
+    }
+    Ok(UpstreamPeer { peer, ca_digest })
+}
+
+/// The certificates of a PEM CA bundle, and a digest of the bytes they came from.
+fn load_ca(path: &Path) -> Result<(Box<[WrappedX509]>, u64), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("CA file {} holds no certificate", path.display()));
+    }
+    let certs = certs
+        .into_iter()
+        .map(|der| WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509))
+        .collect();
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    Ok((certs, h.finish()))
 }
 
 /// What asked for a reload.
@@ -187,7 +249,7 @@ impl Live {
             }
             return Ok(false);
         }
-        let changes = describe_changes(&old.config, &next.config);
+        let changes = describe_changes(&old, &next);
         for warning in restart_needed(&old.config, &next.config) {
             tracing::warn!("{warning}; the running process keeps the old value until restarted");
         }
@@ -203,6 +265,7 @@ impl Live {
         let mut files = vec![self.path.clone()];
         files.extend(snapshot.config.secret_files.iter().cloned());
         files.extend(snapshot.config.key_files.iter().cloned());
+        files.extend(snapshot.config.upstream.ca_file.iter().cloned());
         files
     }
 }
@@ -258,8 +321,17 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// A one-line, secret-free summary of what a reload changed.
-fn describe_changes(old: &Config, new: &Config) -> String {
+fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String {
+    let (old, new) = (&old_snapshot.config, &new_snapshot.config);
     let mut parts = Vec::new();
+    if old_snapshot.ca_digest != new_snapshot.ca_digest {
+        parts.push("upstream CA bundle changed".to_string());
+    }
+    let key_digests =
+        |c: &Config| -> Vec<u64> { c.key_stores.iter().map(|k| k.loaded_digest()).collect() };
+    if key_digests(old) != key_digests(new) {
+        parts.push("assertion keys changed".to_string());
+    }
     if old.upstream != new.upstream {
         parts.push(format!(
             "upstream {} -> {}",
@@ -321,6 +393,7 @@ fn describe_changes(old: &Config, new: &Config) -> String {
     }
     if old.embed.tags.names() != new.embed.tags.names()
         || old.embed.memory_limit != new.embed.memory_limit
+        || old.embed.client != new.embed.client
     {
         parts.push("embed changed".into());
     }
@@ -352,42 +425,58 @@ impl Reloader {
 pub fn spawn_reloader(live: Arc<Live>) -> Result<Reloader, notify::Error> {
     let (tx, rx) = mpsc::channel::<Trigger>();
     let events_tx = tx.clone();
-    let watch_set = Arc::new(Mutex::new(WatchSet::default()));
-    let filter = Arc::clone(&watch_set);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    // The event callback reads the watch set without a lock: notify's watch() and unwatch()
+    // wait for its event thread, which may be inside this callback at that moment, so a
+    // lock shared by the two would deadlock hot reload without a word.
+    let shared = Arc::new(ArcSwap::from_pointee(WatchSet::default()));
+    let filter = Arc::clone(&shared);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        let relevant = filter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_relevant(&event.paths);
-        if relevant {
+        if !event.kind.is_access() && filter.load().is_relevant(&event.paths) {
             let _ = events_tx.send(Trigger::FileChange);
         }
     })?;
-    let initial = live.watched_files();
-    watch_set
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .update(&mut watcher, &initial);
+    let mut watching = Watching { watcher, shared };
+    watching.follow(&live.watched_files());
+    live.metrics.reloader_heartbeat.set(unix_now());
 
     std::thread::Builder::new()
         .name("config-reloader".into())
-        .spawn(move || reload_loop(live, rx, watcher, watch_set))
+        .spawn(move || {
+            let metrics = Arc::clone(&live.metrics);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                reload_loop(&live, &rx, &mut watching)
+            }));
+            let why = match outcome {
+                Ok(()) => "its trigger channel closed".to_string(),
+                Err(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+            };
+            // The heartbeat metric goes stale from here on, for the alert.
+            metrics.reloader_heartbeat.set(0);
+            tracing::error!(
+                reason = %why,
+                "the config reloader stopped: config and secret changes are no longer picked up until a restart"
+            );
+        })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
     Ok(Reloader { tx })
 }
 
-fn reload_loop(
-    live: Arc<Live>,
-    rx: Receiver<Trigger>,
-    mut watcher: notify::RecommendedWatcher,
-    watch_set: Arc<Mutex<WatchSet>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut trigger = first;
+/// How often the reloader proves it is alive when nothing happens.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+fn reload_loop(live: &Live, rx: &Receiver<Trigger>, watching: &mut Watching) {
+    loop {
+        live.metrics.reloader_heartbeat.set(unix_now());
+        let mut trigger = match rx.recv_timeout(HEARTBEAT) {
+            Ok(t) => t,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         // Collapse a burst into one reload: wait for DEBOUNCE of quiet, at most DEBOUNCE_MAX.
         let burst_started = Instant::now();
         loop {
@@ -406,38 +495,52 @@ fn reload_loop(
         }
         let _ = live.reload(trigger);
         // A new config may name new secret files (or drop some): follow them.
-        let files = live.watched_files();
-        watch_set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .update(&mut watcher, &files);
+        watching.follow(&live.watched_files());
+    }
+}
+
+/// The watcher and the set its callback filters on; owned by the reloader thread.
+struct Watching {
+    watcher: notify::RecommendedWatcher,
+    shared: Arc<ArcSwap<WatchSet>>,
+}
+
+impl Watching {
+    /// Watches the directories of `files` (and only those). The callback sees the new set
+    /// before the new directories are watched, so no first event is filtered out.
+    fn follow(&mut self, files: &[PathBuf]) {
+        let old = self.shared.load_full();
+        let next = WatchSet::of(files);
+        if next == *old {
+            return;
+        }
+        self.shared.store(Arc::new(next.clone()));
+        for gone in old.dirs.difference(&next.dirs) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for new in next.dirs.difference(&old.dirs) {
+            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %new.display(), error = %e, "cannot watch directory; reload with SIGHUP instead");
+            }
+        }
     }
 }
 
 /// Which directories are watched and which file names in them matter.
-#[derive(Default)]
+#[derive(Default, Clone, PartialEq, Eq)]
 struct WatchSet {
     dirs: BTreeSet<PathBuf>,
     files: BTreeSet<PathBuf>,
 }
 
 impl WatchSet {
-    fn update(&mut self, watcher: &mut notify::RecommendedWatcher, files: &[PathBuf]) {
+    fn of(files: &[PathBuf]) -> Self {
         let files: BTreeSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
-        let dirs: BTreeSet<PathBuf> = files
+        let dirs = files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
             .collect();
-        for gone in self.dirs.difference(&dirs) {
-            let _ = watcher.unwatch(gone);
-        }
-        for new in dirs.difference(&self.dirs) {
-            if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %new.display(), error = %e, "cannot watch directory; reload with SIGHUP instead");
-            }
-        }
-        self.dirs = dirs;
-        self.files = files;
+        Self { dirs, files }
     }
 
     /// An event matters if it touches a watched file, or a `..`-prefixed entry next to one

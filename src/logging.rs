@@ -1,92 +1,125 @@
-//! Where log lines go: stderr, through an in-memory buffer that a background thread writes
-//! out every [`FLUSH_EVERY`] (or at once when it passes [`FLUSH_AT`]). A request never
-//! waits on a `write(2)` for its access-log line; profiling showed one write per line cost
-//! a fifth of the proxy's throughput on small responses.
+//! Which log lines may be written, and how they reach stderr.
+//!
+//! - **No credential in any line, at any `RUST_LOG`.** pingora prints whole request and
+//!   response headers at debug and trace (every Cookie, Authorization and gateway
+//!   assertion), and the HTTP libraries below the token client are as chatty. Lines of
+//!   other crates are therefore capped at `info` whatever `RUST_LOG` asks for; the
+//!   sidecar's own lines never carry a header value, token or secret at any level. An
+//!   operator who must see the framework's debug lines sets [`UNSAFE_ENV`]`=1`, and the
+//!   sidecar says at start that the log now holds credentials.
+//! - **A request never waits on a `write(2)`.** Lines go through tracing-appender's
+//!   non-blocking writer: a bounded queue drained by a background thread. When the queue
+//!   is full (a log storm on a slow terminal) lines are dropped and counted in
+//!   `released_sidecar_log_lines_dropped_total` rather than stalling the proxy.
 //!
 //! [`flush`] must run before the process exits; `server` and `main` call it.
 
-use std::io::Write;
+use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing::{Level, Metadata};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
-/// Longest a line waits in the buffer.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Buffer size that triggers an immediate write (bounds memory under a log storm).
-pub const FLUSH_AT: usize = 64 * 1024;
+/// Set to `1` to let other crates' debug and trace lines through: they contain request
+/// headers, cookies and credentials. For a local reproduction only.
+pub const UNSAFE_ENV: &str = "RELEASED_SIDECAR_UNSAFE_LOG_HEADERS";
 
-static BUFFER: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+/// Lines queued for the writer thread before new ones are dropped.
+const QUEUE_LINES: usize = 64 * 1024;
 
-fn buffer() -> &'static Mutex<Vec<u8>> {
-    BUFFER.get_or_init(|| Mutex::new(Vec::with_capacity(FLUSH_AT)))
+/// The default filter when `RUST_LOG` is unset: pingora logs every service start at info.
+const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn,pingora=warn";
+
+static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
-/// Writes everything buffered to stderr now.
-pub fn flush() {
-    let pending = {
-        let mut buf = buffer().lock().unwrap_or_else(PoisonError::into_inner);
-        if buf.is_empty() {
-            return;
-        }
-        std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_AT))
+/// Installs the global subscriber: `RUST_LOG` filter, credential cap, non-blocking stderr.
+pub fn init(format: Format) {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
+    *GUARD.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let unsafe_headers = std::env::var(UNSAFE_ENV).is_ok_and(|v| v == "1");
+    let cap = filter_fn(move |meta| unsafe_headers || may_log(meta));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
+    let layer = match format {
+        Format::Text => fmt.boxed(),
+        Format::Json => fmt.json().flatten_event(true).boxed(),
     };
-    let mut stderr = std::io::stderr().lock();
-    let _ = stderr.write_all(&pending);
-    let _ = stderr.flush();
-}
-
-/// The `MakeWriter` for tracing-subscriber; starts the flushing thread on first use.
-#[derive(Clone, Copy)]
-pub struct BufferedStderr;
-
-impl BufferedStderr {
-    /// A writer whose lines reach stderr within [`FLUSH_EVERY`].
-    pub fn new() -> Self {
-        static FLUSHER: OnceLock<()> = OnceLock::new();
-        FLUSHER.get_or_init(|| {
-            let _ = std::thread::Builder::new()
-                .name("log-flusher".into())
-                .spawn(|| loop {
-                    std::thread::sleep(FLUSH_EVERY);
-                    flush();
-                });
-        });
-        BufferedStderr
+    tracing_subscriber::registry()
+        .with(layer.with_filter(cap).with_filter(filter))
+        .init();
+    if unsafe_headers {
+        tracing::warn!(
+            "{UNSAFE_ENV}=1: other crates' debug lines are logged; they contain cookies, authorization headers and assertions"
+        );
     }
 }
 
-impl Default for BufferedStderr {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Whether a line may be written without the unsafe switch: the sidecar's own lines at
+/// any level, other crates' only up to `info`.
+fn may_log(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO || is_own(meta.target())
 }
 
-/// One log line being written.
-pub struct Line;
+fn is_own(target: &str) -> bool {
+    target == "access"
+        || target
+            .strip_prefix("released_sidecar")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
 
-impl Write for Line {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let full = {
-            let mut buf = buffer().lock().unwrap_or_else(PoisonError::into_inner);
-            buf.extend_from_slice(bytes);
-            buf.len() >= FLUSH_AT
-        };
-        if full {
-            flush();
+/// Lines dropped because the writer could not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Writes every queued line to stderr now and stops the writer (call right before exit).
+pub fn flush() {
+    let guard = GUARD.lock().unwrap_or_else(PoisonError::into_inner).take();
+    drop(guard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_targets_pass_below_info() {
+        let cases = [
+            ("released_sidecar", true),
+            ("released_sidecar::proxy", true),
+            ("access", true),
+            ("released_sidecar_evil", false),
+            ("pingora_proxy::proxy_h1", false),
+            ("pingora_core::protocols::http::v1::server", false),
+            ("hyper_util::client::legacy::pool", false),
+            ("reqwest::connect", false),
+            ("rustls::client::hs", false),
+        ];
+        for (target, own) in cases {
+            assert_eq!(is_own(target), own, "{target}");
         }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for BufferedStderr {
-    type Writer = Line;
-
-    fn make_writer(&'a self) -> Line {
-        Line
     }
 }

@@ -1,6 +1,5 @@
 //! The `released-sidecar` command line: `run`, `check` and `explain`.
 
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -162,17 +161,8 @@ fn run_explain(
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    // pingora is chatty at info (every service start); keep its warnings and errors.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
+    released_sidecar::logging::init(match format {
+        LogFormat::Text => released_sidecar::logging::Format::Text,
+        LogFormat::Json => released_sidecar::logging::Format::Json,
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(released_sidecar::logging::BufferedStderr::new());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }

@@ -43,6 +43,19 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// Requests being served right now.
     pub in_flight: IntGauge,
+    /// Identity headers removed before a request reached the app, by reason.
+    pub identity_headers_stripped: IntCounterVec,
+    /// Unix time the config reloader last ran its loop (it wakes at least every few
+    /// seconds; a stale value means hot reload has stopped).
+    pub reloader_heartbeat: IntGauge,
+    /// Token API answers 401/403: the shared secret or account is wrong.
+    pub token_auth_failures: IntCounter,
+    /// Answers of the client-embed token endpoint, by status code.
+    pub embed_token_responses: IntCounterVec,
+    /// Pages that got the embed loader injected, or were left alone for their CSP.
+    pub loader_injections: IntCounterVec,
+    /// Log lines dropped because stderr could not keep up (synced at each render).
+    log_lines_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -73,7 +86,7 @@ impl Metrics {
         );
         let token_requests = counter_vec(
             "token_requests_total",
-            "Released token API outcomes: success, timeout, http_error, bad_response, transport_error, cooldown (not sent), abandoned (page was not rewritable).",
+            "Released token API outcomes: success; timeout, transport_error, server_error (5xx), rate_limited (429) (these count toward the cool-down); unauthorized (401/403: wrong secret or account), rejected (other 4xx: this request's data), http_error (other statuses), bad_response; cooldown (not sent), abandoned (the page could not use it, or the client left).",
             &["result"],
         );
         let token_skips = counter_vec(
@@ -88,8 +101,23 @@ impl Metrics {
         );
         let rejected_heads = counter_vec(
             "rejected_requests_total",
-            "Requests answered before the proxy logic ran, by reason: header_timeout (408), uri_too_long (414), headers_too_large (431), bad_request (400 from the HTTP parser).",
+            "Requests answered before the proxy logic ran, by reason: header_timeout (408), uri_too_long (414), headers_too_large (431), bad_request (400 from the HTTP parser), method_not_allowed (405 for CONNECT).",
             &["reason"],
+        );
+        let identity_headers_stripped = counter_vec(
+            "identity_headers_stripped_total",
+            "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies) or respelled (an _ spelling of one, from any peer).",
+            &["reason"],
+        );
+        let embed_token_responses = counter_vec(
+            "embed_token_responses_total",
+            "Answers of the client-embed token endpoint (embed.client), by HTTP status code.",
+            &["code"],
+        );
+        let loader_injections = counter_vec(
+            "loader_injections_total",
+            "Token-route pages given the embed loader (injected), or left alone because their Content-Security-Policy would block it (csp_blocked).",
+            &["result"],
         );
         let config_reloads = counter_vec(
             "config_reloads_total",
@@ -135,6 +163,14 @@ impl Metrics {
             "tags_rewritten_total",
             "Embed start tags that received an auth-token attribute.",
         );
+        let token_auth_failures = counter(
+            "token_auth_failures_total",
+            "Token API answers 401 or 403: the shared secret or account_id is wrong. Alert on any increase.",
+        );
+        let log_lines_dropped = counter(
+            "log_lines_dropped_total",
+            "Log lines dropped because stderr could not keep up (the proxy never waits for the log).",
+        );
         let rewrite_bailouts = counter(
             "rewrite_bailouts_total",
             "Rewrites that hit the per-response memory bound; the rest of the page passed through unchanged.",
@@ -159,6 +195,10 @@ impl Metrics {
             "client_connections",
             "Client connections open on the proxy port right now.",
         );
+        let reloader_heartbeat = gauge(
+            "config_reloader_heartbeat_timestamp_seconds",
+            "Unix time the config reloader last ran; alert when time() minus this exceeds a minute (hot reload and secret rotation have stopped).",
+        );
 
         #[cfg(target_os = "linux")]
         registry
@@ -171,18 +211,37 @@ impl Metrics {
         for result in [
             "success",
             "timeout",
+            "transport_error",
+            "server_error",
+            "rate_limited",
+            "unauthorized",
+            "rejected",
             "http_error",
             "bad_response",
-            "transport_error",
             "cooldown",
             "abandoned",
         ] {
             token_requests.with_label_values(&[result]);
         }
+        for code in ["200", "401", "403", "404", "405", "429", "503"] {
+            embed_token_responses.with_label_values(&[code]);
+        }
+        for result in ["injected", "csp_blocked"] {
+            loader_injections.with_label_values(&[result]);
+        }
+        for reason in ["untrusted_peer", "respelled"] {
+            identity_headers_stripped.with_label_values(&[reason]);
+        }
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
         }
-        for reason in ["not_rewritable", "client_gone", "upstream_error"] {
+        for reason in [
+            "not_rewritable",
+            "client_gone",
+            "upstream_error",
+            "error",
+            "unused",
+        ] {
             token_calls_aborted.with_label_values(&[reason]);
         }
         for reason in [
@@ -190,6 +249,7 @@ impl Metrics {
             "uri_too_long",
             "headers_too_large",
             "bad_request",
+            "method_not_allowed",
         ] {
             rejected_heads.with_label_values(&[reason]);
         }
@@ -212,11 +272,20 @@ impl Metrics {
             upstream_responses,
             upstream_duration,
             in_flight,
+            identity_headers_stripped,
+            reloader_heartbeat,
+            token_auth_failures,
+            embed_token_responses,
+            loader_injections,
+            log_lines_dropped,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let dropped = crate::logging::dropped_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -103,6 +103,16 @@ impl Plan {
 
 /// Decides whether (and for whom) `facts` get a token under `config`.
 pub fn plan(config: &Config, facts: &RequestFacts<'_>) -> Plan {
+    plan_for(config, facts, true)
+}
+
+/// The same decision for the token endpoint (SPEC §3a): `facts.path` is the path of the
+/// page asking (its same-origin `Referer`), and the request stands for that page's load.
+pub fn plan_embed_token(config: &Config, facts: &RequestFacts<'_>) -> Plan {
+    plan_for(config, facts, false)
+}
+
+fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) -> Plan {
     let trusted = facts
         .peer
         .is_some_and(|ip| config.trusted_proxies.contains(ip));
@@ -126,9 +136,11 @@ pub fn plan(config: &Config, facts: &RequestFacts<'_>) -> Plan {
         page_load: false,
         decision: Err(NoToken::NoRoute),
     };
-    if let Err(why) = page_load(facts.method, facts.headers) {
-        plan.decision = Err(NoToken::NotPageLoad(why));
-        return plan;
+    if check_page_load {
+        if let Err(why) = page_load(facts.method, facts.headers) {
+            plan.decision = Err(NoToken::NotPageLoad(why));
+            return plan;
+        }
     }
     plan.page_load = true;
     if !trusted {

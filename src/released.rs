@@ -132,12 +132,29 @@ impl TokenError {
         match self {
             TokenError::Timeout => "timeout",
             TokenError::Transport(_) => "transport_error",
+            TokenError::Status(429) => "rate_limited",
+            TokenError::Status(401 | 403) => "unauthorized",
+            TokenError::Status(500..=599) => "server_error",
+            TokenError::Status(400..=499) => "rejected",
             TokenError::Status(_) => "http_error",
             TokenError::BadResponse(_) => "bad_response",
             TokenError::CoolingDown => "cooldown",
         }
     }
+
+    /// Whether this failure means Released is unavailable, the only kind that counts toward
+    /// the cool-down. A 4xx is about one request (one user's email, say) or about our
+    /// credentials: skipping everyone's calls would not help either.
+    pub fn means_unavailable(&self) -> bool {
+        matches!(
+            self,
+            TokenError::Timeout | TokenError::Transport(_) | TokenError::Status(429 | 500..=599)
+        )
+    }
 }
+
+/// At most one 401/403 error line per this period (each one is counted in the metrics).
+const AUTH_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Extracts the token from a 2xx body: a bare JSON string, or an object with `token`,
 /// `auth_token` or `access_token`.
@@ -176,6 +193,45 @@ pub fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
 pub struct ReleasedClient {
     http: reqwest::Client,
     metrics: Arc<Metrics>,
+    auth_log: Arc<LogLimiter>,
+}
+
+/// Lets one log line through per period and counts the ones held back.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    /// Milliseconds since [`epoch`] of the last line let through; 0 = never.
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// A limiter letting one line through per `every`.
+    pub fn new(every: Duration) -> Self {
+        epoch();
+        Self {
+            every,
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be written now.
+    pub fn admit(&self) -> Option<u64> {
+        let now = now_ms();
+        let last = self.last_ms.load(Ordering::Acquire);
+        let due = last == 0 || now.saturating_sub(last) >= self.every.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::AcqRel);
+        None
+    }
 }
 
 impl ReleasedClient {
@@ -189,7 +245,11 @@ impl ReleasedClient {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, metrics })
+        Ok(Self {
+            http,
+            metrics,
+            auth_log: Arc::new(LogLimiter::new(AUTH_FAILURE_LOG_EVERY)),
+        })
     }
 
     /// The HTTP client (its pool is shared with key fetches).
@@ -218,16 +278,31 @@ impl ReleasedClient {
             .token_requests
             .with_label_values(&[label])
             .inc();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(_) => settings.cooldown.record_success(),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    api = %settings.api_url,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "token request failed"
-                );
+            Err(e) if e.means_unavailable() => {
+                tracing::warn!(error = %e, api = %settings.api_url, elapsed_ms, "token request failed");
                 settings.cooldown.record_failure();
+            }
+            Err(e) => {
+                // Released answered: it is up, whatever it thought of this request.
+                settings.cooldown.record_success();
+                if matches!(e, TokenError::Status(401 | 403)) {
+                    self.metrics.token_auth_failures.inc();
+                    if let Some(suppressed) = self.auth_log.admit() {
+                        tracing::error!(
+                            error = %e,
+                            api = %settings.api_url,
+                            account_id = %settings.account_id,
+                            secret_source = %settings.secret_source,
+                            suppressed,
+                            "the token API refused our credentials: check the shared secret and account_id (pages are served without tokens)"
+                        );
+                    }
+                } else {
+                    tracing::info!(error = %e, api = %settings.api_url, elapsed_ms, "token request refused for this request");
+                }
             }
         }
         result
@@ -485,6 +560,41 @@ mod tests {
         c.record_success();
         assert!(!c.is_open());
         assert!(c.admit() && c.admit(), "closed again");
+    }
+
+    #[test]
+    fn only_unavailability_counts_toward_the_cooldown() {
+        let cases: &[(TokenError, &str, bool)] = &[
+            (TokenError::Timeout, "timeout", true),
+            (
+                TokenError::Transport("reset".into()),
+                "transport_error",
+                true,
+            ),
+            (TokenError::Status(500), "server_error", true),
+            (TokenError::Status(503), "server_error", true),
+            (TokenError::Status(429), "rate_limited", true),
+            (TokenError::Status(400), "rejected", false),
+            (TokenError::Status(422), "rejected", false),
+            (TokenError::Status(401), "unauthorized", false),
+            (TokenError::Status(403), "unauthorized", false),
+            (TokenError::Status(302), "http_error", false),
+            (TokenError::BadResponse("not JSON"), "bad_response", false),
+        ];
+        for (error, label, unavailable) in cases {
+            assert_eq!(error.label(), *label, "{error:?}");
+            assert_eq!(error.means_unavailable(), *unavailable, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn log_limiter_lets_one_line_through_per_period_and_counts_the_rest() {
+        let l = LogLimiter::new(Duration::from_millis(50));
+        assert_eq!(l.admit(), Some(0));
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(l.admit(), Some(2));
     }
 
     #[test]

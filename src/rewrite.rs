@@ -15,13 +15,14 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use lol_html::errors::RewritingError;
-use lol_html::send::{Element, ElementContentHandlers, HtmlRewriter, Settings};
-use lol_html::{AsciiCompatibleEncoding, MemorySettings, Selector};
+use lol_html::html_content::{ContentType, EndTag};
+use lol_html::send::{Element, ElementContentHandlers, EndTagHandler, HtmlRewriter, Settings};
+use lol_html::{element, end, AsciiCompatibleEncoding, MemorySettings, Selector};
 
 use crate::secret::Token;
 
@@ -90,6 +91,8 @@ impl Charset {
 struct Shared {
     out: Mutex<BytesMut>,
     tags: AtomicUsize,
+    /// The injection is done (or there is none).
+    injected: AtomicBool,
     /// Token copies still allowed in this page, in bytes.
     token_budget: AtomicUsize,
     /// Embed tags left without a token because the budget was spent.
@@ -97,6 +100,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Claims the one injection; `true` for exactly one caller.
+    fn take_injection(&self) -> bool {
+        !self.injected.swap(true, Ordering::Relaxed)
+    }
+
     fn push(&self, bytes: &[u8]) {
         self.out
             .lock()
@@ -120,34 +128,107 @@ impl Shared {
 
 type Sink = Box<dyn FnMut(&[u8]) + Send>;
 
+/// Inserts `script` at the first of: `</head>`, `<body>`, the end of the document (the
+/// embed-tag handler covers the first embed tag).
+fn with_injection<'h, 's>(
+    settings: Settings<'h, 's>,
+    shared: &Arc<Shared>,
+    script: Arc<str>,
+) -> Settings<'h, 's> {
+    let (head, body, end) = (Arc::clone(shared), Arc::clone(shared), Arc::clone(shared));
+    let (s1, s2, s3) = (Arc::clone(&script), Arc::clone(&script), script);
+    settings
+        .append_element_content_handler(element!("head", move |el| {
+            let (shared, script) = (Arc::clone(&head), Arc::clone(&s1));
+            // Not called for a head closed implicitly; `<body>` covers that.
+            let handler: EndTagHandler<'static> = Box::new(move |end: &mut EndTag<'_>| {
+                if shared.take_injection() {
+                    end.before(&script, ContentType::Html);
+                }
+                Ok(())
+            });
+            let _ = el.on_end_tag(handler);
+            Ok(())
+        }))
+        .append_element_content_handler(element!("body", move |el| {
+            if body.take_injection() {
+                el.before(&s2, ContentType::Html);
+            }
+            Ok(())
+        }))
+        .append_document_content_handler(end!(move |doc_end| {
+            if end.take_injection() {
+                doc_end.append(&s3, ContentType::Html);
+            }
+            Ok(())
+        }))
+}
+
 /// One response's rewrite. Feed chunks with [`Rewriter::write`], finish with
 /// [`Rewriter::end`]; each returns the output ready to send.
 pub struct Rewriter {
     html: Option<HtmlRewriter<'static, Sink>>,
     shared: Arc<Shared>,
     bailed_out: bool,
+    injects: bool,
+}
+
+/// What one response's rewrite does besides passing the page through.
+#[derive(Default)]
+pub struct Edits<'a> {
+    /// Written as `auth-token` into every embed start tag.
+    pub token: Option<&'a Token>,
+    /// Markup inserted once: before `</head>`; else (a head closed implicitly, or none)
+    /// before `<body>`; else before the first embed tag; else at the end of the document.
+    pub inject: Option<String>,
 }
 
 impl Rewriter {
     /// A rewriter that writes `token` into every `tags` start tag, holding at most
     /// `memory_limit` bytes of unfinished markup.
     pub fn new(tags: &EmbedTags, token: &Token, charset: Charset, memory_limit: usize) -> Self {
+        let edits = Edits {
+            token: Some(token),
+            inject: None,
+        };
+        Self::with_edits(tags, edits, charset, memory_limit)
+    }
+
+    /// A rewriter making `edits`, holding at most `memory_limit` bytes of unfinished markup.
+    pub fn with_edits(
+        tags: &EmbedTags,
+        edits: Edits<'_>,
+        charset: Charset,
+        memory_limit: usize,
+    ) -> Self {
         let shared = Arc::new(Shared {
             token_budget: AtomicUsize::new(MAX_TOKEN_BYTES_PER_PAGE),
             ..Shared::default()
         });
-        let value = escape_attribute(token.expose());
-        let counter = Arc::clone(&shared);
+        let value = edits.token.map(|t| escape_attribute(t.expose()));
+        let inject: Option<Arc<str>> = edits.inject.map(Arc::from);
+        let injects = inject.is_some();
+        if inject.is_none() {
+            // Nothing to insert: the flag reads as done, so no handler inserts.
+            shared.injected.store(true, Ordering::Relaxed);
+        }
         let encoding = match charset {
             Charset::Declared(e) => e,
             Charset::Sniffed | Charset::Unsupported => {
                 AsciiCompatibleEncoding::new(encoding_rs::UTF_8).expect("UTF-8 is ASCII-compatible")
             }
         };
-        let settings = Settings::new_send()
-            .append_element_content_handler((
-                Cow::Borrowed(&tags.selector),
-                ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+        let counter = Arc::clone(&shared);
+        let before_tag = inject.clone();
+        let mut settings = Settings::new_send().append_element_content_handler((
+            Cow::Borrowed(&tags.selector),
+            ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                if let Some(script) = before_tag.as_deref() {
+                    if counter.take_injection() {
+                        el.before(script, ContentType::Html);
+                    }
+                }
+                if let Some(value) = &value {
                     let budget = counter.token_budget.load(Ordering::Relaxed);
                     if budget < value.len() {
                         counter.tags_over_budget.fetch_add(1, Ordering::Relaxed);
@@ -157,11 +238,16 @@ impl Rewriter {
                         .token_budget
                         .store(budget - value.len(), Ordering::Relaxed);
                     el.remove_attribute(TOKEN_ATTRIBUTE);
-                    el.set_attribute(TOKEN_ATTRIBUTE, &value)?;
+                    el.set_attribute(TOKEN_ATTRIBUTE, value)?;
                     counter.tags.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }),
-            ))
+                }
+                Ok(())
+            }),
+        ));
+        if let Some(script) = inject {
+            settings = with_injection(settings, &shared, script);
+        }
+        let settings = settings
             .with_encoding(encoding)
             .with_adjust_charset_on_meta_tag(charset == Charset::Sniffed)
             // Strict mode turns rare ambiguous markup into a hard error that cannot be
@@ -178,7 +264,13 @@ impl Rewriter {
             html: Some(HtmlRewriter::new(settings, sink)),
             shared,
             bailed_out: false,
+            injects,
         }
+    }
+
+    /// Whether the injected markup went in.
+    pub fn injected(&self) -> bool {
+        self.injects && self.shared.injected.load(Ordering::Relaxed)
     }
 
     /// Rewrites one chunk and returns the output ready so far (possibly empty: lol_html
@@ -428,5 +520,65 @@ mod tests {
         assert!(!r.bailed_out());
         assert_eq!(r.tags_rewritten(), 2);
         assert_eq!(out.len(), page.len() + 2 * b" auth-token=\"T0K\"".len());
+    }
+
+    const SCRIPT: &str = "<script src=\"/.released/embed.js\" defer></script>";
+
+    fn inject(html: &str, token: Option<&str>, chunk: usize) -> (String, bool) {
+        let token = token.map(Token::new);
+        let edits = Edits {
+            token: token.as_ref(),
+            inject: Some(SCRIPT.to_string()),
+        };
+        let mut r = Rewriter::with_edits(&tags(), edits, Charset::Sniffed, 1 << 20);
+        let mut out = Vec::new();
+        for c in html.as_bytes().chunks(chunk) {
+            out.extend_from_slice(&r.write(c));
+        }
+        out.extend_from_slice(&r.end());
+        (String::from_utf8(out).unwrap(), r.injected())
+    }
+
+    #[test]
+    fn the_loader_goes_in_once_at_the_best_place_the_page_offers() {
+        let s = SCRIPT;
+        let cases = [
+            (
+                "<html><head><title>t</title></head><body><released-page></released-page></body></html>",
+                format!("<html><head><title>t</title>{s}</head><body><released-page></released-page></body></html>"),
+            ),
+            (
+                "<html><head><title>t</title><body><p>x</p></body>",
+                format!("<html><head><title>t</title>{s}<body><p>x</p></body>"),
+            ),
+            (
+                "<p>a</p><released-widget></released-widget><released-page></released-page>",
+                format!("<p>a</p>{s}<released-widget></released-widget><released-page></released-page>"),
+            ),
+            ("<p>no embed</p>", format!("<p>no embed</p>{s}")),
+            (
+                "<!-- </head> --><head></head><script>'</head>'</script>",
+                format!("<!-- </head> --><head>{s}</head><script>'</head>'</script>"),
+            ),
+        ];
+        for (page, want) in cases {
+            for chunk in [1, 7, 4096] {
+                let (out, injected) = inject(page, None, chunk);
+                assert_eq!(out, want, "chunk {chunk}");
+                assert!(injected);
+                assert_eq!(out.matches(SCRIPT).count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn injection_and_token_together() {
+        let (out, _) = inject("<head></head><released-page></released-page>", Some("T"), 3);
+        assert_eq!(
+            out,
+            format!("<head>{SCRIPT}</head><released-page auth-token=\"T\"></released-page>")
+        );
+        let (out, _) = inject("<released-page></released-page>", None, 3);
+        assert!(!out.contains("auth-token"), "no token, no attribute: {out}");
     }
 }

@@ -1,9 +1,12 @@
-//! The trust boundary (SPEC §2.1): identity headers count only when the TCP peer is one
-//! of the `trusted_proxies`. The peer address is the only input; `X-Forwarded-For` and
-//! friends are written by clients too and never grant trust.
+//! The trust boundary (SPEC §2.1), and the only place that decides it: identity headers
+//! count only when the TCP peer is one of the `trusted_proxies` (the peer address is the
+//! only input; `X-Forwarded-For` and friends are written by clients too and never grant
+//! trust), and which request headers never reach the app — the identity headers from an
+//! untrusted peer, and every `_` spelling of them from any peer.
 
 use std::net::IpAddr;
 
+use http::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 /// The networks whose connections may carry identity headers.
@@ -35,6 +38,92 @@ impl TrustedProxies {
     pub fn nets(&self) -> &[IpNet] {
         &self.0
     }
+}
+
+/// Every identity header named anywhere in the config (top level, routes, presets,
+/// `jwt.header`), and the rule for which spellings of them are removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    names: Vec<HeaderName>,
+    /// Whether a configured name itself has `_` (then `-` spellings need a look too).
+    underscored: bool,
+}
+
+/// Why a request header was removed before the request went to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strip {
+    /// An identity header from a peer outside `trusted_proxies`.
+    UntrustedPeer,
+    /// Another spelling (`_` for `-`) of an identity header, from any peer.
+    Respelled,
+}
+
+impl Strip {
+    /// The `reason` label of `released_sidecar_identity_headers_stripped_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Strip::UntrustedPeer => "untrusted_peer",
+            Strip::Respelled => "respelled",
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// The set of `names`, each once.
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut out: Vec<HeaderName> = Vec::new();
+        for name in names {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        let underscored = out.iter().any(|h| h.as_str().contains('_'));
+        Self {
+            names: out,
+            underscored,
+        }
+    }
+
+    /// The headers as configured.
+    pub fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
+    /// The request headers that must not reach the app, and why: every header whose name,
+    /// with `_` read as `-`, equals an identity header's but is spelled differently (CGI,
+    /// Rack and WSGI servers fold the two spellings into one variable, so a client behind
+    /// the gateway could otherwise set the identity the app sees — Puma CVE-2024-45614),
+    /// from every peer; and from an untrusted peer, the identity headers themselves.
+    pub fn to_strip(&self, headers: &HeaderMap, trusted: bool) -> Vec<(HeaderName, Strip)> {
+        let mut out = Vec::new();
+        if !trusted {
+            for name in self.names.iter().filter(|h| headers.contains_key(*h)) {
+                out.push((name.clone(), Strip::UntrustedPeer));
+            }
+        }
+        // Header names are stored lower-case; only names with `_` can be a second
+        // spelling (unless a configured name has one), so most requests stop here.
+        for name in headers.keys() {
+            if !self.underscored && !name.as_str().contains('_') {
+                continue;
+            }
+            let respelled = self
+                .names
+                .iter()
+                .any(|h| h != name && same_when_folded(name.as_str(), h.as_str()));
+            if respelled {
+                out.push((name.clone(), Strip::Respelled));
+            }
+        }
+        out
+    }
+}
+
+/// Whether two lower-case header names are one variable to an app server that reads `_`
+/// and `-` alike.
+fn same_when_folded(a: &str, b: &str) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
 /// Parses a CIDR (`10.0.0.0/8`) or a bare address (`10.0.0.7`, meaning a /32 or /128).
@@ -77,6 +166,68 @@ mod tests {
         assert!(parse_net("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
         assert!(parse_net("10.0.0.0/33").is_err());
         assert!(parse_net("localhost").is_err());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn underscore_spellings_are_stripped_from_every_peer() {
+        let ids = IdentityHeaders::new([
+            HeaderName::from_static("x-forwarded-user"),
+            HeaderName::from_static("x-forwarded-email"),
+            HeaderName::from_static("x-goog-iap-jwt-assertion"),
+        ]);
+        let request = headers(&[
+            ("X-Forwarded-User", "alice"),
+            ("X_Forwarded_User", "mallory"),
+            ("x_forwarded_USER", "mallory"),
+            ("X_Forwarded-Email", "m@example.com"),
+            ("x_goog_iap_jwt_assertion", "forged"),
+            ("X_Request_Id", "kept"),
+            ("X-Forwarded_Users", "kept: a different name"),
+            ("Accept", "text/html"),
+        ]);
+        let names = |v: Vec<(HeaderName, Strip)>| {
+            let mut v: Vec<String> = v
+                .iter()
+                .map(|(h, why)| format!("{h} {}", why.label()))
+                .collect();
+            v.sort();
+            v
+        };
+        let respelled = [
+            "x_forwarded-email respelled",
+            "x_forwarded_user respelled",
+            "x_goog_iap_jwt_assertion respelled",
+        ];
+        assert_eq!(names(ids.to_strip(&request, true)), respelled);
+        let mut untrusted = respelled.to_vec();
+        untrusted.push("x-forwarded-user untrusted_peer");
+        untrusted.sort();
+        assert_eq!(names(ids.to_strip(&request, false)), untrusted);
+        assert!(ids
+            .to_strip(&headers(&[("accept", "*/*")]), false)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_configured_underscore_name_is_kept_and_its_hyphen_spelling_stripped() {
+        let ids = IdentityHeaders::new([HeaderName::from_static("x_remote_user")]);
+        let request = headers(&[("X_Remote_User", "alice"), ("X-Remote-User", "mallory")]);
+        let stripped = ids.to_strip(&request, true);
+        assert_eq!(
+            stripped,
+            [(HeaderName::from_static("x-remote-user"), Strip::Respelled)]
+        );
     }
 
     #[test]

@@ -207,51 +207,11 @@ async fn every_metrics_line_parses_and_follows_prometheus_conventions() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Err(_) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not installed; skipped (scripts/deps.sh test installs it)")
-        }
-        Err(e) => {
-            eprintln!("promtool unavailable in CI ({e}); the line-by-line checks above still ran")
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_logs_never_contain_the_secret_or_the_token() {
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .env("RUST_LOG", "debug")
-        .start()
-        .await;
-    for _ in 0..2 {
-        let body = sidecar.page_load("/").await.text().await.unwrap();
-        assert_eq!(tokens_in(&body).len(), 1);
-    }
-    // A failing call and a reload are logged too.
-    standin.set_behavior(support::standin::Behavior::Status(401));
-    let _ = client()
-        .get(sidecar.url("/"))
-        .headers(navigation("bob", "bob@example.com"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await;
-    sidecar.signal(libc::SIGHUP);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            sidecar.logs().contains("config reloaded")
-        })
-        .await
-    );
-
-    let logs = sidecar.settled_logs().await;
-    assert!(logs.contains("DEBUG"), "debug logging is on");
-    assert!(!logs.contains(SECRET), "the secret leaked into the logs");
-    for call in standin.issued() {
-        let token = call.token.unwrap();
-        assert!(!logs.contains(&token), "token {token} leaked into the logs");
+        // A visible SKIP, or a failure under CI; the line-by-line checks above still ran.
+        Err(e) => support::tools::skip(
+            &format!("`promtool` cannot run ({e}); `promtool check metrics` skipped"),
+            "scripts/deps.sh test installs it from Debian's prometheus",
+        ),
     }
 }
 

@@ -173,11 +173,14 @@ fn explain_shows_the_token_request_that_would_be_sent() {
             "X-Forwarded-Preferred-Username: Alice",
             "-H",
             "X-Forwarded-Avatar: not a url",
+            "-H",
+            "X_Forwarded_User: mallory",
         ],
     );
     for line in [
         "route:      portal (host app.example.com, path ~ ^/(feedback|roadmap))",
         "trusted:    yes",
+        "stripped:   x_forwarded_user (respelled) (never reach the app)",
         "page load:  yes",
         "user_id    <- header x-forwarded-user, transform [escape]",
         "dropped:    avatar_url: value is not an absolute http(s) URL",

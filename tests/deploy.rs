@@ -4,8 +4,12 @@
 //! binary's `check`, and the cross-file consistency the example relies on (ports, paths,
 //! names).
 //!
-//! `systemd-analyze` comes from the `systemd` package (`scripts/deps.sh test`). Without it
-//! the systemd tests are skipped, except under CI (the `CI` variable set), where they fail.
+//! `systemd-analyze` comes from the `systemd` package (`scripts/deps.sh test`),
+//! `kubernetes-validate` (the Kubernetes OpenAPI schemas, strict) from
+//! `scripts/gateway-tools.sh`. Without one, its tests print a SKIP line, except under CI
+//! (the `CI` variable set), where they fail.
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -53,18 +57,9 @@ fn sidecar() -> Command {
     cmd
 }
 
-/// Whether `tool` can run. Missing: a failure under CI, a skip (with a note) elsewhere.
+/// Whether `tool` can run. Missing: a failure under CI, a visible SKIP elsewhere.
 fn tool_available(tool: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(out) if out.status.success() => true,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("`{tool}` is required under CI (scripts/deps.sh test installs it)")
-        }
-        _ => {
-            eprintln!("skipping: `{tool}` is not installed (scripts/deps.sh test installs it)");
-            false
-        }
-    }
+    support::tools::require(tool, &["--version"], "scripts/deps.sh test installs it").is_some()
 }
 
 /// `1500ms`, `30s`, `1m`: the duration syntax shared by the config and these units.
@@ -338,10 +333,19 @@ fn systemd_config_passes_check_with_the_secret_from_the_credentials_directory() 
 }
 
 #[test]
-fn config_example_passes_check_without_secrets() {
+fn config_example_passes_the_check_command_its_header_suggests() {
+    // Run exactly what a newcomer copies from the file's header, from the repository root.
+    let example = read("config.example.yaml");
+    let command = example
+        .lines()
+        .find_map(|l| l.strip_prefix("# Validate with:"))
+        .expect("config.example.yaml says how to validate it");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"released-sidecar"), "{command}");
+    assert!(words.contains(&"--skip-secrets"), "{command}");
     let out = sidecar()
-        .args(["check", "--skip-secrets", "--config"])
-        .arg(repo("config.example.yaml"))
+        .args(&words[1..])
+        .current_dir(repo(""))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -978,40 +982,59 @@ fn kustomization_lists_every_manifest_except_the_service_monitor() {
     );
 }
 
+/// Kubernetes version the example must validate against: native sidecars
+/// (`restartPolicy: Always` on an init container) are on by default from 1.29.
+const KUBE_VERSION: &str = "1.29.0";
+
+/// `kubernetes-validate --strict -k KUBE_VERSION` on `files`.
+fn kubernetes_validate(bin: &Path, files: &[PathBuf]) -> Output {
+    Command::new(bin)
+        .args(["--strict", "--no-warn", "-k", KUBE_VERSION])
+        .args(files)
+        .output()
+        .expect("run kubernetes-validate")
+}
+
 #[test]
-fn kustomize_builds_the_example_when_kubectl_is_installed() {
-    // Optional: CI does not install kubectl, so this never fails for its absence.
-    let available = Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        eprintln!("skipping: kubectl is not installed");
-        return;
-    }
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(repo(KUBE_DIR))
-        .output()
-        .unwrap();
+fn kubernetes_manifests_validate_against_the_openapi_schemas_in_strict_mode() {
+    let local = support::tools::tools_dir().join("venv/bin/kubernetes-validate");
+    let bin = if local.is_file() {
+        Some(local)
+    } else {
+        support::tools::require(
+            "kubernetes-validate",
+            &["--version"],
+            "scripts/gateway-tools.sh installs it into target/tools/venv",
+        )
+    };
+    let Some(bin) = bin else { return };
+    // Kustomization and the prometheus-operator ServiceMonitor are not Kubernetes API kinds:
+    // the schemas have nothing to check them against (their shape is checked above).
+    let files: Vec<PathBuf> = kube_documents()
+        .into_iter()
+        .filter(|(_, d)| !matches!(d["kind"].as_str(), Some("Kustomization" | "ServiceMonitor")))
+        .map(|(file, _)| repo(&format!("{KUBE_DIR}/{file}")))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(files.len() >= 6, "{files:?}");
+    let out = kubernetes_validate(&bin, &files);
     assert!(out.status.success(), "{}", text(&out));
-    let built = YamlLoader::load_from_str(&String::from_utf8_lossy(&out.stdout))
-        .expect("kustomize output parses");
-    let kinds: Vec<&str> = built.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert!(!kinds.contains(&"ServiceMonitor"), "{kinds:?}");
-    let deployment = built
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .expect("a Deployment");
-    let images: Vec<&str> = vec_at(
-        &deployment["spec"]["template"]["spec"]["initContainers"],
-        "initContainers",
+
+    // Strict mode is really on: an unknown field in the Deployment fails.
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("deployment.yaml");
+    let deployment = read(&format!("{KUBE_DIR}/deployment.yaml"));
+    assert!(deployment.contains("\n  replicas:"), "{deployment}");
+    std::fs::write(
+        &typo,
+        deployment.replace("\n  replicas:", "\n  replicaz: 1\n  replicas:"),
     )
-    .iter()
-    .filter_map(|c| c["image"].as_str())
-    .collect();
+    .unwrap();
+    let out = kubernetes_validate(&bin, &[typo]);
     assert!(
-        images.iter().all(|i| i.contains('/')),
-        "the images: override should point the sidecar at a registry: {images:?}"
+        !out.status.success(),
+        "a misspelt field passed:\n{}",
+        text(&out)
     );
 }

@@ -5,12 +5,13 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use support::jwt::{ec_key, jwks, now, rsa_key, sign, Key};
 use support::sidecar::{Sidecar, DEFAULT_CONFIG};
 use support::{client, eventually, tokens_in, Reply, SidecarBuilder, StandIn, Upstream};
 
@@ -19,58 +20,6 @@ const PAGE: &str = "<released-page></released-page>";
 const ISSUER: &str = "https://authenticate.example.com";
 const AUDIENCE: &str = "app.example.com";
 
-struct Key {
-    kid: String,
-    alg: Algorithm,
-    encoding: EncodingKey,
-    jwk: Value,
-    public_pem: String,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn ec_key(kid: &str) -> Key {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = pair.public_key_raw();
-    Key {
-        kid: kid.into(),
-        alg: Algorithm::ES256,
-        encoding: EncodingKey::from_ec_der(&pair.serialize_der()),
-        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
-                    "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}),
-        public_pem: pair.public_key_pem(),
-    }
-}
-
-fn rsa_key(kid: &str) -> Key {
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::pkcs8::{EncodePublicKey, LineEnding};
-    use rsa::traits::PublicKeyParts;
-    let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-    let public = private.to_public_key();
-    Key {
-        kid: kid.into(),
-        alg: Algorithm::RS256,
-        encoding: EncodingKey::from_rsa_der(private.to_pkcs1_der().unwrap().as_bytes()),
-        jwk: json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
-                    "n": b64(&public.n().to_bytes_be()), "e": b64(&public.e().to_bytes_be())}),
-        public_pem: public.to_public_key_pem(LineEnding::LF).unwrap(),
-    }
-}
-
-fn jwks(keys: &[&Key]) -> String {
-    json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims(overrides: Value) -> Value {
     let mut c = json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 300, "iat": now(),
                        "sub": "user-123", "email": "alice@example.com", "name": "Alice"});
@@ -78,12 +27,6 @@ fn claims(overrides: Value) -> Value {
         c[k] = v.clone();
     }
     c
-}
-
-fn sign(key: &Key, claims: &Value) -> String {
-    let mut header = Header::new(key.alg);
-    header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
 }
 
 /// A JWKS (or per-kid PEM) server whose document a test can change, counting fetches.

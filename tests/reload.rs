@@ -329,3 +329,123 @@ async fn page_loads_under_load_all_succeed_while_config_and_secret_reload_ten_ti
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_directories_change_while_events_stream_in_and_rotation_still_works() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(OLD_SECRET).await;
+    let in_dir =
+        |d: &str| DEFAULT_CONFIG.replace("{secret_file}", &format!("{{dir}}/{d}/shared-secret"));
+    let sidecar = Arc::new(
+        SidecarBuilder::new(&upstream.url(), &standin.url())
+            .template(&in_dir("a"))
+            .prepare(|dir| {
+                for d in ["a", "b"] {
+                    std::fs::create_dir_all(dir.join(d)).unwrap();
+                    std::fs::write(dir.join(d).join("shared-secret"), OLD_SECRET).unwrap();
+                }
+            })
+            .start()
+            .await,
+    );
+
+    // Another file in a watched directory changes all the time: notify's event thread is
+    // busy in our callback whenever the reloader changes what is watched.
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = {
+        let (path, stop) = (sidecar.dir.path().join("noise.txt"), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                std::fs::write(&path, n.to_string()).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let loads = {
+        let (sidecar, stop) = (Arc::clone(&sidecar), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut done = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let resp = sidecar.page_load("/").await;
+                assert_eq!(resp.status(), 200, "every request is answered");
+                resp.text().await.expect("complete body");
+                done += 1;
+            }
+            done
+        })
+    };
+
+    let reloads = "released_sidecar_config_reloads_total{result=\"success\"}";
+    for (i, dir) in ["b", "a", "b", "a", "b", "a"].into_iter().enumerate() {
+        let before = sidecar.metric(reloads).await;
+        sidecar.write_config(&in_dir(dir).replace("1500ms", &format!("{}ms", 1500 + i)));
+        assert!(
+            sidecar.wait_for_metric(reloads, |v| v > before).await,
+            "reload {i} (secret moved to {dir}/) not seen:\n{}",
+            sidecar.logs()
+        );
+    }
+
+    standin.set_secret(NEW_SECRET);
+    std::fs::write(
+        sidecar.dir.path().join("a").join("shared-secret"),
+        NEW_SECRET,
+    )
+    .unwrap();
+    let rotated = eventually(Duration::from_secs(5), || async {
+        page_has_token(&sidecar, "/").await
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    noise.join().unwrap();
+    let done = loads.await.expect("page loads never failed");
+    assert!(
+        rotated,
+        "rotation not picked up within 5s:\n{}",
+        sidecar.logs()
+    );
+    assert!(done > 0);
+
+    let heartbeat = sidecar
+        .metric("released_sidecar_config_reloader_heartbeat_timestamp_seconds")
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - heartbeat < 15.0,
+        "reloader heartbeat is stale: {heartbeat} vs {now}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_upstream_ca_bundle_is_used_without_a_restart() {
+    let (upstream, app_ca) =
+        Upstream::start_tls(|_| Reply::with(200, "text/plain", "over tls")).await;
+    let (_other, other_ca) = Upstream::start_tls(|_| Reply::with(200, "text/plain", "")).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .file("app-ca.pem", &other_ca)
+        .extra("upstream_tls: { ca_file: \"{dir}/app-ca.pem\" }")
+        .start()
+        .await;
+    let status =
+        |s: Arc<Sidecar>| async move { client().get(s.url("/")).send().await.unwrap().status() };
+    let sidecar = Arc::new(sidecar);
+    assert_eq!(
+        status(Arc::clone(&sidecar)).await,
+        502,
+        "the wrong CA refuses the app"
+    );
+
+    std::fs::write(sidecar.dir.path().join("app-ca.pem"), &app_ca).unwrap();
+    let trusted = eventually(Duration::from_secs(5), || {
+        let s = Arc::clone(&sidecar);
+        async move { status(s).await == 200 }
+    })
+    .await;
+    assert!(trusted, "CA rotation not picked up:\n{}", sidecar.logs());
+    assert!(sidecar.wait_for_log("upstream CA bundle changed").await);
+}

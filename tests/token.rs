@@ -222,9 +222,10 @@ async fn encodings_that_cannot_be_decoded_pass_through_untouched() {
     for path in ["/zstd", "/deflate"] {
         let resp = sidecar.page_load(path).await;
         assert!(resp.headers().get("content-encoding").is_some());
-        assert!(
-            resp.headers().get("cache-control").is_none(),
-            "unchanged response, unchanged headers"
+        assert_eq!(
+            resp.headers()["cache-control"],
+            "private, no-store",
+            "a token route's page is never cacheable, rewritten or not"
         );
         assert_eq!(resp.bytes().await.unwrap().to_vec(), body, "{path}");
     }
@@ -246,15 +247,93 @@ async fn a_non_utf8_page_keeps_every_byte_around_the_token() {
     assert_eq!(body.to_vec(), want);
 }
 
+/// Headers that let a browser or CDN keep a page (cache-control aside).
+const CACHING_HEADERS: &[&str] = &[
+    "etag",
+    "last-modified",
+    "expires",
+    "cdn-cache-control",
+    "surrogate-control",
+    "x-accel-expires",
+];
+
+/// `reply` as an app that wants its page cached everywhere, with digests of its body.
+fn cacheable(reply: Reply) -> Reply {
+    reply
+        .header("etag", "\"v1\"")
+        .header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")
+        .header("expires", "Wed, 21 Oct 2037 07:28:00 GMT")
+        .header("cache-control", "public, max-age=600")
+        .header("cdn-cache-control", "max-age=600")
+        .header("surrogate-control", "max-age=600")
+        .header("x-accel-expires", "600")
+        .header(
+            "content-digest",
+            "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+        )
+        .header(
+            "repr-digest",
+            "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+        )
+        .header("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ==")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewritten_pages_lose_validators_and_become_uncacheable() {
-    let (upstream, _s, sidecar) = support::start(|_| {
-        Reply::html(PAGE)
-            .header("etag", "\"v1\"")
-            .header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")
-            .header("cache-control", "public, max-age=600")
+async fn token_less_pages_of_a_token_route_are_not_cacheable_either() {
+    let (_u, standin, sidecar) = support::start(|req| match req.path.as_str() {
+        "/api" => cacheable(Reply::with(200, "application/json", "{}")),
+        _ => cacheable(Reply::html(PAGE)),
     })
     .await;
+    standin.set_behavior(Behavior::Status(503));
+    let anonymous = {
+        let mut h = navigation("x", "x@example.com");
+        h.remove("x-forwarded-user");
+        h.remove("x-forwarded-email");
+        h
+    };
+    for (why, headers) in [
+        (
+            "token call failed",
+            navigation("alice", "alice@example.com"),
+        ),
+        ("no identity", anonymous),
+    ] {
+        let resp = client()
+            .get(sidecar.url("/"))
+            .headers(headers)
+            .send()
+            .await
+            .unwrap();
+        let h = resp.headers().clone();
+        assert_eq!(resp.text().await.unwrap(), PAGE, "{why}: served unchanged");
+        assert_eq!(h["cache-control"], "private, no-store", "{why}");
+        for gone in CACHING_HEADERS {
+            assert!(h.get(*gone).is_none(), "{why}: {gone} still present");
+        }
+        assert!(
+            h.get("content-digest").is_some(),
+            "{why}: body untouched, digest kept"
+        );
+    }
+    let resp = client()
+        .get(sidecar.url("/api"))
+        .headers(navigation("alice", "alice@example.com"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "public, max-age=600",
+        "not a page: untouched"
+    );
+    assert!(resp.headers().get("etag").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_pages_lose_validators_and_become_uncacheable() {
+    let (upstream, _s, sidecar) = support::start(|_| cacheable(Reply::html(PAGE))).await;
     let resp = client()
         .get(sidecar.url("/"))
         .headers(navigation("alice", "alice@example.com"))
@@ -264,9 +343,15 @@ async fn rewritten_pages_lose_validators_and_become_uncacheable() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let h = resp.headers();
-    for gone in ["content-length", "etag", "last-modified"] {
-        assert!(h.get(gone).is_none(), "{gone} still present");
+    let h = resp.headers().clone();
+    assert_eq!(tokens_in(&resp.text().await.unwrap()).len(), 3);
+    for gone in CACHING_HEADERS.iter().chain(&[
+        "content-length",
+        "content-digest",
+        "repr-digest",
+        "content-md5",
+    ]) {
+        assert!(h.get(*gone).is_none(), "{gone} still present");
     }
     assert_eq!(h["cache-control"], "private, no-store");
     let seen = &upstream.seen()[0];
@@ -432,8 +517,9 @@ async fn a_slow_released_delays_the_page_by_at_most_the_timeout() {
 async fn released_failures_serve_the_page_at_once_unchanged() {
     let (_u, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     let cases = [
-        (Behavior::Status(500), "http_error"),
-        (Behavior::Status(429), "http_error"),
+        (Behavior::Status(500), "server_error"),
+        (Behavior::Status(429), "rate_limited"),
+        (Behavior::Status(422), "rejected"),
         (Behavior::Garbage, "bad_response"),
     ];
     for (behavior, label) in cases {
@@ -468,9 +554,63 @@ async fn a_wrong_secret_is_refused_by_released_and_counted() {
     assert_eq!(standin.calls()[0].status, 401);
     assert_eq!(
         sidecar
-            .metric("released_sidecar_token_requests_total{result=\"http_error\"}")
+            .metric("released_sidecar_token_requests_total{result=\"unauthorized\"}")
             .await,
         1.0
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_auth_failures_total")
+            .await,
+        1.0
+    );
+    for _ in 0..3 {
+        sidecar.page_load("/").await.text().await.unwrap();
+    }
+    assert_eq!(standin.calls().len(), 4, "401s never open the cool-down");
+    assert!(
+        sidecar.wait_for_log("refused our credentials").await,
+        "{}",
+        sidecar.logs()
+    );
+    let logs = sidecar.settled_logs().await;
+    assert_eq!(
+        logs.matches("refused our credentials").count(),
+        1,
+        "one error line per minute, the rest counted: {logs}"
+    );
+    assert!(logs.contains("ERROR"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_4xx_never_switches_tokens_off_for_everyone() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .template(&support::sidecar::DEFAULT_CONFIG.replace(
+            "  timeout: \"1500ms\"\n",
+            "  timeout: \"1500ms\"\n  cooldown: { after_failures: 2, duration: 1m }\n",
+        ))
+        .start()
+        .await;
+    // Released refuses this one user's data, again and again.
+    standin.set_behavior(Behavior::Status(422));
+    for _ in 0..4 {
+        assert_eq!(sidecar.page_load("/").await.text().await.unwrap(), PAGE);
+    }
+    standin.set_behavior(Behavior::Token);
+    let body = sidecar.page_load("/").await.text().await.unwrap();
+    assert_eq!(
+        tokens_in(&body).len(),
+        3,
+        "the next user still gets a token"
+    );
+    assert_eq!(standin.calls().len(), 5, "no call was skipped");
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_requests_total{result=\"cooldown\"}")
+            .await,
+        0.0
     );
 }
 

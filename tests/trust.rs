@@ -125,3 +125,101 @@ async fn identity_headers_named_only_in_a_route_are_stripped_everywhere() {
     );
     assert!(!seen.contains_key("x-forwarded-user"));
 }
+
+/// Every way a client may spell the identity headers so that a CGI/Rack/WSGI app server
+/// reads them as `HTTP_X_FORWARDED_USER` and friends.
+fn respelled(headers: &mut reqwest::header::HeaderMap) {
+    for (name, value) in [
+        ("x_forwarded_user", "mallory"),
+        ("x_forwarded-user", "mallory"),
+        ("x-forwarded_email", "mallory@example.com"),
+        ("x_forwarded_email", "mallory@example.com"),
+        ("x_forwarded_preferred_username", "Mallory"),
+        ("x_forwarded_avatar", "https://evil.example/m.png"),
+    ] {
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_never_reach_the_app_from_a_trusted_peer() {
+    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .start()
+        .await;
+    let mut headers = navigation("alice", "alice@example.com");
+    respelled(&mut headers);
+    headers.insert("x_request_id", "kept".parse().unwrap());
+    let seen = echoed_headers(&sidecar, headers).await;
+    let leaked: Vec<_> = seen
+        .keys()
+        .filter(|k| k.contains('_') && k.replace('_', "-").starts_with("x-forwarded-"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?} reached the app: {seen:?}");
+    assert_eq!(
+        seen["x-forwarded-user"],
+        ["alice"],
+        "the real header passes"
+    );
+    assert_eq!(seen["x-forwarded-email"], ["alice@example.com"]);
+    assert_eq!(
+        seen["x_request_id"],
+        ["kept"],
+        "unrelated names are untouched"
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_identity_headers_stripped_total{reason=\"respelled\"}")
+            .await,
+        6.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_from_an_untrusted_peer_are_stripped_and_mint_nothing() {
+    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra("trusted_proxies: [\"10.0.0.0/8\"]")
+        .start()
+        .await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("accept", "text/html".parse().unwrap());
+    respelled(&mut headers);
+    let seen = echoed_headers(&sidecar, headers).await;
+    assert!(
+        !seen
+            .keys()
+            .any(|k| k.replace('_', "-").starts_with("x-forwarded-")),
+        "{seen:?}"
+    );
+    assert!(standin.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_level_identity_headers_are_stripped_even_when_every_route_overrides_them() {
+    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra(
+            "trusted_proxies: [\"10.0.0.0/8\"]\nroutes:\n  - name: only\n    identity:\n      user_id: { header: Remote-User }\n      user_email: { header: Remote-Email }\n",
+        )
+        .start()
+        .await;
+    let mut headers = forged();
+    headers.insert("remote-user", "mallory".parse().unwrap());
+    headers.insert("x_forwarded_user", "mallory".parse().unwrap());
+    let seen = echoed_headers(&sidecar, headers).await;
+    for stripped in [
+        "remote-user",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x_forwarded_user",
+    ] {
+        assert!(!seen.contains_key(stripped), "{stripped}: {seen:?}");
+    }
+}

@@ -159,6 +159,24 @@ impl PartialJwt {
 }
 
 impl PartialIdentity {
+    /// Every header this block names (fields and `jwt.header`), whether or not a route
+    /// ends up using it: the trust boundary strips them all.
+    pub fn headers(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.user_id,
+            &self.user_email,
+            &self.name,
+            &self.avatar_url,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| match &d.value.source {
+            Source::Header(h) => Some(h),
+            Source::Claim(_) => None,
+        })
+        .chain(self.jwt.as_ref().and_then(|j| j.value.header.as_ref()))
+    }
+
     /// `self` over `base`, key by key (and `jwt` key by key).
     pub fn or(self, base: &PartialIdentity) -> PartialIdentity {
         let jwt = match (self.jwt, &base.jwt) {
@@ -415,10 +433,7 @@ impl Schema<'_, '_> {
             let p = join(path, "audience");
             out.audience = match &n.value {
                 yaml::Value::Scalar { .. } => self.d.non_empty(n, &p).map(|a| vec![a]),
-                _ => self
-                    .d
-                    .strings(n, &p)
-                    .map(|v| v.into_iter().map(|(s, _)| s).collect()),
+                _ => self.audiences(n, &p),
             };
         }
         if let Some(n) = fields.get("algorithms") {
@@ -439,6 +454,34 @@ impl Schema<'_, '_> {
             }
         }
         out
+    }
+
+    /// A non-empty list of non-empty audiences: an empty one would switch the `aud` check
+    /// off, and with a shared issuer (Google IAP) accept every other customer's assertions.
+    fn audiences(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let items = self.d.strings(node, path)?;
+        if items.is_empty() {
+            self.d.error(
+                path,
+                node.line,
+                "must not be empty: list the audience(s) this app accepts",
+            );
+            return None;
+        }
+        let mut ok = true;
+        for (i, (text, line)) in items.iter().enumerate() {
+            if text.trim().is_empty() {
+                self.d
+                    .error(&format!("{path}[{i}]"), *line, "must not be empty");
+                ok = false;
+            }
+        }
+        ok.then(|| {
+            items
+                .into_iter()
+                .map(|(s, _)| s.trim().to_string())
+                .collect()
+        })
     }
 
     /// An https URL (or http to a loopback address, for local stand-ins).

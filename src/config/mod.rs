@@ -6,6 +6,7 @@
 //! while collecting errors, and this file holds the schema.
 
 mod decode;
+mod embed;
 mod identity;
 pub mod yaml;
 
@@ -26,8 +27,10 @@ use crate::released::{
 use crate::rewrite::EmbedTags;
 use crate::routes::{HostPattern, Route, Routes};
 use crate::secret::Secret;
-use crate::trust::{parse_net, TrustedProxies};
+use crate::trust::{parse_net, IdentityHeaders, TrustedProxies};
 pub use decode::parse_duration;
+pub use embed::{ClientEmbed, RateLimit};
+
 use decode::{join, Decoder, Fields};
 use identity::PartialIdentity;
 pub use identity::PRESETS;
@@ -201,6 +204,8 @@ pub struct Embed {
     pub tags: EmbedTags,
     /// Per-response bound on the rewriter's buffers, in bytes.
     pub memory_limit: usize,
+    /// The same-origin token endpoint and loader for client-rendered embeds (off if `None`).
+    pub client: Option<ClientEmbed>,
 }
 
 /// A loaded, validated configuration.
@@ -224,8 +229,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Connection limits.
     pub limits: Limits,
-    /// Every identity header named anywhere in the config (stripped from untrusted peers).
-    pub identity_headers: Vec<HeaderName>,
+    /// Every identity header named anywhere in the config, and which spellings of them
+    /// the trust boundary strips.
+    pub identity_headers: IdentityHeaders,
     /// Secret files to watch for rotation.
     pub secret_files: Vec<PathBuf>,
     /// JWKS files to watch (reloaded like secrets).
@@ -493,7 +499,7 @@ impl Schema<'_, '_> {
             });
         }
 
-        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        let mut identity_headers: Vec<HeaderName> = top_identity.headers().cloned().collect();
         let mut secret_files: Vec<PathBuf> = Vec::new();
         let mut key_files: Vec<PathBuf> = Vec::new();
         let mut key_stores: Vec<Arc<KeyStore>> = Vec::new();
@@ -530,7 +536,7 @@ impl Schema<'_, '_> {
             workers: workers?,
             timeouts: timeouts?,
             limits: limits?,
-            identity_headers,
+            identity_headers: IdentityHeaders::new(identity_headers),
             secret_files,
             key_files,
             key_stores,
@@ -821,18 +827,23 @@ impl Schema<'_, '_> {
     fn embed(&mut self, top: &Fields<'_>) -> Option<Embed> {
         let mut tags: Vec<String> = DEFAULT_EMBED_TAGS.iter().map(|s| s.to_string()).collect();
         let mut memory_limit = DEFAULT_REWRITE_MEMORY;
+        let mut client = None;
         let (line, ok) = match top.get("embed") {
             None => (top.line, true),
             Some(node) => (
                 node.line,
-                self.embed_fields(node, &mut tags, &mut memory_limit)?,
+                self.embed_fields(node, &mut tags, &mut memory_limit, &mut client)?,
             ),
         };
         if !ok {
             return None;
         }
         match EmbedTags::new(&tags) {
-            Ok(tags) => Some(Embed { tags, memory_limit }),
+            Ok(tags) => Some(Embed {
+                tags,
+                memory_limit,
+                client,
+            }),
             Err(msg) => {
                 self.d.error("embed.tags", line, msg);
                 None
@@ -845,9 +856,16 @@ impl Schema<'_, '_> {
         node: &Node,
         tags: &mut Vec<String>,
         memory_limit: &mut usize,
+        client: &mut Option<ClientEmbed>,
     ) -> Option<bool> {
-        let fields = self.d.map(node, "embed", &["tags", "memory_limit"])?;
+        let fields = self
+            .d
+            .map(node, "embed", &["tags", "memory_limit", "client"])?;
         let mut ok = true;
+        if let Some(n) = fields.get("client") {
+            *client = self.embed_client(n);
+            ok &= client.is_some();
+        }
         if let Some(n) = fields.get("tags") {
             match self.d.strings(n, "embed.tags") {
                 Some(items) if items.is_empty() => {
@@ -1069,14 +1087,28 @@ impl Schema<'_, '_> {
 
     fn api_url(&mut self, node: &Node, path: &str) -> Option<Url> {
         let text = self.d.non_empty(node, path)?;
+        // A URL with `@` may carry a password: never echo it.
+        let shown = if text.contains('@') {
+            "the URL".to_string()
+        } else {
+            format!("`{text}`")
+        };
         let url = match Url::parse(&text) {
             Ok(u) if u.host_str().is_some() => u,
             _ => {
                 self.d
-                    .error(path, node.line, format!("`{text}` is not an absolute URL"));
+                    .error(path, node.line, format!("{shown} is not an absolute URL"));
                 return None;
             }
         };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.d.error(
+                path,
+                node.line,
+                "must not carry a user name or password: the shared secret is sent as a bearer token (shared_secret_file)",
+            );
+            return None;
+        }
         let loopback = is_loopback_host(&url);
         match url.scheme() {
             "https" => Some(url),

@@ -77,6 +77,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(route.released.timeout, DEFAULT_TIMEOUT);
     assert_eq!(
         c.identity_headers
+            .names()
             .iter()
             .map(|h| h.as_str())
             .collect::<Vec<_>>(),
@@ -146,6 +147,7 @@ fn route_identity_override_replaces_single_fields() {
     assert_eq!(header_of(&id.user_id), "x-forwarded-user");
     assert!(c
         .identity_headers
+        .names()
         .iter()
         .any(|h| h == "x-goog-authenticated-user-email"));
 }
@@ -246,6 +248,10 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
         (
             MINIMAL.replace("released:\n  account_id: acc\n", "released:\n  api_url: http://released.example.com/token\n  account_id: acc\n"),
             vec![("released.api_url", 3, "must use https")],
+        ),
+        (
+            MINIMAL.replace("released:\n  account_id: acc\n", "released:\n  api_url: https://svc:hunter2@released.example.com/token\n  account_id: acc\n"),
+            vec![("released.api_url", 3, "must not carry a user name or password")],
         ),
         (
             format!("{MINIMAL}routes:\n  - name: a\n    match: {{ hots: x, path: '[' }}\n  - name: a\n  - match: {{ host: 'http://x' }}\n"),
@@ -534,6 +540,18 @@ fn jwt_blocks_are_checked_for_completeness_and_safety() {
             vec![("identity.jwt.jwks_url", 6, "must use https")],
         ),
         (
+            with_identity("  preset: google-iap\n  jwt: { audience: [] }\n"),
+            vec![("identity.jwt.audience", 7, "must not be empty")],
+        ),
+        (
+            with_identity("  jwt: { header: X-A, jwks_file: jwks.json, issuer: '', audience: [a, ' '], signer: '' }\n  user_id: { claim: sub }\n  user_email: { claim: email }\n"),
+            vec![
+                ("identity.jwt.issuer", 6, "must not be empty"),
+                ("identity.jwt.audience[1]", 6, "must not be empty"),
+                ("identity.jwt.signer", 6, "must not be empty"),
+            ],
+        ),
+        (
             with_identity("  preset: nope\n"),
             vec![("identity.preset", 6, "unknown preset `nope`"), ("identity.user_id", 5, "is required"), ("identity.user_email", 5, "is required")],
         ),
@@ -571,6 +589,7 @@ fn jwt_identity_strips_its_assertion_header_from_untrusted_peers() {
     .unwrap();
     assert!(c
         .identity_headers
+        .names()
         .iter()
         .any(|h| h == "x-pomerium-jwt-assertion"));
     assert_eq!(c.key_files.len(), 1);
@@ -584,4 +603,20 @@ fn head_deadline_and_connection_cap_are_read() {
     .unwrap();
     assert_eq!(c.timeouts.client_header, Duration::from_secs(5));
     assert_eq!(c.limits.max_connections, 10);
+}
+
+#[test]
+fn api_url_credentials_are_refused_without_echoing_them() {
+    for url in [
+        "https://svc:hunter2@released.example.com/token",
+        "hunter2@not a url",
+    ] {
+        let text = MINIMAL.replace(
+            "released:\n  account_id: acc\n",
+            &format!("released:\n  api_url: \"{url}\"\n  account_id: acc\n"),
+        );
+        let errors = load(&text).unwrap_err().to_string();
+        assert!(errors.contains("released.api_url"), "{errors}");
+        assert!(!errors.contains("hunter2"), "password echoed: {errors}");
+    }
 }

@@ -1,12 +1,15 @@
 //! Test harness shared by every integration test: a real app (`upstream`), a local
 //! stand-in for the Released token API that enforces SPEC §1 (`standin`), the real
-//! `released-sidecar` binary started on free loopback ports (`sidecar`), and small client
-//! helpers. Everything listens on 127.0.0.1 and stops when dropped.
+//! `released-sidecar` binary started on free loopback ports (`sidecar`), external programs
+//! and their child processes (`tools`), and small client helpers. Everything listens on
+//! 127.0.0.1 and stops when dropped.
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod raw;
 pub mod sidecar;
 pub mod standin;
+pub mod tools;
 pub mod upstream;
 
 use std::time::Duration;

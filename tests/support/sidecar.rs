@@ -330,8 +330,8 @@ impl Sidecar {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Waits (up to 5 s) until stderr contains `needle`; log lines are buffered for up to
-    /// 50 ms by the sidecar.
+    /// Waits (up to 5 s) until stderr contains `needle`; the sidecar writes log lines from
+    /// a background thread.
     pub async fn wait_for_log(&self, needle: &str) -> bool {
         super::eventually(Duration::from_secs(5), || async {
             self.logs().contains(needle)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Provisions the tools the gateway and deployment tests drive, into ignored directories so
+# reruns are fast (each step is skipped when its result is already there):
+#   target/tools/bin/oauth2-proxy       go install github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION
+#   tests/gateway/node_modules          npm ci (oauth2-mock-server, playwright-core; pinned in package-lock.json)
+#   target/tools/venv                   kubernetes-validate (pinned in scripts/kubernetes-validate.txt; ships its schemas)
+# Needs Go (>= 1.26: oauth2-proxy v7.15.6's go.mod says so), Node.js (>= 20.19, with npm)
+# and python3 with venv. System packages (nginx-light, chromium, ...) come from
+# scripts/deps.sh test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OAUTH2_PROXY_VERSION=v7.15.6
+tools=target/tools
+mkdir -p "$tools/bin"
+
+# The official Go tarball installs to /usr/local/go, which a non-login shell may not have
+# on PATH.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
+missing=()
+for tool in go node npm python3; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  echo "scripts/gateway-tools.sh: not installed: ${missing[*]} (Go >= 1.26, Node.js >= 20.19, python3)" >&2
+  exit 1
+fi
+
+# oauth2-proxy from source: the Go module proxy serves it; `go version -m` records the
+# module version, which `--version` of a `go install` build does not.
+bin="$tools/bin/oauth2-proxy"
+if ! go version -m "$bin" 2>/dev/null | grep -q "oauth2-proxy/v7[[:space:]]*$OAUTH2_PROXY_VERSION"; then
+  echo "==> building oauth2-proxy $OAUTH2_PROXY_VERSION (first time: a few minutes)"
+  GOBIN="$PWD/$tools/bin" GOFLAGS=-buildvcs=false \
+    go install "github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION"
+fi
+echo "==> $("$bin" --version) [$(go version -m "$bin" | awk '$1 == "mod" {print $2, $3}')]"
+
+# npm ci wipes node_modules; only run it when the lockfile changed since the last install.
+stamp=tests/gateway/node_modules/.package-lock.json
+if [ ! -f "$stamp" ] || [ tests/gateway/package-lock.json -nt "$stamp" ]; then
+  echo "==> npm ci (tests/gateway)"
+  (cd tests/gateway && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+venv="$tools/venv"
+if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1 ||
+  [ scripts/kubernetes-validate.txt -nt "$venv/bin/kubernetes-validate" ]; then
+  echo "==> kubernetes-validate into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/kubernetes-validate.txt
+  touch "$venv/bin/kubernetes-validate"
+fi
+echo "==> kubernetes-validate $("$venv/bin/kubernetes-validate" --version 2>&1 | tail -n1)"

@@ -1,0 +1,89 @@
+//! From a plan to a token, off the request path: verify the gateway assertion (when
+//! identity comes from one), let the caller's gate refuse (the token endpoint's
+//! per-identity rate limit), respect the cool-down, call Released. Shared by page loads
+//! (`proxy`) and the token endpoint (`embed_client`), so both count and refuse alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::identity::IdentityRules;
+use crate::metrics::Metrics;
+use crate::plan::{verify_assertion, Planned};
+use crate::released::{ReleasedClient, ReleasedSettings, TokenRequest};
+use crate::secret::Token;
+
+/// Why no token came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The assertion or the identity in it was not believed (no call was made).
+    Identity(&'static str),
+    /// The caller's gate refused; try again after this long (no call was made).
+    Gate(Duration),
+    /// Skipped for the cool-down, or the call failed.
+    Unavailable(&'static str),
+}
+
+impl Refused {
+    /// The access-log label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Identity(label) | Refused::Unavailable(label) => label,
+            Refused::Gate(_) => "rate_limited",
+        }
+    }
+}
+
+/// The route's rules and account, and the shared client, for one mint.
+#[derive(Clone)]
+pub struct Minter {
+    /// The route's identity rules (assertion settings included).
+    pub identity: Arc<IdentityRules>,
+    /// The route's Released account.
+    pub settings: Arc<ReleasedSettings>,
+    /// The token API client.
+    pub client: ReleasedClient,
+    /// Where outcomes are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Minter {
+    /// Turns `planned` into a token no later than `deadline`; `gate` sees the final token
+    /// request before any call and may refuse it.
+    pub async fn mint(
+        self,
+        planned: Planned,
+        deadline: Instant,
+        gate: impl FnOnce(&TokenRequest) -> Result<(), Duration>,
+    ) -> Result<Token, Refused> {
+        let request = match planned {
+            Planned::Request(request, _) => request,
+            Planned::Assertion(raw) => {
+                let account = &self.settings.account_id;
+                let http = self.client.http();
+                match verify_assertion(&raw, &self.identity, account, http, deadline).await {
+                    Ok(request) => request,
+                    Err(reason) => {
+                        tracing::debug!(reason = %reason, "no token: identity not believed");
+                        self.metrics
+                            .token_skips
+                            .with_label_values(&[reason.label()])
+                            .inc();
+                        return Err(Refused::Identity(reason.label()));
+                    }
+                }
+            }
+        };
+        gate(&request).map_err(Refused::Gate)?;
+        if !self.settings.cooldown.admit() {
+            self.metrics
+                .token_requests
+                .with_label_values(&["cooldown"])
+                .inc();
+            return Err(Refused::Unavailable("cooldown"));
+        }
+        self.client
+            .fetch(&self.settings, &request, deadline)
+            .await
+            .map_err(|e| Refused::Unavailable(e.label()))
+    }
+}
