@@ -12,6 +12,13 @@
 //! so a slow or vanishing client costs it nothing and logs nothing. The proxy's
 //! `early_request_filter` tells the guard (through [`request_started`]) that pingora took
 //! the head, which ends the deadline for that request.
+//!
+//! A connection's first head is awaited before pingora allocates its per-request state
+//! (tens of KB), so a flood of idle or slow connections costs little more than sockets.
+//! Later heads on a kept-alive connection are held the same way, inside pingora's read:
+//! pingora may already hold the start of a pipelined head, so only it can tell when one
+//! is due. A read that starts at a line break is therefore let through as the tail of such
+//! a head; its deadline still runs until pingora takes the head.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -187,7 +194,7 @@ impl ConnectionLimit {
     /// A cap of `max` concurrent client connections.
     pub fn new(max: usize) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(max)),
+            slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
         }
     }
 }
