@@ -37,6 +37,11 @@ impl Health {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether a shutdown or a handover to a new process has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Whether the proxy accepts connections and is not shutting down.
     pub fn is_ready(&self) -> bool {
         self.proxy_accepting.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
@@ -175,6 +180,7 @@ async fn wait_for_proxy(listen: SocketAddr, health: Arc<Health>) {
         if tokio::net::TcpStream::connect(probe).await.is_ok() {
             health.proxy_accepting.store(true, Ordering::Release);
             tracing::info!(listen = %listen, "proxy is accepting connections");
+            crate::systemd::ready();
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -29,6 +29,7 @@ pub mod rewrite;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod systemd;
 pub mod trim;
 pub mod trust;
 

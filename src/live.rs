@@ -314,6 +314,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             old.workers, new.workers
         ));
     }
+    if old.upgrade_sock != new.upgrade_sock {
+        out.push("`upgrade_sock` changed: needs a restart".to_string());
+    }
     if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
         out.push("`timeouts.shutdown_grace` changed: needs a restart".to_string());
     }

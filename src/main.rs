@@ -42,6 +42,10 @@ enum Command {
         /// Log format on stderr (filter with RUST_LOG).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Take over the listening sockets of the running sidecar (zero-downtime binary
+        /// upgrade): start this, then send SIGQUIT to the old process.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate the config and print every error with its YAML path and line (like nginx -t).
     Check {
@@ -80,9 +84,13 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, log_format } => {
+        Command::Run {
+            config,
+            log_format,
+            upgrade,
+        } => {
             init_logging(log_format);
-            let err = match released_sidecar::server::run(&config.config) {
+            let err = match released_sidecar::server::run(&config.config, upgrade) {
                 Ok(()) => return ExitCode::SUCCESS,
                 Err(e) => e,
             };

@@ -28,6 +28,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use sync_wrapper::SyncWrapper;
 use tokio::task::JoinHandle;
 
+use crate::admin::Health;
 use crate::compress::{Coding, Compressor};
 use crate::config::Config;
 use crate::embed_client::{self, TokenEndpoint};
@@ -46,17 +47,25 @@ pub struct Sidecar {
     released: ReleasedClient,
     metrics: Arc<Metrics>,
     embed: TokenEndpoint,
+    health: Arc<Health>,
     upstream_warnings: LogGate,
 }
 
 impl Sidecar {
-    /// Wires the live config, the token client and the metrics together.
-    pub fn new(live: Arc<Live>, released: ReleasedClient, metrics: Arc<Metrics>) -> Self {
+    /// Wires the live config, the token client, the metrics and the process health
+    /// together.
+    pub fn new(
+        live: Arc<Live>,
+        released: ReleasedClient,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             live,
             released,
             metrics,
             embed: TokenEndpoint::default(),
+            health,
             upstream_warnings: LogGate::new(UPSTREAM_WARN_EVERY),
         }
     }
@@ -235,6 +244,12 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.health.is_draining() {
+            // Shutting down or handing over to a new process: `Connection: close` tells a
+            // keep-alive client to open its next request on a fresh connection (to the
+            // successor) instead of racing this process's close.
+            session.set_keepalive(None);
+        }
         let path = session.req_header().uri.path();
         if let Some(own) = embed_client::own_path(&ctx.snapshot.config, path) {
             // The client-embed endpoint and loader: answered here, never by the app.

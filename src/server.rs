@@ -2,7 +2,7 @@
 //! admin services, reloader, signal handling) and runs it until SIGTERM has drained the
 //! in-flight requests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +46,9 @@ pub enum StartError {
 }
 
 /// Runs the sidecar with the config at `path`; returns only on a start error (a normal
-/// shutdown exits the process with status 0).
-pub fn run(path: &Path) -> Result<(), StartError> {
+/// shutdown exits the process with status 0). With `upgrade`, the listening sockets come
+/// from the running process (sent when it gets SIGQUIT) instead of being bound anew.
+pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     crate::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let live = Arc::new(Live::start(path, Arc::clone(&metrics))?);
@@ -59,8 +60,16 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     let bind = |addr, what| {
         std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, what, source })
     };
-    drop(bind(config.listen, "listen")?);
-    let admin_listener = bind(config.admin_listen, "admin.listen")?;
+    if !upgrade {
+        drop(bind(config.listen, "listen")?);
+    }
+    // SO_REUSEPORT: during a binary upgrade the old and the new process both hold the
+    // admin port for a moment (pingora hands over only the proxy's sockets).
+    let admin_listener = bind_shared(config.admin_listen).map_err(|source| StartError::Bind {
+        addr: config.admin_listen,
+        what: "admin.listen",
+        source,
+    })?;
     admin_listener
         .set_nonblocking(true)
         .map_err(|source| StartError::Bind {
@@ -75,20 +84,39 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     let health = Arc::new(Health::default());
 
     let grace = config.timeouts.shutdown_grace;
+    let upgrade_sock = config.upgrade_sock.clone();
     let conf = ServerConf {
         threads: config.workers,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     // Our CLI owns argv: pingora's own Opt parser is never called.
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        tracing::info!(
+            upgrade_sock = %config.upgrade_sock.display(),
+            "waiting for the running process's listening sockets: send it SIGQUIT now"
+        );
+    }
+    // With `upgrade`, this is where the sockets arrive (pingora gives up after a few
+    // seconds and exits 1).
     server.bootstrap();
 
     // pingora's HTTP proxy runs behind the connection guard (crate::front), which owns
     // the connection loop, the head deadline and the connection cap.
     let mut http = pingora::proxy::HttpProxy::new(
-        Sidecar::new(Arc::clone(&live), released, Arc::clone(&metrics)),
+        Sidecar::new(
+            Arc::clone(&live),
+            released,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        ),
         Arc::clone(&server.configuration),
     );
     http.handle_init_modules();
@@ -138,27 +166,47 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     );
     drop(snapshot);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { health, reloader }),
+        shutdown_signal: Box::new(Signals {
+            health,
+            reloader,
+            upgrade_sock,
+        }),
     });
     tracing::info!("shutdown complete");
     crate::logging::flush();
     std::process::exit(0)
 }
 
-/// SIGTERM/SIGQUIT: drain and exit; SIGINT: exit now; SIGHUP: reload.
+/// Binds `addr` with SO_REUSEPORT, so a successor process can bind it too.
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// SIGTERM: drain and exit; SIGQUIT: hand the listening sockets to a `run --upgrade`
+/// successor, then drain and exit; SIGUSR2: start that successor from this process's own
+/// command line, then as SIGQUIT (nginx's USR2 + QUIT in one, so the successor inherits the
+/// systemd unit, its sandbox and credentials); SIGINT: exit now; SIGHUP: reload.
 struct Signals {
     health: Arc<Health>,
     reloader: Reloader,
+    upgrade_sock: PathBuf,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return ShutdownSignal::FastShutdown;
@@ -170,7 +218,19 @@ impl ShutdownSignalWatch for Signals {
                     self.reloader.trigger(Trigger::Signal);
                 }
                 _ = term.recv() => break,
-                _ = quit.recv() => break,
+                _ = usr2.recv() => {
+                    if !start_successor(&self.upgrade_sock).await {
+                        continue;
+                    }
+                    self.health.start_draining();
+                    tracing::info!("SIGUSR2: the new process waits; handing the listening sockets over, then finishing in-flight requests");
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = quit.recv() => {
+                    self.health.start_draining();
+                    tracing::info!("SIGQUIT: handing the listening sockets to the new process, then finishing in-flight requests");
+                    return ShutdownSignal::GracefulUpgrade;
+                }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: exiting without draining");
                     return ShutdownSignal::FastShutdown;
@@ -183,6 +243,57 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// How long a successor may take to start waiting for the sockets.
+const SUCCESSOR_START: Duration = Duration::from_secs(10);
+
+/// Starts this process's own command line again with `--upgrade` and waits until it
+/// listens on `upgrade_sock`. Returns whether it does (otherwise this process keeps
+/// serving, and says why).
+async fn start_successor(upgrade_sock: &Path) -> bool {
+    // argv[0], not current_exe(): after a package upgrade /proc/self/exe is the old,
+    // deleted file, while the path names the new binary.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.is_empty() {
+        return false;
+    }
+    let program = args.remove(0);
+    if !args.iter().any(|a| a == "--upgrade") {
+        args.push("--upgrade".into());
+    }
+    // A socket file left by an earlier upgrade would look like a waiting successor.
+    let _ = std::fs::remove_file(upgrade_sock);
+    let mut child = match std::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::error!(program = ?program, error = %e, "SIGUSR2: cannot start the new process; still serving");
+            return false;
+        }
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < SUCCESSOR_START {
+        if upgrade_sock.exists() {
+            tracing::info!(pid = child.id(), "SIGUSR2: new process started");
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            tracing::error!(%status, "SIGUSR2: the new process exited before taking over; still serving");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::error!(
+        upgrade_sock = %upgrade_sock.display(),
+        "SIGUSR2: the new process never waited for the sockets; still serving"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// pingora waits the full grace period after SIGTERM even when nothing is in flight; exit
 /// as soon as the last request is done instead.
 fn spawn_drain_watcher(server: &Server, metrics: Arc<Metrics>, grace: Duration) {
@@ -192,7 +303,11 @@ fn spawn_drain_watcher(server: &Server, metrics: Arc<Metrics>, grace: Duration) 
         .spawn(move || {
             loop {
                 match phases.blocking_recv() {
-                    Ok(ExecutionPhase::GracefulTerminate) => break,
+                    // After SIGTERM; after SIGQUIT once the sockets are handed over and
+                    // this process has stopped accepting.
+                    Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
+                        break
+                    }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,

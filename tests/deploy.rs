@@ -239,7 +239,17 @@ fn systemd_analyze_security_rates_the_unit_exposure_at_most_2_0() {
 fn the_unit_checks_before_starting_reloads_on_sighup_and_outlasts_the_drain() {
     let unit = read(UNIT);
     let config = systemd_config();
-    assert_eq!(unit_value(&unit, "Type"), "exec");
+    // The sidecar sends READY=1 itself, and a SIGUSR2 successor sends MAINPID=
+    // (tests/upgrade.rs), which systemd accepts only with NotifyAccess=all.
+    assert_eq!(unit_value(&unit, "Type"), "notify");
+    assert_eq!(unit_value(&unit, "NotifyAccess"), "all");
+    // The upgrade socket lives in the unit's runtime directory.
+    let runtime = format!("/run/{}/", unit_value(&unit, "RuntimeDirectory"));
+    let upgrade_sock = config["upgrade_sock"].as_str().unwrap_or_default();
+    assert!(
+        upgrade_sock.starts_with(&runtime),
+        "systemd/config.yaml puts upgrade_sock ({upgrade_sock}) in {runtime}"
+    );
     assert_eq!(unit_value(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(unit_value(&unit, "DynamicUser"), "yes");
     assert_eq!(unit_value(&unit, "KillSignal"), "SIGTERM");

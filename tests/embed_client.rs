@@ -375,3 +375,105 @@ async fn inject_puts_the_loader_into_token_route_pages_once_and_obeys_csp() {
         4.0
     );
 }
+
+/// A single-page app: the portal is built by script after load and again on a
+/// client-side navigation; the server-rendered HTML has no embed tag.
+const SPA: &str = r#"<!doctype html><html><head><title>SPA</title>
+<style>released-page::after { content: "auth-token: " attr(auth-token); }</style></head><body>
+<button id="nav">Roadmap</button><div id="app">loading</div>
+<script>
+addEventListener('load', () => setTimeout(() => {
+  document.getElementById('app').innerHTML = '<h1>Feedback</h1><released-page id="first"></released-page>';
+}, 500));
+document.getElementById('nav').addEventListener('click', () => {
+  history.pushState({}, '', '/portal/roadmap');
+  document.getElementById('app').innerHTML = '<h1>Roadmap</h1><released-page id="second"></released-page>';
+});
+</script></body></html>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_gets_a_fresh_token_for_each_embed_rendered_after_load() {
+    use support::tools;
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| tools::find("chromium"));
+    let Some(chromium) = chromium else {
+        tools::skip("`chromium` is not installed", "scripts/deps.sh test");
+        return;
+    };
+    let gateway_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway");
+    if tools::find("node").is_none() || !gateway_dir.join("node_modules/playwright-core").is_dir() {
+        tools::skip(
+            "node or playwright-core is missing",
+            "scripts/gateway-tools.sh",
+        );
+        return;
+    }
+    let upstream = Upstream::start(|_| Reply::html(SPA)).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra("embed: { client: { inject: true } }\n")
+        .start()
+        .await;
+    let endpoint = sidecar.url(ENDPOINT);
+    let foreign_page = format!(
+        "<!doctype html><title>elsewhere</title><script>\
+         fetch('{endpoint}', {{ credentials: 'include', mode: 'no-cors' }})\
+           .then(r => r.type === 'opaque' ? null : r.json().then(b => b.token))\
+           .catch(() => null).then(t => {{ window.result = t; }});</script>"
+    );
+    let foreign = Upstream::start(move |_| Reply::html(foreign_page.clone())).await;
+
+    let artifacts = std::path::Path::new(env!("CARGO_BIN_EXE_released-sidecar"))
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("embeds");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("client-rendered-embeds.png");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(gateway_dir.join("embeds.mjs"))
+        .arg(sidecar.url("/portal/feedback"))
+        .arg(format!("{}/foreign", foreign.url()))
+        .arg(&screenshot)
+        .current_dir(&gateway_dir)
+        .env("CHROMIUM", &chromium);
+    let out =
+        tokio::task::spawn_blocking(move || tools::run_bounded(cmd, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a report")).expect("JSON report");
+
+    // The page load's own call (made while the app answers, before its HTML is known),
+    // then one per embed; none for the other origin.
+    let issued: Vec<String> = standin
+        .issued()
+        .into_iter()
+        .filter_map(|c| c.token)
+        .collect();
+    assert_eq!(issued.len(), 3, "{report:#}");
+    assert_eq!(report["first"], issued[1].as_str(), "{report:#}");
+    assert_eq!(report["second"], issued[2].as_str(), "{report:#}");
+    assert_ne!(report["first"], report["second"], "a fresh token per embed");
+    assert!(
+        report["foreign"].is_null(),
+        "another origin got a token: {report:#}"
+    );
+    let requests = report["requests"].as_array().unwrap();
+    let to_endpoint: Vec<u64> = requests
+        .iter()
+        .filter(|r| r["url"] == endpoint.as_str())
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(to_endpoint, [200, 200, 403], "{requests:#?}");
+    let png = std::fs::read(&screenshot).expect("screenshot saved");
+    assert!(png.starts_with(b"\x89PNG"));
+}

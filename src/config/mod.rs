@@ -40,6 +40,8 @@ use yaml::Node;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Default admin listener (loopback: metrics are not for the world).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Where `run --upgrade` waits for the running process's sockets unless configured.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/released-sidecar-upgrade.sock";
 /// Default embed tags (SPEC §4).
 pub const DEFAULT_EMBED_TAGS: &[&str] = &["released-page", "released-widget", "released-form"];
 /// Default per-response bound on the rewriter's buffers.
@@ -229,6 +231,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Connection limits.
     pub limits: Limits,
+    /// Where `run --upgrade` receives the listening sockets of the running process.
+    pub upgrade_sock: PathBuf,
     /// Every identity header named anywhere in the config, and which spellings of them
     /// the trust boundary strips.
     pub identity_headers: IdentityHeaders,
@@ -316,6 +320,7 @@ impl Config {
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "upgrade_sock",
     "upstream",
     "upstream_tls",
     "admin",
@@ -437,6 +442,13 @@ impl Schema<'_, '_> {
         };
         let timeouts = self.timeouts(&top);
         let limits = self.limits(&top);
+        let upgrade_sock = match top.get("upgrade_sock") {
+            Some(n) => self
+                .d
+                .non_empty(n, "upgrade_sock")
+                .map(|p| self.base.join(p.trim())),
+            None => Some(PathBuf::from(DEFAULT_UPGRADE_SOCK)),
+        };
         let embed = self.embed(&top);
 
         let top_released = match top.get("released") {
@@ -534,6 +546,7 @@ impl Schema<'_, '_> {
             routes: Routes(compiled),
             embed: embed?,
             workers: workers?,
+            upgrade_sock: upgrade_sock?,
             timeouts: timeouts?,
             limits: limits?,
             identity_headers: IdentityHeaders::new(identity_headers),

@@ -241,6 +241,43 @@ impl Sidecar {
         format!("http://{}{path}", self.listen)
     }
 
+    /// A zero-downtime binary upgrade: starts a `run --upgrade` successor on the same
+    /// config, sends SIGQUIT to the running process once the successor waits on
+    /// `upgrade_sock`, and from then on stands for the successor. Returns the old process's
+    /// exit status.
+    pub async fn upgrade(&mut self, upgrade_sock: &std::path::Path) -> ExitStatus {
+        let generation = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log_path = self.dir.path().join(format!("stderr-{generation}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let successor = Command::new(env!("CARGO_BIN_EXE_released-sidecar"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--upgrade")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env_remove("RELEASED_SIDECAR_CONFIG")
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn the successor");
+        let waiting =
+            super::eventually(Duration::from_secs(10), || async { upgrade_sock.exists() }).await;
+        assert!(
+            waiting,
+            "the successor never listened on {}",
+            upgrade_sock.display()
+        );
+        self.signal(libc::SIGQUIT);
+        let old = self.wait_exit(Duration::from_secs(30)).await;
+        let old = old.unwrap_or_else(|| panic!("the old process did not exit:\n{}", self.logs()));
+        self.child = Some(successor);
+        self.log_path = log_path;
+        old
+    }
+
     /// A page load of `path` by alice, as oauth2-proxy would forward it.
     pub async fn page_load(&self, path: &str) -> reqwest::Response {
         super::client()
