@@ -114,9 +114,23 @@ impl BackgroundService for AdminServer {
             }
         };
         tokio::spawn(wait_for_proxy(self.proxy_listen, Arc::clone(&self.health)));
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => {
+                    backoff.reset();
+                    tcp
+                }
+                Err(e) => {
+                    // At the descriptor limit accept() fails at once, again and again: a
+                    // tight retry would burn a core until descriptors free up.
+                    let pause = backoff.next();
+                    if backoff.should_log() {
+                        tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "admin listener cannot accept connections");
+                    }
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
             };
             let health = Arc::clone(&self.health);
             let metrics = Arc::clone(&self.metrics);
@@ -126,6 +140,33 @@ impl BackgroundService for AdminServer {
                     tokio::time::timeout(READ_TIMEOUT, serve(tcp, &health, &metrics, &live)).await;
             });
         }
+    }
+}
+
+/// Exponential pause after failed `accept()` calls: 10 ms doubling to 1 s (pingora's own
+/// listener sleeps 1 s on EMFILE), so a probe answers soon after descriptors free.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let factor = 1u32 << (self.failures - 1).min(7);
+        (Self::FIRST * factor).min(Self::MAX)
+    }
+
+    /// One warning when failures start, then one a minute at the longest pause.
+    fn should_log(&self) -> bool {
+        self.failures == 1 || (self.failures > 8 && self.failures.is_multiple_of(60))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -229,6 +270,15 @@ mod tests {
             probe_address("10.1.2.3:80".parse().unwrap()),
             "10.1.2.3:80".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn accept_failures_back_off_to_a_second() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..10).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(10));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! The request path, in the order a request meets it: [`trust`] → [`routes`] →
 //! [`identity`] → [`plan`] → [`released`] → [`rewrite`], wired together by [`proxy`].
+//! [`front`] guards the proxy port's connections before pingora reads a request.
 //! [`live`] holds the hot-reloaded config, [`admin`] and [`metrics`] the operator view,
 //! [`server`] assembles the process.
 
@@ -13,6 +14,7 @@ pub mod compress;
 pub mod config;
 pub mod embed_client;
 pub mod explain;
+pub mod front;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
@@ -29,6 +31,7 @@ pub mod secret;
 pub mod server;
 pub mod systemd;
 pub mod tls;
+pub mod trim;
 pub mod trust;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share

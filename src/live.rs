@@ -331,6 +331,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     if old.tls.is_some() != new.tls.is_some() {
         out.push("`tls` added or removed (HTTPS on or off): needs a restart".to_string());
     }
+    if old.limits != new.limits {
+        out.push("`limits` changed: needs a restart".to_string());
+    }
     if old.upgrade_sock != new.upgrade_sock {
         out.push("`upgrade_sock` changed: needs a restart".to_string());
     }

@@ -21,6 +21,14 @@ pub struct Metrics {
     pub token_duration: Histogram,
     /// Page loads that got no token call, by reason.
     pub token_skips: IntCounterVec,
+    /// Token calls stopped because their request could no longer use the token, by reason.
+    pub token_calls_aborted: IntCounterVec,
+    /// Requests refused before they reached the proxy logic (a bad or slow head), by reason.
+    pub rejected_heads: IntCounterVec,
+    /// Clients that closed the connection in the middle of sending a request head.
+    pub client_head_disconnects: IntCounter,
+    /// Client connections being served right now (`limits.max_connections` bounds it).
+    pub connections: IntGauge,
     /// Embed start tags that received an `auth-token`.
     pub tags_rewritten: IntCounter,
     /// Rewrites that hit the per-response memory bound and passed the rest through.
@@ -88,6 +96,16 @@ impl Metrics {
         let token_skips = counter_vec(
             "token_skips_total",
             "Page loads on a route that requested no token, by reason.",
+            &["reason"],
+        );
+        let token_calls_aborted = counter_vec(
+            "token_calls_aborted_total",
+            "Token calls aborted before they finished, by why the page could not use the token: not_rewritable, client_gone, upstream_error, error, unused.",
+            &["reason"],
+        );
+        let rejected_heads = counter_vec(
+            "rejected_requests_total",
+            "Requests answered before the proxy logic ran, by reason: header_timeout (408), uri_too_long (414), headers_too_large (431), bad_request (400 from the HTTP parser), method_not_allowed (405 for CONNECT).",
             &["reason"],
         );
         let identity_headers_stripped = counter_vec(
@@ -171,6 +189,10 @@ impl Metrics {
             "rewrite_bailouts_total",
             "Rewrites that hit the per-response memory bound; the rest of the page passed through unchanged.",
         );
+        let client_head_disconnects = counter(
+            "client_head_disconnects_total",
+            "Clients that closed the connection before finishing a request head.",
+        );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -183,6 +205,10 @@ impl Metrics {
             "Unix time of the last successful config load.",
         );
         let in_flight = gauge("in_flight_requests", "Requests being served right now.");
+        let connections = gauge(
+            "client_connections",
+            "Client connections open on the proxy port right now.",
+        );
         let reloader_heartbeat = gauge(
             "config_reloader_heartbeat_timestamp_seconds",
             "Unix time the config reloader last ran; alert when time() minus this exceeds a minute (hot reload and secret rotation have stopped).",
@@ -229,6 +255,24 @@ impl Metrics {
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        for reason in [
+            "not_rewritable",
+            "client_gone",
+            "upstream_error",
+            "error",
+            "unused",
+        ] {
+            token_calls_aborted.with_label_values(&[reason]);
+        }
+        for reason in [
+            "header_timeout",
+            "uri_too_long",
+            "headers_too_large",
+            "bad_request",
+            "method_not_allowed",
+        ] {
+            rejected_heads.with_label_values(&[reason]);
+        }
 
         Self {
             registry,
@@ -237,6 +281,10 @@ impl Metrics {
             token_requests,
             token_duration,
             token_skips,
+            token_calls_aborted,
+            rejected_heads,
+            client_head_disconnects,
+            connections,
             tags_rewritten,
             rewrite_bailouts,
             config_reloads,

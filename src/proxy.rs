@@ -2,7 +2,8 @@
 //! and delegates to the module that owns the concern; read top to bottom, this file is the
 //! table of contents of a request:
 //!
-//! 1. `new_ctx`: take one config snapshot for the whole request.
+//! 1. `new_ctx`: take one config snapshot for the whole request; `early_request_filter`:
+//!    tell the connection guard ([`crate::front`]) that the head arrived.
 //! 2. `request_filter`: plan the token (trust, route, page load, identity) and start the
 //!    call in a task, so it runs while the app works.
 //! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
@@ -21,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::StatusCode;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use sync_wrapper::SyncWrapper;
@@ -48,6 +49,7 @@ pub struct Sidecar {
     metrics: Arc<Metrics>,
     embed: TokenEndpoint,
     health: Arc<Health>,
+    upstream_warnings: LogGate,
 }
 
 impl Sidecar {
@@ -65,7 +67,49 @@ impl Sidecar {
             metrics,
             embed: TokenEndpoint::default(),
             health,
+            upstream_warnings: LogGate::new(UPSTREAM_WARN_EVERY),
         }
+    }
+}
+
+/// At most one upstream-fault warning per this interval; the rest are counted in the next.
+const UPSTREAM_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets one log line through per interval and counts the ones it held back. A flapping
+/// app must not flood the log, but the first sign of trouble must show at once.
+struct LogGate {
+    every_ms: u64,
+    origin: Instant,
+    /// Milliseconds after `origin` when the next line may pass (0: now).
+    next_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogGate {
+    fn new(every: Duration) -> Self {
+        Self {
+            every_ms: every.as_millis() as u64,
+            origin: Instant::now(),
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.origin.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + self.every_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
     }
 }
 
@@ -77,12 +121,34 @@ enum TokenState {
     Planned(Planned),
     /// The task (assertion check, cool-down, call) is in flight; it ends with the token or
     /// the access-log label of why there is none.
-    Pending {
-        task: JoinHandle<Result<Token, &'static str>>,
-        deadline: Instant,
-    },
+    Pending { task: TokenTask, deadline: Instant },
     /// Settled: used, failed, or not usable for this response.
     Settled(&'static str),
+}
+
+/// The token task of one request. Dropping it aborts the task: a token call never
+/// outlives the request that wanted it (SPEC §3), even when pingora drops the request
+/// without reaching `logging` (shutdown, a cancelled connection task).
+struct TokenTask(Option<JoinHandle<Result<Token, &'static str>>>);
+
+impl TokenTask {
+    fn is_finished(&self) -> bool {
+        self.0.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Lets the task run on: only for a task already at its own deadline, so it can
+    /// record how the call ended.
+    fn detach(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TokenTask {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Per-request state.
@@ -169,6 +235,15 @@ impl ProxyHttp for Sidecar {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::front::request_started(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if self.health.is_draining() {
             // Shutting down or handing over to a new process: `Connection: close` tells a
@@ -229,6 +304,7 @@ impl ProxyHttp for Sidecar {
             upstream_request.remove_header(&header::IF_NONE_MATCH);
             upstream_request.remove_header(&header::IF_MODIFIED_SINCE);
         }
+        collapse_content_length(upstream_request)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -283,6 +359,9 @@ impl ProxyHttp for Sidecar {
         if response.status.is_informational() {
             return Ok(());
         }
+        if session.req_header().version < http::Version::HTTP_11 {
+            close_delimit_for_http10(session, response);
+        }
         if ctx.whole_page {
             self.set_up_rewrite(session, response, ctx).await?;
         }
@@ -317,6 +396,12 @@ impl ProxyHttp for Sidecar {
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // nginx's convention: the app was reached too slowly or not at all in time.
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == ErrorSource::Upstream =>
+            {
+                504
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
@@ -326,6 +411,7 @@ impl ProxyHttp for Sidecar {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        self.log_failure(e, code);
         if code > 0 && session.response_written().is_none() {
             if let Err(write_error) = respond_plain(session, code).await {
                 tracing::debug!(error = %write_error, "could not send the error response");
@@ -337,7 +423,28 @@ impl ProxyHttp for Sidecar {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `fail_to_proxy` logs every final failure at the level its cause deserves.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        if let Some(suppressed) = self.upstream_warnings.admit() {
+            tracing::warn!(error = %error, suppressed, "the app failed on a reused connection; retrying on another");
+        }
+        true
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if matches!(ctx.token, TokenState::Pending { .. }) {
+            self.abandon_token(ctx, abandon_reason(error));
+        }
         let mut tags = 0;
         if let Some(rewrite) = ctx.rewrite.as_mut() {
             let rewriter = &rewrite.get_mut().rewriter;
@@ -379,6 +486,25 @@ impl ProxyHttp for Sidecar {
 }
 
 impl Sidecar {
+    /// One line per failed request, at the level its cause deserves: a client that left is
+    /// routine (debug), a failing app is the app team's matter (warn, at most one line per
+    /// interval), anything else is ours (error).
+    fn log_failure(&self, e: &Error, code: u16) {
+        match e.esource() {
+            ErrorSource::Downstream => {
+                tracing::debug!(error = %e, status = code, "the client went away or sent a bad request");
+            }
+            ErrorSource::Upstream => {
+                if let Some(suppressed) = self.upstream_warnings.admit() {
+                    tracing::warn!(error = %e, status = code, suppressed, "the app failed");
+                }
+            }
+            ErrorSource::Internal | ErrorSource::Unset => {
+                tracing::error!(error = %e, status = code, "request failed inside the sidecar");
+            }
+        }
+    }
+
     /// Mints tokens for `route`.
     fn minter(&self, route: &Route) -> Minter {
         Minter {
@@ -421,7 +547,8 @@ impl Sidecar {
         }
         let accept = session.req_header().headers.get(header::ACCEPT_ENCODING);
         let coding = Coding::negotiate(accept.map(|v| v.as_bytes()));
-        prepare_rewritten_headers(response, coding)?;
+        let http10 = session.req_header().version < http::Version::HTTP_11;
+        prepare_rewritten_headers(response, coding, !http10)?;
         let embed = &ctx.snapshot.config.embed;
         let edits = Edits {
             token: token.as_ref(),
@@ -521,16 +648,24 @@ impl Sidecar {
                 .await
                 .map_err(|r| r.label())
         });
-        ctx.token = TokenState::Pending { task, deadline };
+        ctx.token = TokenState::Pending {
+            task: TokenTask(Some(task)),
+            deadline,
+        };
         true
     }
 
     /// Waits for the token until the deadline; `None` if it failed or came too late.
     async fn await_token(&self, ctx: &mut RequestCtx) -> Option<Token> {
-        let TokenState::Pending { task, deadline } = &mut ctx.token else {
+        let TokenState::Pending { mut task, deadline } =
+            std::mem::replace(&mut ctx.token, TokenState::Settled("task_failed"))
+        else {
             return None;
         };
-        let outcome = tokio::time::timeout_at((*deadline).into(), task).await;
+        let outcome = match task.0.as_mut() {
+            Some(handle) => tokio::time::timeout_at(deadline.into(), handle).await,
+            None => return None,
+        };
         let (state, token) = match outcome {
             Ok(Ok(Ok(token))) => ("used", Some(token)),
             Ok(Ok(Err(label))) => (label, None),
@@ -538,26 +673,34 @@ impl Sidecar {
                 tracing::error!(error = %join_error, "token task failed");
                 ("task_failed", None)
             }
-            // The task keeps running to its own (identical) deadline and records the
-            // timeout itself; dropping the handle detaches it.
-            Err(_elapsed) => ("timeout", None),
+            // The task ends at its own (identical) deadline and records the timeout
+            // itself, so it is left to finish.
+            Err(_elapsed) => {
+                task.detach();
+                ("timeout", None)
+            }
         };
         ctx.token = TokenState::Settled(state);
         token
     }
 
-    /// The response cannot carry a token: stop the call.
+    /// The token can no longer be used (`why`: the page is not rewritable, the client
+    /// left, the app failed): stop the call and count it if it was still running.
     fn abandon_token(&self, ctx: &mut RequestCtx, why: &'static str) {
         if let TokenState::Pending { task, .. } =
             std::mem::replace(&mut ctx.token, TokenState::Settled(why))
         {
             if !task.is_finished() {
-                task.abort();
                 self.metrics
                     .token_requests
                     .with_label_values(&["abandoned"])
                     .inc();
+                self.metrics
+                    .token_calls_aborted
+                    .with_label_values(&[why])
+                    .inc();
             }
+            drop(task);
         }
     }
 }
@@ -570,6 +713,16 @@ pub fn client_cert(session: &Session) -> Option<&ClientCert> {
         .as_ref()?
         .extension
         .get::<ClientCert>()
+}
+
+/// Why a token still in flight when the request ends will never be used.
+fn abandon_reason(error: Option<&Error>) -> &'static str {
+    match error.map(|e| e.esource()) {
+        Some(ErrorSource::Downstream) => "client_gone",
+        Some(ErrorSource::Upstream) => "upstream_error",
+        Some(ErrorSource::Internal | ErrorSource::Unset) => "error",
+        None => "unused",
+    }
 }
 
 /// A `200` `text/html` response.
@@ -639,9 +792,24 @@ fn forbid_caching(response: &mut ResponseHeader) -> Result<()> {
     Ok(())
 }
 
+/// RFC 9112 §6.1: a server must not send `Transfer-Encoding` to an HTTP/1.0 client.
+/// pingora frames a length-less upstream body as chunked for every client; a 1.0 client
+/// gets it close-delimited instead (SPEC §2.6), so the connection cannot be kept.
+fn close_delimit_for_http10(session: &mut Session, response: &mut ResponseHeader) {
+    if response.remove_header(&header::TRANSFER_ENCODING).is_some()
+        || response.headers.get(header::CONTENT_LENGTH).is_none()
+    {
+        session.set_keepalive(None);
+    }
+}
+
 /// SPEC §2.6: the page now carries a per-user secret, a different length and maybe a new
-/// encoding.
-fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Coding>) -> Result<()> {
+/// encoding. `chunked` is false for HTTP/1.0 clients, whose body ends with the connection.
+fn prepare_rewritten_headers(
+    response: &mut ResponseHeader,
+    coding: Option<Coding>,
+    chunked: bool,
+) -> Result<()> {
     forbid_caching(response)?;
     for name in BODY_HEADERS {
         response.remove_header(*name);
@@ -658,7 +826,9 @@ fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Codin
     if !varies {
         response.append_header(header::VARY, "Accept-Encoding")?;
     }
-    if response.headers.get(header::TRANSFER_ENCODING).is_none() {
+    if !chunked {
+        response.remove_header(&header::TRANSFER_ENCODING);
+    } else if response.headers.get(header::TRANSFER_ENCODING).is_none() {
         // Chunked framing needs HTTP/1.1 (an HTTP/1.0 app's response is upgraded, as
         // pingora does for its own chunking).
         response.set_version(http::Version::HTTP_11);
@@ -666,6 +836,33 @@ fn prepare_rewritten_headers(response: &mut ResponseHeader, coding: Option<Codin
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         )?;
+    }
+    Ok(())
+}
+
+/// pingora accepts repeated identical `Content-Length` values (RFC 9110 §8.6) but forwards
+/// every line; an app or proxy behind us may read two lines differently, so it gets one.
+fn collapse_content_length(request: &mut RequestHeader) -> Result<()> {
+    let mut tokens = request
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or(",").split(','))
+        .map(str::trim);
+    let Some(first) = tokens.next() else {
+        return Ok(());
+    };
+    let mut repeated = false;
+    for token in tokens {
+        if token != first {
+            // Differing values were refused by pingora's parser; leave anything else alone.
+            return Ok(());
+        }
+        repeated = true;
+    }
+    if repeated {
+        let length = first.to_string();
+        request.insert_header(header::CONTENT_LENGTH, length)?;
     }
     Ok(())
 }
@@ -775,7 +972,7 @@ mod tests {
                 ("content-encoding", "br"),
             ],
         );
-        prepare_rewritten_headers(&mut r, Some(Coding::Gzip)).unwrap();
+        prepare_rewritten_headers(&mut r, Some(Coding::Gzip), true).unwrap();
         for gone in CACHING_HEADERS
             .iter()
             .chain(BODY_HEADERS)

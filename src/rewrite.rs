@@ -6,6 +6,12 @@
 //! Past the bound (a hostile page with a huge or unterminated tag), lol_html flushes what
 //! it holds unchanged and the rest of the response passes through untouched: the page is
 //! always complete; tags after that point get no token.
+//!
+//! The output is bounded too: every embed tag grows by a copy of the token, and pingora
+//! filters up to five body chunks before it writes any of them to the client, so a page
+//! of nothing but empty embed tags would multiply into gigabytes held in memory. At most
+//! [`MAX_TOKEN_BYTES_PER_PAGE`] of token copies go into one page; later tags keep
+//! whatever they had.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -22,6 +28,10 @@ use crate::secret::Token;
 
 /// The attribute the Released embed reads.
 pub const TOKEN_ATTRIBUTE: &str = "auth-token";
+
+/// Most bytes of token copies written into one page: 256 tags with the largest token
+/// the client accepts (8 KiB), thousands with a typical one; real pages have a handful.
+pub const MAX_TOKEN_BYTES_PER_PAGE: usize = 2 * 1024 * 1024;
 
 /// The compiled `embed.tags`: names and the selector matching them.
 #[derive(Debug, Clone)]
@@ -83,6 +93,10 @@ struct Shared {
     tags: AtomicUsize,
     /// The injection is done (or there is none).
     injected: AtomicBool,
+    /// Token copies still allowed in this page, in bytes.
+    token_budget: AtomicUsize,
+    /// Embed tags left without a token because the budget was spent.
+    tags_over_budget: AtomicUsize,
 }
 
 impl Shared {
@@ -187,7 +201,10 @@ impl Rewriter {
         charset: Charset,
         memory_limit: usize,
     ) -> Self {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            token_budget: AtomicUsize::new(MAX_TOKEN_BYTES_PER_PAGE),
+            ..Shared::default()
+        });
         let value = edits.token.map(|t| escape_attribute(t.expose()));
         let inject: Option<Arc<str>> = edits.inject.map(Arc::from);
         let injects = inject.is_some();
@@ -212,6 +229,14 @@ impl Rewriter {
                     }
                 }
                 if let Some(value) = &value {
+                    let budget = counter.token_budget.load(Ordering::Relaxed);
+                    if budget < value.len() {
+                        counter.tags_over_budget.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    counter
+                        .token_budget
+                        .store(budget - value.len(), Ordering::Relaxed);
                     el.remove_attribute(TOKEN_ATTRIBUTE);
                     el.set_attribute(TOKEN_ATTRIBUTE, value)?;
                     counter.tags.fetch_add(1, Ordering::Relaxed);
@@ -276,9 +301,10 @@ impl Rewriter {
         self.shared.tags.load(Ordering::Relaxed)
     }
 
-    /// Whether the memory bound was hit and the rest passed through unchanged.
+    /// Whether a bound was hit: the memory bound (the rest passed through unchanged) or
+    /// the token budget (later tags got no token).
     pub fn bailed_out(&self) -> bool {
-        self.bailed_out
+        self.bailed_out || self.shared.tags_over_budget.load(Ordering::Relaxed) > 0
     }
 
     fn stop(&mut self, error: &RewritingError) {
@@ -337,6 +363,22 @@ mod tests {
     fn rewrite(html: &str) -> String {
         let (out, _) = rewrite_chunks(&[html.as_bytes()], "T0K", Charset::Sniffed, 1 << 20);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn token_copies_stop_at_the_page_budget() {
+        let token = "t".repeat(8 * 1024);
+        let page = "<released-page></released-page>".repeat(300);
+        let (out, r) = rewrite_chunks(&[page.as_bytes()], &token, Charset::Sniffed, 1 << 20);
+        let budgeted = MAX_TOKEN_BYTES_PER_PAGE / token.len();
+        assert_eq!(r.tags_rewritten(), budgeted);
+        assert!(r.bailed_out());
+        let attribute = " auth-token=\"\"".len() + token.len();
+        assert_eq!(out.len(), page.len() + budgeted * attribute);
+
+        let (_, r) = rewrite_chunks(&[page.as_bytes()], "short", Charset::Sniffed, 1 << 20);
+        assert_eq!(r.tags_rewritten(), 300);
+        assert!(!r.bailed_out());
     }
 
     #[test]

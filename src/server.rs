@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{AdminServer, Health};
+use crate::front::{ConnectionLimit, Front};
 use crate::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::Sidecar;
@@ -110,33 +113,51 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     // seconds and exits 1).
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    // pingora's HTTP proxy runs behind the connection guard (crate::front), which owns
+    // the connection loop, the head deadline and the connection cap.
+    let mut http = pingora::proxy::HttpProxy::new(
         Sidecar::new(
             Arc::clone(&live),
             released,
             Arc::clone(&metrics),
             Arc::clone(&health),
         ),
-        "released-sidecar proxy",
+        Arc::clone(&server.configuration),
     );
-    match &config.tls {
-        None => proxy.add_tcp(&config.listen.to_string()),
-        Some(_) => {
-            // The certificate and the client CA come from the live snapshot at each
-            // handshake, so rotations need no restart.
-            let mut tls =
-                TlsSettings::with_callbacks(Box::new(crate::tls::Handshakes(Arc::clone(&metrics))))
-                    .map_err(|e| StartError::Tls(e.to_string()))?;
-            tls.set_cert_resolver(Arc::new(crate::tls::LiveCertificate(Arc::clone(&live))));
-            tls.set_client_cert_verifier(Arc::new(crate::tls::LiveClientVerifier::new(
-                Arc::clone(&live),
-                Arc::clone(&metrics),
-            )));
-            tls.set_alpn(ALPN::H1);
-            proxy.add_tls_with_settings(&config.listen.to_string(), None, tls);
-        }
+    http.handle_init_modules();
+    let mut limit = ConnectionLimit::new(config.limits.max_connections);
+    // pingora gives every connection a 64 KiB read buffer by default, most of an idle
+    // connection's cost; its HTTP reader and the head guard read into buffers of their
+    // own, so the proxy port reads unbuffered.
+    let mut listener = ListenerConfig::tcp(config.listen.to_string())
+        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+    if config.tls.is_some() {
+        // The certificate and the client CA come from the live snapshot at each
+        // handshake, so rotations need no restart.
+        let mut tls =
+            TlsSettings::with_callbacks(Box::new(crate::tls::Handshakes(Arc::clone(&metrics))))
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        tls.set_cert_resolver(Arc::new(crate::tls::LiveCertificate(Arc::clone(&live))));
+        tls.set_client_cert_verifier(Arc::new(crate::tls::LiveClientVerifier::new(
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+        )));
+        tls.set_alpn(ALPN::H1);
+        listener = listener.tls(tls);
+        limit = limit.after_handshake();
     }
+    let limit = Arc::new(limit);
+    let mut proxy = Service::new(
+        "released-sidecar proxy".to_string(),
+        Front::new(
+            Arc::new(http),
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            Some(Arc::clone(&limit)),
+        ),
+    );
+    proxy.add_listener(listener);
+    proxy.set_connection_filter(limit);
     server.add_service(proxy);
     server.add_service(background_service(
         "released-sidecar admin",
@@ -154,6 +175,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     ));
 
     spawn_drain_watcher(&server, Arc::clone(&metrics), grace);
+    crate::trim::spawn(Arc::clone(&metrics));
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

@@ -342,3 +342,33 @@ fn explain_shows_the_trust_decision_for_a_client_certificate() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("refused at the TLS handshake"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_never_use_up_the_connection_cap() {
+    let (server_ca, gateway_ca) = (Ca::new("server CA"), Ca::new("gateway CA"));
+    let (_upstream, _standin, sidecar) = https_sidecar(
+        &server_ca,
+        "  client_ca_file: gateway-ca.pem\nlimits: { max_connections: 2 }\n",
+        &[("gateway-ca.pem", &gateway_ca.pem)],
+    )
+    .await;
+    let stranger = Ca::new("other CA").client(&["gw"], "gw");
+    for _ in 0..5 {
+        let refused = load(&https_client(&server_ca, Some(&stranger)), &sidecar).await;
+        assert!(refused.is_err());
+    }
+    let gateway = gateway_ca.client(&["gw"], "gw");
+    for _ in 0..3 {
+        // A fresh client each time: a new connection, which needs a free slot.
+        let loaded = tokio::time::timeout(
+            Duration::from_secs(10),
+            load(&https_client(&server_ca, Some(&gateway)), &sidecar),
+        )
+        .await;
+        assert!(
+            matches!(loaded, Ok(Ok(_))),
+            "a slot leaked: {loaded:?}\n{}",
+            sidecar.logs()
+        );
+    }
+}

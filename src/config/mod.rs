@@ -165,6 +165,8 @@ pub struct Timeouts {
     pub upstream_idle: Duration,
     /// On SIGTERM, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// The whole request head must arrive within this (else 408 and close).
+    pub client_header: Duration,
 }
 
 impl Default for Timeouts {
@@ -175,6 +177,26 @@ impl Default for Timeouts {
             upstream_write: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            client_header: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The longest `timeouts.client_header`: pingora closes a connection whose next request
+/// has not arrived after 60 s of keep-alive idleness, so a longer deadline could not act.
+pub const MAX_CLIENT_HEADER: Duration = Duration::from_secs(60);
+
+/// Bounds on what clients may hold, all with defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
         }
     }
 }
@@ -209,6 +231,8 @@ pub struct Config {
     pub workers: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Connection limits.
+    pub limits: Limits,
     /// Where `run --upgrade` receives the listening sockets of the running process.
     pub upgrade_sock: PathBuf,
     /// HTTPS on `listen`, and certificate trust (plain HTTP when `None`).
@@ -323,6 +347,7 @@ const TOP_KEYS: &[&str] = &[
     "embed",
     "workers",
     "timeouts",
+    "limits",
 ];
 const RELEASED_KEYS: &[&str] = &[
     "api_url",
@@ -436,6 +461,7 @@ impl Schema<'_, '_> {
             Some(n) => self.tls(n).map(Some),
             None => Some(None),
         };
+        let limits = self.limits(&top);
         let upgrade_sock = match top.get("upgrade_sock") {
             Some(n) => self
                 .d
@@ -543,6 +569,7 @@ impl Schema<'_, '_> {
             upgrade_sock: upgrade_sock?,
             tls: tls?,
             timeouts: timeouts?,
+            limits: limits?,
             identity_headers: IdentityHeaders::new(identity_headers),
             secret_files,
             key_files,
@@ -783,6 +810,7 @@ impl Schema<'_, '_> {
             "upstream_write",
             "upstream_idle",
             "shutdown_grace",
+            "client_header",
         ];
         let fields = self.d.map(node, "timeouts", &keys)?;
         let mut ok = true;
@@ -803,10 +831,31 @@ impl Schema<'_, '_> {
                 "upstream_read" => t.upstream_read = v,
                 "upstream_write" => t.upstream_write = v,
                 "upstream_idle" => t.upstream_idle = v,
+                "client_header" if v > MAX_CLIENT_HEADER => {
+                    self.d.error(
+                        &path,
+                        n.line,
+                        "must be at most 60s (the keep-alive idle limit ends a slower head first)",
+                    );
+                    ok = false;
+                }
+                "client_header" => t.client_header = v,
                 _ => t.shutdown_grace = v,
             }
         }
         ok.then_some(t)
+    }
+
+    fn limits(&mut self, top: &Fields<'_>) -> Option<Limits> {
+        let mut limits = Limits::default();
+        let Some(node) = top.get("limits") else {
+            return Some(limits);
+        };
+        let fields = self.d.map(node, "limits", &["max_connections"])?;
+        if let Some(n) = fields.get("max_connections") {
+            limits.max_connections = self.d.positive_integer(n, "limits.max_connections")?;
+        }
+        Some(limits)
     }
 
     fn embed(&mut self, top: &Fields<'_>) -> Option<Embed> {

@@ -63,6 +63,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.trusted_proxies, TrustedProxies::loopback());
     assert_eq!(c.embed.tags.names(), DEFAULT_EMBED_TAGS);
     assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.timeouts.client_header, Duration::from_secs(30));
+    assert_eq!(c.limits.max_connections, 4096);
     assert_eq!(c.routes.0.len(), 1);
     let route = &c.routes.0[0];
     assert_eq!(route.name, "default");
@@ -218,6 +220,10 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
         (
             format!("{MINIMAL}timeouts: {{ upstream_read: 10, shutdown_grace: 0s }}\n"),
             vec![("timeouts.upstream_read", 8, "invalid duration"), ("timeouts.shutdown_grace", 8, "above zero")],
+        ),
+        (
+            format!("{MINIMAL}timeouts: {{ client_header: 61s }}\nlimits: {{ max_connections: 0 }}\n"),
+            vec![("timeouts.client_header", 8, "at most 60s"), ("limits.max_connections", 9, "above 0")],
         ),
         (
             format!("{MINIMAL}workers: 0\n"),
@@ -587,6 +593,16 @@ fn jwt_identity_strips_its_assertion_header_from_untrusted_peers() {
         .iter()
         .any(|h| h == "x-pomerium-jwt-assertion"));
     assert_eq!(c.key_files.len(), 1);
+}
+
+#[test]
+fn head_deadline_and_connection_cap_are_read() {
+    let c = load(&format!(
+        "{MINIMAL}timeouts: {{ client_header: 5s }}\nlimits: {{ max_connections: 10 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.timeouts.client_header, Duration::from_secs(5));
+    assert_eq!(c.limits.max_connections, 10);
 }
 
 #[test]

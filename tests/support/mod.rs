@@ -7,6 +7,7 @@
 
 pub mod jwt;
 pub mod pki;
+pub mod raw;
 pub mod sidecar;
 pub mod standin;
 pub mod tools;
@@ -55,9 +56,18 @@ pub fn navigation(user: &str, email: &str) -> reqwest::header::HeaderMap {
 pub async fn start(
     reply: impl Fn(&upstream::Seen) -> Reply + Send + Sync + 'static,
 ) -> (Upstream, StandIn, sidecar::Sidecar) {
+    start_with(reply, |builder| builder).await
+}
+
+/// Like [`start`], with the sidecar's builder adjusted by `configure` (extra YAML, a
+/// descriptor limit…).
+pub async fn start_with(
+    reply: impl Fn(&upstream::Seen) -> Reply + Send + Sync + 'static,
+    configure: impl FnOnce(SidecarBuilder) -> SidecarBuilder,
+) -> (Upstream, StandIn, sidecar::Sidecar) {
     let upstream = Upstream::start(reply).await;
     let standin = StandIn::start(sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+    let sidecar = configure(SidecarBuilder::new(&upstream.url(), &standin.url()))
         .start()
         .await;
     (upstream, standin, sidecar)

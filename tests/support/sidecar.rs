@@ -45,6 +45,7 @@ pub struct SidecarBuilder {
     args: Vec<String>,
     prepare: Option<Prepare>,
     ready_path: &'static str,
+    max_open_files: Option<u64>,
 }
 
 impl SidecarBuilder {
@@ -61,12 +62,19 @@ impl SidecarBuilder {
             args: Vec::new(),
             prepare: None,
             ready_path: "/readyz",
+            max_open_files: None,
         }
     }
 
     /// Replaces the whole config template (placeholders still apply).
     pub fn template(mut self, template: &str) -> Self {
         self.template = template.to_string();
+        self
+    }
+
+    /// Starts the process with `RLIMIT_NOFILE` lowered to `n` (to reach the limit cheaply).
+    pub fn max_open_files(mut self, n: u64) -> Self {
+        self.max_open_files = Some(n);
         self
     }
 
@@ -171,6 +179,22 @@ impl SidecarBuilder {
             .env("RUST_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.max_open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit(2) is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         sidecar.child = Some(cmd.spawn().expect("spawn released-sidecar"));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -285,6 +309,36 @@ impl Sidecar {
     /// The process id.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// A memory figure of the process from `/proc/PID/status`, in KiB (`VmRSS`: resident
+    /// now, `VmHWM`: peak resident).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
+    /// CPU seconds (user + system) the process has used.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// File descriptors the process holds open.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
 
     /// Sends a signal (`libc::SIGTERM`, `libc::SIGHUP`, …) to the process.

@@ -33,6 +33,8 @@ pub enum Behavior {
     Status(u16),
     /// 200 with a body that is not a token.
     Garbage,
+    /// A fresh token padded to this many bytes.
+    LongToken(usize),
 }
 
 /// One call as received.
@@ -206,6 +208,10 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
     let token = format!("tok-{}-{:08x}", s.issued, rand_u32(s.issued));
     let (status, response, issued) = match behavior {
         Behavior::Token | Behavior::Slow(_) => (200, serde_json::json!(token), Some(token)),
+        Behavior::LongToken(len) => {
+            let token = format!("{token:x<len$}");
+            (200, serde_json::json!(token), Some(token))
+        }
         Behavior::TokenIn(key) => (200, serde_json::json!({ key: token }), Some(token)),
         Behavior::Status(code) => (
             code,

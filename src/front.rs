@@ -1,0 +1,834 @@
+//! The client side of the proxy port before pingora's HTTP layer: the connection cap
+//! (`limits.max_connections`), the request-head deadline (`timeouts.client_header`), the
+//! head size limits (414/431), and an access-log line plus a count for every request
+//! refused before the proxy logic runs.
+//!
+//! pingora reads the request head inside `HttpProxy` with no hook before it answers a bad
+//! head (a bare 400, an ERROR log line and no access-log entry) and only a per-read idle
+//! timeout. So [`Front`] runs pingora's HTTP/1 connection loop itself, and wraps each
+//! connection in a [`HeadGuard`]: while a head is expected, the guard holds the bytes back
+//! until the head is complete, within its deadline and size limits, and answers 408, 414 or
+//! 431 itself when it is not. pingora then only ever sees whole heads (or a clean close),
+//! so a slow or vanishing client costs it nothing and logs nothing. The proxy's
+//! `early_request_filter` tells the guard (through [`request_started`]) that pingora took
+//! the head, which ends the deadline for that request.
+//!
+//! A connection's first head is awaited before pingora allocates its per-request state
+//! (tens of KB), so a flood of idle or slow connections costs little more than sockets.
+//! Later heads on a kept-alive connection are held the same way, inside pingora's read:
+//! pingora may already hold the start of a pipelined head, so only it can tell when one
+//! is due. A read that starts at a line break is therefore let through as the tail of such
+//! a head; its deadline still runs until pingora takes the head.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::ConnectionFilter;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::{HttpProxy, Session};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::proxy::Sidecar;
+
+/// The largest request head (request line and header fields) accepted, like Envoy's
+/// 60 KiB and above nginx's 32 KiB; a request line that alone exceeds it gets 414, other
+/// heads 431. pingora's own bound (1 MiB) is never reached.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// pingora's header count limit; past it the guard answers 431 rather than pingora 400.
+const MAX_HEADERS: usize = 256;
+/// How long, and how much, a refused client may still send after its answer, so that
+/// closing the socket does not reset the connection before the client reads the answer.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+/// pingora's keep-alive idle limit between requests (the same as pingora's own loop).
+const KEEPALIVE_SECS: u64 = 60;
+
+/// The proxy service's application: pingora's HTTP proxy behind the head guard.
+pub struct Front {
+    proxy: Arc<HttpProxy<Sidecar>>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    limit: Option<Arc<ConnectionLimit>>,
+}
+
+impl Front {
+    /// Puts the guard in front of `proxy`; `limit` is the connection cap's filter, whose
+    /// slots are given back here when a connection ends.
+    pub fn new(
+        proxy: Arc<HttpProxy<Sidecar>>,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        limit: Option<Arc<ConnectionLimit>>,
+    ) -> Self {
+        Self {
+            proxy,
+            live,
+            metrics,
+            limit,
+        }
+    }
+
+    /// Logs and counts a head that pingora itself refused (its parser answered before any
+    /// proxy phase ran).
+    fn report_parser_refusal(&self, shared: &HeadShared, started: Instant) {
+        if !shared.released.load(Ordering::Acquire) || shared.claimed.load(Ordering::Acquire) {
+            return;
+        }
+        let status = shared.refused_status.load(Ordering::Acquire);
+        if status == 0 {
+            return;
+        }
+        let reason = if status == 405 {
+            "method_not_allowed"
+        } else {
+            "bad_request"
+        };
+        record_refusal(&self.metrics, status, reason, started);
+    }
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _slot = Slot::take(self.limit.clone(), &self.metrics.connections).await;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 frames its own heads; pingora's connection loop serves it.
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        let deadline = self.live.snapshot().config.timeouts.client_header;
+        let shared = Arc::new(HeadShared::default());
+        let mut guard = HeadGuard::new(
+            stream,
+            Arc::clone(&shared),
+            Arc::clone(&self.metrics),
+            deadline,
+        );
+        if !guard.first_head().await {
+            return None;
+        }
+        let mut session = ServerSession::new_http1(Box::new(guard));
+        // The same keep-alive default pingora's own HTTP/1 loop applies.
+        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+        loop {
+            let started = Instant::now();
+            let reused = self.proxy.process_new_http(session, shutdown).await;
+            self.report_parser_refusal(&shared, started);
+            let (stream, settings) = reused?.consume();
+            shared.rearm();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        // Wakes keep-alive connections parked in pingora's read_request at shutdown.
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// Called by the proxy's first phase: pingora has taken the head, so the deadline ends,
+/// and pipelined requests (RFC 9112 §9.3.2) are answered in order on this connection
+/// instead of being dropped after a `keep-alive` answer.
+pub fn request_started(session: &mut Session) {
+    session.set_pipelining_enabled(true);
+    if let ServerSession::H1(h1) = session.as_downstream() {
+        if let Some(guard) = (**h1.stream()).as_any().downcast_ref::<HeadGuard>() {
+            guard.shared.claimed.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// One access-log line and the counters for a request answered before the proxy ran.
+fn record_refusal(metrics: &Metrics, status: u16, reason: &'static str, started: Instant) {
+    metrics
+        .requests
+        .with_label_values(&["", &status.to_string()])
+        .inc();
+    metrics.rejected_heads.with_label_values(&[reason]).inc();
+    tracing::info!(
+        target: "access",
+        method = "",
+        path = "",
+        status,
+        duration_ms = started.elapsed().as_millis() as u64,
+        route = "",
+        token = "not_planned",
+        tags = 0,
+        error = reason,
+    );
+}
+
+/// `limits.max_connections` as a pingora connection filter: it runs inside the accept
+/// loop, so while every slot is taken the loop waits and new connections stay in the
+/// kernel's listen backlog (the admin port has its own listener and keeps answering).
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    after_handshake: bool,
+}
+
+impl ConnectionLimit {
+    /// A cap of `max` concurrent client connections.
+    pub fn new(max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            after_handshake: false,
+        }
+    }
+
+    /// For a TLS listener: a connection whose handshake fails never reaches `Front`, so a
+    /// slot taken at accept would never come back. Slots are taken once the handshake is
+    /// done instead (connections still in their handshake are bounded by pingora's 60 s
+    /// handshake timeout, not by the cap).
+    pub fn after_handshake(mut self) -> Self {
+        self.after_handshake = true;
+        self
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for ConnectionLimit {
+    async fn should_accept(&self, _addr: Option<&SocketAddr>) -> bool {
+        if self.after_handshake {
+            return true;
+        }
+        // The filter cannot hand a permit to the connection, so it takes one for good
+        // and `Slot` (in `Front`, which every accepted plain-TCP connection reaches)
+        // adds it back when the connection ends.
+        match self.slots.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_closed) => false,
+        }
+    }
+}
+
+/// A connection's place under the cap, and in the connections gauge, for its lifetime.
+struct Slot {
+    /// The cap whose slot this connection holds (`None`: no cap, or no slot to give back).
+    limit: Option<Arc<ConnectionLimit>>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Slot {
+    async fn take(limit: Option<Arc<ConnectionLimit>>, gauge: &prometheus::IntGauge) -> Self {
+        let limit = match limit {
+            Some(l) if l.after_handshake => {
+                let taken = match l.slots.acquire().await {
+                    Ok(permit) => {
+                        permit.forget();
+                        true
+                    }
+                    Err(_closed) => false,
+                };
+                taken.then_some(l)
+            }
+            other => other,
+        };
+        gauge.inc();
+        crate::trim::observe(gauge.get());
+        Self {
+            limit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if let Some(limit) = &self.limit {
+            limit.slots.add_permits(1);
+        }
+    }
+}
+
+/// What the guard and the proxy phases share about the current request of a connection.
+#[derive(Debug, Default)]
+struct HeadShared {
+    /// Bumped for every new request on the connection; the guard re-arms when it changes.
+    generation: AtomicU64,
+    /// The guard let the head through to pingora.
+    released: AtomicBool,
+    /// The proxy's first phase ran: pingora accepted the head.
+    claimed: AtomicBool,
+    /// The status pingora answered with when it refused a released head (0: none).
+    refused_status: AtomicU16,
+}
+
+impl HeadShared {
+    fn rearm(&self) {
+        self.released.store(false, Ordering::Release);
+        self.claimed.store(false, Ordering::Release);
+        self.refused_status.store(0, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Why the guard answered instead of pingora.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 408: the head did not arrive within `timeouts.client_header`.
+    Timeout,
+    /// 414: the request line alone is over [`MAX_HEAD_BYTES`].
+    UriTooLong,
+    /// 431: the head is over [`MAX_HEAD_BYTES`] or has more than 256 fields.
+    HeadersTooLarge,
+}
+
+impl Refusal {
+    fn status(self) -> u16 {
+        match self {
+            Refusal::Timeout => 408,
+            Refusal::UriTooLong => 414,
+            Refusal::HeadersTooLarge => 431,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::Timeout => "header_timeout",
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::HeadersTooLarge => "headers_too_large",
+        }
+    }
+
+    fn response(self) -> &'static [u8] {
+        match self {
+            Refusal::Timeout => b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\ncache-control: no-store\r\nconnection: close\r\n\r\n408 Request Timeout\n",
+            Refusal::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 17\r\ncache-control: no-store\r\nconnection: close\r\n\r\n414 URI Too Long\n",
+            Refusal::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\ncache-control: no-store\r\nconnection: close\r\n\r\n431 Request Header Fields Too Large\n",
+        }
+    }
+}
+
+/// Where the guard stands in the current request.
+enum Phase {
+    /// Waiting for a head: bytes are held back until it is complete.
+    Holding,
+    /// The head (or what looks like the tail of one pingora already holds) was let
+    /// through; the deadline still runs until the proxy claims the request.
+    Watching,
+    /// Plain pass-through: the request belongs to pingora.
+    Passing,
+    /// Writing the refusal, then closing the write side.
+    Answering { refusal: Refusal, written: usize },
+    /// Reading and dropping what the refused client still sends, for a bounded time.
+    Lingering { drained: usize },
+    /// Done: pingora sees the end of the stream.
+    Closed,
+}
+
+/// The connection wrapper that enforces the request-head deadline and size limits; see
+/// the module doc.
+pub struct HeadGuard {
+    inner: Stream,
+    shared: Arc<HeadShared>,
+    metrics: Arc<Metrics>,
+    limit: Duration,
+    phase: Phase,
+    generation: u64,
+    /// Head bytes read but not yet given to pingora.
+    held: BytesMut,
+    /// Bytes let through since the head was expected (to bound a `Watching` head).
+    watched: usize,
+    /// The head deadline, or the lingering deadline while refusing.
+    timer: Option<Pin<Box<Sleep>>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for HeadGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadGuard")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeadGuard {
+    /// Guards a fresh connection: its first head must arrive within `limit` of now (like
+    /// nginx's `client_header_timeout`); on a kept-alive connection the clock starts at
+    /// the first byte of each later head.
+    fn new(inner: Stream, shared: Arc<HeadShared>, metrics: Arc<Metrics>, limit: Duration) -> Self {
+        Self {
+            inner,
+            shared,
+            metrics,
+            limit,
+            phase: Phase::Holding,
+            generation: 0,
+            held: BytesMut::new(),
+            watched: 0,
+            timer: Some(Box::pin(tokio::time::sleep(limit))),
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits for the connection's first head, answering 408/414/431 itself, before
+    /// pingora allocates anything for the connection: a flood of idle or slow connections
+    /// then costs little more than their sockets. `false`: refused or abandoned.
+    async fn first_head(&mut self) -> bool {
+        std::future::poll_fn(|cx| loop {
+            match self.phase {
+                Phase::Holding => {
+                    if ready!(self.poll_holding(cx)).is_err() {
+                        return Poll::Ready(false);
+                    }
+                }
+                Phase::Answering { .. } => {
+                    let _ = ready!(self.poll_answering(cx));
+                }
+                Phase::Lingering { .. } => {
+                    let _ = ready!(self.poll_lingering(cx));
+                }
+                Phase::Closed => return Poll::Ready(false),
+                Phase::Watching | Phase::Passing => return Poll::Ready(true),
+            }
+        })
+        .await
+    }
+
+    /// Follows the proxy: a claimed request passes through; a new request re-arms.
+    fn sync_with_proxy(&mut self) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.generation = generation;
+            if matches!(
+                self.phase,
+                Phase::Passing | Phase::Watching | Phase::Holding
+            ) {
+                self.phase = Phase::Holding;
+                self.watched = 0;
+                self.timer = None;
+                self.started = Instant::now();
+            }
+        }
+        if matches!(self.phase, Phase::Holding | Phase::Watching)
+            && self.shared.claimed.load(Ordering::Acquire)
+        {
+            self.phase = Phase::Passing;
+            self.timer = None;
+        }
+    }
+
+    fn start_clock(&mut self) {
+        if self.timer.is_none() {
+            self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
+            self.started = Instant::now();
+        }
+    }
+
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    fn refuse(&mut self, refusal: Refusal) {
+        record_refusal(
+            &self.metrics,
+            refusal.status(),
+            refusal.reason(),
+            self.started,
+        );
+        self.held.clear();
+        self.phase = Phase::Answering {
+            refusal,
+            written: 0,
+        };
+    }
+
+    /// Serves held bytes to pingora first.
+    fn serve_held(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
+        let n = self.held.len().min(buf.remaining());
+        buf.put_slice(&self.held[..n]);
+        self.held.advance(n);
+        true
+    }
+
+    /// Reads more of a head into `held`.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut chunk = [0u8; 4096];
+        let mut read = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        self.held.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    }
+
+    /// Reads until the head is whole (phase `Watching`, the head in `held`), refused
+    /// (`Answering`) or abandoned (`Closed`).
+    fn poll_holding(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if self.deadline_passed(cx) {
+                if self.held.is_empty() {
+                    // Nothing was asked (a preconnected socket): close without an answer,
+                    // as nginx does.
+                    tracing::debug!("closing a connection that sent no request in time");
+                    self.phase = Phase::Closed;
+                } else {
+                    self.refuse(Refusal::Timeout);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let n = match self.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => {
+                    self.client_left();
+                    return Poll::Ready(Err(e));
+                }
+            };
+            if n == 0 {
+                self.client_left();
+                return Poll::Ready(Ok(()));
+            }
+            self.start_clock();
+            match head_state(&self.held) {
+                HeadState::Partial if self.held.len() > MAX_HEAD_BYTES => {
+                    self.refuse(oversize(&self.held));
+                    return Poll::Ready(Ok(()));
+                }
+                HeadState::Partial => continue,
+                HeadState::TooManyFields => {
+                    self.refuse(Refusal::HeadersTooLarge);
+                    return Poll::Ready(Ok(()));
+                }
+                HeadState::Complete | HeadState::Tail => {
+                    self.shared.released.store(true, Ordering::Release);
+                    self.watched = self.held.len();
+                    self.phase = Phase::Watching;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// The client closed mid-head: normal life on the internet, not an operator matter.
+    fn client_left(&mut self) {
+        if !self.held.is_empty() {
+            self.metrics.client_head_disconnects.inc();
+            tracing::debug!(
+                bytes = self.held.len(),
+                "client closed the connection in the middle of a request head"
+            );
+            self.held.clear();
+        }
+        self.phase = Phase::Closed;
+    }
+
+    fn poll_answering(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Phase::Answering { refusal, written } = &mut self.phase {
+            let response = refusal.response();
+            if *written < response.len() {
+                match ready!(Pin::new(&mut self.inner).poll_write(cx, &response[*written..])) {
+                    Ok(0) | Err(_) => self.phase = Phase::Closed,
+                    Ok(n) => *written += n,
+                }
+                continue;
+            }
+            let flushed = ready!(Pin::new(&mut self.inner).poll_flush(cx))
+                .and(ready!(Pin::new(&mut self.inner).poll_shutdown(cx)));
+            self.phase = match flushed {
+                Ok(()) => {
+                    self.timer = Some(Box::pin(tokio::time::sleep(LINGER_TIME)));
+                    Phase::Lingering { drained: 0 }
+                }
+                Err(_) => Phase::Closed,
+            };
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_lingering(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let Phase::Lingering { drained } = self.phase else {
+                return Poll::Ready(Ok(()));
+            };
+            if drained > LINGER_BYTES || self.deadline_passed(cx) {
+                self.phase = Phase::Closed;
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read)) {
+                Ok(()) if !read.filled().is_empty() => {
+                    self.phase = Phase::Lingering {
+                        drained: drained + read.filled().len(),
+                    };
+                }
+                _ => self.phase = Phase::Closed,
+            }
+        }
+    }
+}
+
+/// How far a held head has come.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadState {
+    /// No end of head yet.
+    Partial,
+    /// A whole head within the field limit.
+    Complete,
+    /// More fields than pingora accepts.
+    TooManyFields,
+    /// Starts at a line break: the tail of a head whose start pingora already holds (a
+    /// pipelined request it read ahead), or stray line breaks it skips. Let through, since
+    /// only pingora can tell; the deadline still runs.
+    Tail,
+}
+
+fn head_state(held: &[u8]) -> HeadState {
+    if matches!(held.first(), Some(b'\r' | b'\n')) {
+        return HeadState::Tail;
+    }
+    let ends = memchr::memmem::find(held, b"\n\r\n").is_some()
+        || memchr::memmem::find(held, b"\n\n").is_some();
+    if !ends {
+        return HeadState::Partial;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut fields).parse(held) {
+        Err(httparse::Error::TooManyHeaders) => HeadState::TooManyFields,
+        // Anything else, valid or not, is pingora's to judge and answer.
+        _ => HeadState::Complete,
+    }
+}
+
+/// 414 when the request line alone fills the limit, 431 otherwise.
+fn oversize(held: &[u8]) -> Refusal {
+    if memchr::memchr(b'\n', &held[..held.len().min(MAX_HEAD_BYTES)]).is_none() {
+        Refusal::UriTooLong
+    } else {
+        Refusal::HeadersTooLarge
+    }
+}
+
+impl AsyncRead for HeadGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        this.sync_with_proxy();
+        loop {
+            // A head being let through: its held bytes go first.
+            if matches!(this.phase, Phase::Watching | Phase::Passing) && this.serve_held(buf) {
+                return Poll::Ready(Ok(()));
+            }
+            match this.phase {
+                Phase::Holding => ready!(this.poll_holding(cx))?,
+                Phase::Watching => {
+                    if this.deadline_passed(cx) {
+                        this.refuse(Refusal::Timeout);
+                        continue;
+                    }
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                    this.watched += buf.filled().len() - before;
+                    if this.watched > MAX_HEAD_BYTES {
+                        // pingora is still reading a head that is too large.
+                        this.refuse(Refusal::HeadersTooLarge);
+                        buf.set_filled(before);
+                        continue;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Phase::Passing => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Phase::Answering { .. } => ready!(this.poll_answering(cx))?,
+                Phase::Lingering { .. } => ready!(this.poll_lingering(cx))?,
+                // pingora sees the end of the stream: with nothing read for this head, it
+                // closes quietly.
+                Phase::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeadGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if matches!(this.phase, Phase::Closed | Phase::Lingering { .. }) {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        // A write before the proxy claimed a released head is pingora's parser refusing
+        // it; note the status for the access log.
+        if this.shared.released.load(Ordering::Acquire)
+            && !this.shared.claimed.load(Ordering::Acquire)
+            && this.shared.refused_status.load(Ordering::Acquire) == 0
+        {
+            if let Some(status) = status_of(data) {
+                this.shared.refused_status.store(status, Ordering::Release);
+            }
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The status code of a response that starts in `data` (`HTTP/1.1 400 ...`).
+fn status_of(data: &[u8]) -> Option<u16> {
+    let code = data.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+#[async_trait]
+impl Shutdown for HeadGuard {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for HeadGuard {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadGuard {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadGuard {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadGuard {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeadGuard {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeadGuard {
+    // Peeking would bypass the held bytes; pingora falls back to reading.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_judged_by_their_end_and_field_count() {
+        let many: String = (0..300).map(|i| format!("x{i}: y\r\n")).collect();
+        let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let cases: &[(&[u8], HeadState)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", HeadState::Partial),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", HeadState::Complete),
+            (b"GET / HTTP/1.1\nHost: a\n\n", HeadState::Complete),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody",
+                HeadState::Complete,
+            ),
+            (b"\x16\x03\x01 garbage\r\n\r\n", HeadState::Complete),
+            (too_many.as_bytes(), HeadState::TooManyFields),
+            (b"\r\n", HeadState::Tail),
+            (b"\n\r\nGET", HeadState::Tail),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                head_state(head),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_head_is_a_long_uri_only_without_a_line_break() {
+        let long_uri = format!("GET /{} HTTP/1.1", "a".repeat(MAX_HEAD_BYTES + 10));
+        assert_eq!(oversize(long_uri.as_bytes()), Refusal::UriTooLong);
+        let big_header = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(oversize(big_header.as_bytes()), Refusal::HeadersTooLarge);
+    }
+
+    #[test]
+    fn refusals_are_well_formed_responses() {
+        for refusal in [
+            Refusal::Timeout,
+            Refusal::UriTooLong,
+            Refusal::HeadersTooLarge,
+        ] {
+            let text = std::str::from_utf8(refusal.response()).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {} ", refusal.status())));
+            assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+            assert_eq!(status_of(refusal.response()), Some(refusal.status()));
+        }
+    }
+}
