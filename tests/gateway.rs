@@ -27,6 +27,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use support::pki::Ca;
 use support::sidecar::Sidecar;
 use support::standin::Call;
 use support::tools::{self, Process};
@@ -103,13 +104,15 @@ struct Gateway {
     /// oauth2-proxy → app, for the latency comparison; same cookie, so one sign-in serves both.
     direct: OAuth2Proxy,
     nginx: OnceLock<Result<Nginx, String>>,
+    /// Topology 2 with nginx reaching the sidecar over TLS with a client certificate.
+    nginx_tls: OnceLock<Result<Nginx, String>>,
 }
 
 /// Topology 2: nginx auth_request → oauth2-proxy; nginx → sidecar → app.
 struct Nginx {
     _nginx: Process,
     _auth: OAuth2Proxy,
-    _sidecar: Sidecar,
+    sidecar: Sidecar,
     url: String,
 }
 
@@ -193,14 +196,27 @@ impl Gateway {
             proxy,
             direct,
             nginx: OnceLock::new(),
+            nginx_tls: OnceLock::new(),
         })
     }
 
     /// Topology 2, started on first use.
     fn nginx(&self) -> Option<&Nginx> {
-        let nginx = self
-            .nginx
-            .get_or_init(|| self.rt.block_on(Nginx::start(self)));
+        self.started(&self.nginx, false)
+    }
+
+    /// Topology 2 over mutual TLS (nginx `proxy_ssl_certificate` → sidecar `tls`),
+    /// started on first use.
+    fn nginx_tls(&self) -> Option<&Nginx> {
+        self.started(&self.nginx_tls, true)
+    }
+
+    fn started<'a>(
+        &'a self,
+        cell: &'a OnceLock<Result<Nginx, String>>,
+        tls: bool,
+    ) -> Option<&'a Nginx> {
+        let nginx = cell.get_or_init(|| self.rt.block_on(Nginx::start(self, tls)));
         match nginx {
             Ok(n) => Some(n),
             Err(missing) => {
@@ -398,11 +414,11 @@ fn readme_block(lang: &str, needle: &str) -> String {
 }
 
 impl Nginx {
-    async fn start(gw: &Gateway) -> Result<Nginx, String> {
+    async fn start(gw: &Gateway, tls: bool) -> Result<Nginx, String> {
         let nginx_bin = tools::find("nginx")
             .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
             .ok_or("`nginx` (Debian nginx-light) is not installed")?;
-        let dir = gw.dir.path().join("nginx");
+        let dir = gw.dir.path().join(if tls { "nginx-tls" } else { "nginx" });
         std::fs::create_dir_all(&dir).expect("nginx dir");
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
@@ -426,19 +442,49 @@ impl Nginx {
         )
         .await;
         let identity = readme_block("yaml", "X-Auth-Request-User");
-        let sidecar = SidecarBuilder::new(&gw.upstream.url(), &gw.standin.url())
-            .template(&format!(
+        let mut builder =
+            SidecarBuilder::new(&gw.upstream.url(), &gw.standin.url()).template(&format!(
                 "{}{identity}",
                 SIDECAR_PRESET.replace("identity:\n  preset: oauth2-proxy\n", "")
-            ))
-            .start()
-            .await;
+            ));
+        // With TLS: the sidecar trusts only nginx's client certificate (not its address),
+        // and nginx verifies the sidecar's.
+        let (server_ca, gateway_ca) = (Ca::new("sidecar CA"), Ca::new("gateway CA"));
+        if tls {
+            let server = server_ca.server("sidecar");
+            let client = gateway_ca.client(&["nginx.gateway.internal"], "nginx");
+            for (name, text) in [
+                ("server-ca.pem", &server_ca.pem),
+                ("client.crt", &client.cert),
+                ("client.key", &client.key),
+            ] {
+                std::fs::write(dir.join(name), text).expect("nginx TLS file");
+            }
+            builder = builder
+                .file("tls.crt", &server.cert)
+                .file("tls.key", &server.key)
+                .file("gateway-ca.pem", &gateway_ca.pem)
+                .extra("tls:\n  cert_file: tls.crt\n  key_file: tls.key\n  client_ca_file: gateway-ca.pem\n  trusted_client_names: [nginx.gateway.internal]\n");
+        }
+        let sidecar = builder.start().await;
         tools::kill_at_exit(sidecar.pid() as u32);
 
+        let d = dir.display();
+        let to_sidecar = if tls {
+            format!(
+                "proxy_ssl_certificate {d}/client.crt;\n        \
+                 proxy_ssl_certificate_key {d}/client.key;\n        \
+                 proxy_ssl_trusted_certificate {d}/server-ca.pem;\n        \
+                 proxy_ssl_verify on;\n        proxy_ssl_name localhost;\n        \
+                 proxy_pass https://{};",
+                sidecar.listen
+            )
+        } else {
+            format!("proxy_pass http://{};", sidecar.listen)
+        };
         let locations = readme_block("nginx", "auth_request")
             .replace("127.0.0.1:4180", &auth.url["http://".len()..])
-            .replace("127.0.0.1:8080", &sidecar.listen.to_string());
-        let d = dir.display();
+            .replace("proxy_pass http://127.0.0.1:8080;", &to_sidecar);
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
@@ -474,7 +520,7 @@ impl Nginx {
         Ok(Nginx {
             _nginx: nginx,
             _auth: auth,
-            _sidecar: sidecar,
+            sidecar,
             url,
         })
     }
@@ -865,6 +911,31 @@ fn nginx_auth_request_login_flow_ends_on_the_page_with_one_token_for_the_idp_use
         let landed = navigate(&client, &format!("{}/page", nginx.url), &forged).await;
         let token = one_call_for_the_idp_user(&gw.calls_since(before));
         assert_eq!(support::tokens_in(&landed.body), vec![token]);
+    });
+}
+
+#[test]
+fn nginx_reaches_the_sidecar_over_mutual_tls_and_only_its_certificate_is_trusted() {
+    let Some((gw, _turn)) = gateway() else { return };
+    let Some(nginx) = gw.nginx_tls() else { return };
+    gw.rt.block_on(async {
+        let before = gw.standin.calls().len();
+        let (_client, landed) = sign_in(gw, &nginx.url).await;
+        assert_eq!(landed.status, 200, "{}", landed.body);
+        let token = one_call_for_the_idp_user(&gw.calls_since(before));
+        assert_eq!(support::tokens_in(&landed.body), vec![token]);
+        let sidecar = &nginx.sidecar;
+        let by_cert = sidecar
+            .metric("released_sidecar_requests_by_trust_total{source=\"certificate\"}")
+            .await;
+        assert!(by_cert >= 1.0, "trust came from nginx's certificate");
+        assert_eq!(
+            sidecar
+                .metric("released_sidecar_requests_by_trust_total{source=\"address\"}")
+                .await,
+            0.0,
+            "never from its (loopback) address"
+        );
     });
 }
 

@@ -139,7 +139,11 @@ impl SidecarBuilder {
     async fn try_start(&self) -> Result<Sidecar, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Two probes can return the same free port; the config refuses admin == listen.
+        let admin_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != listen.port())
+            .unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let secret_file = dir.path().join("shared-secret");
         std::fs::write(&secret_file, format!("{}\n", self.secret)).unwrap();
         for (name, content) in &self.files {
