@@ -393,22 +393,9 @@ document.getElementById('nav').addEventListener('click', () => {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_gets_a_fresh_token_for_each_embed_rendered_after_load() {
-    use support::tools;
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(std::path::PathBuf::from)
-        .or_else(|| tools::find("chromium"));
-    let Some(chromium) = chromium else {
-        tools::skip("`chromium` is not installed", "scripts/deps.sh test");
+    let Some(chromium) = support::tools::browser() else {
         return;
     };
-    let gateway_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway");
-    if tools::find("node").is_none() || !gateway_dir.join("node_modules/playwright-core").is_dir() {
-        tools::skip(
-            "node or playwright-core is missing",
-            "scripts/gateway-tools.sh",
-        );
-        return;
-    }
     let upstream = Upstream::start(|_| Reply::html(SPA)).await;
     let standin = StandIn::start(SECRET).await;
     let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
@@ -431,26 +418,16 @@ async fn a_real_browser_gets_a_fresh_token_for_each_embed_rendered_after_load() 
         .join("embeds");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("client-rendered-embeds.png");
-    let mut cmd = std::process::Command::new("node");
-    cmd.arg(gateway_dir.join("embeds.mjs"))
-        .arg(sidecar.url("/portal/feedback"))
-        .arg(format!("{}/foreign", foreign.url()))
-        .arg(&screenshot)
-        .current_dir(&gateway_dir)
-        .env("CHROMIUM", &chromium);
-    let out =
-        tokio::task::spawn_blocking(move || tools::run_bounded(cmd, Duration::from_secs(120)))
-            .await
-            .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let (page, foreign) = (
+        sidecar.url("/portal/feedback"),
+        format!("{}/foreign", foreign.url()),
     );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a report")).expect("JSON report");
+    let shot = screenshot.to_str().unwrap().to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        support::tools::run_browser(&chromium, "embeds.mjs", &[&page, &foreign, &shot])
+    })
+    .await
+    .unwrap();
 
     // The page load's own call (made while the app answers, before its HTML is known),
     // then one per embed; none for the other origin.

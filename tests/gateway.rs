@@ -964,11 +964,7 @@ fn artifacts_dir() -> PathBuf {
 #[test]
 fn a_real_browser_signs_in_through_oauth2_proxy_and_reads_the_token() {
     let Some((gw, _turn)) = gateway() else { return };
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .or_else(|| tools::find("chromium"));
-    let Some(chromium) = chromium else {
-        tools::skip("`chromium` is not installed", "scripts/deps.sh test");
+    let Some(chromium) = tools::browser() else {
         return;
     };
     std::fs::create_dir_all(artifacts_dir()).unwrap();
@@ -976,27 +972,14 @@ fn a_real_browser_signs_in_through_oauth2_proxy_and_reads_the_token() {
     let _ = std::fs::remove_file(&screenshot);
 
     let before = gw.standin.calls().len();
-    let mut cmd = Command::new("node");
-    cmd.arg(repo("tests/gateway/browser.mjs"))
-        .arg(format!("{}/page", gw.proxy.url))
-        .arg(&screenshot)
-        .current_dir(repo("tests/gateway"))
-        .env("CHROMIUM", &chromium);
-    let out = tools::run_bounded(cmd, Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let report = tools::run_browser(
+        &chromium,
+        "browser.mjs",
+        &[
+            &format!("{}/page", gw.proxy.url),
+            screenshot.to_str().unwrap(),
+        ],
     );
-    let report: serde_json::Value = serde_json::from_str(
-        stdout
-            .lines()
-            .last()
-            .expect("the browser script prints a report"),
-    )
-    .expect("report is JSON");
 
     let token = one_call_for_the_idp_user(&gw.calls_since(before));
     assert_eq!(report["token"], token.as_str(), "{report:#}");

@@ -23,6 +23,17 @@ async fn echoed_headers(
     resp.json().await.unwrap()
 }
 
+/// An app that echoes the headers it gets, behind a sidecar with `extra` config.
+async fn echoing_sidecar(extra: &str) -> (Upstream, StandIn, support::sidecar::Sidecar) {
+    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra(extra)
+        .start()
+        .await;
+    (upstream, standin, sidecar)
+}
+
 fn forged() -> reqwest::header::HeaderMap {
     let mut h = navigation("admin", "admin@example.com");
     h.insert("x-forwarded-preferred-username", "Admin".parse().unwrap());
@@ -38,12 +49,7 @@ fn forged() -> reqwest::header::HeaderMap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_identity_headers_from_an_untrusted_peer_are_stripped_and_mint_nothing() {
-    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra("trusted_proxies: [\"10.0.0.0/8\"]")
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = echoing_sidecar("trusted_proxies: [\"10.0.0.0/8\"]").await;
 
     let seen = echoed_headers(&sidecar, forged()).await;
     for stripped in [
@@ -105,14 +111,7 @@ async fn a_trusted_peer_keeps_its_identity_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_named_only_in_a_route_are_stripped_everywhere() {
-    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra(
-            "trusted_proxies: [\"10.0.0.0/8\"]\nroutes:\n  - name: iap\n    match: { path: \"^/iap\" }\n    identity:\n      user_email: { header: X-Goog-Authenticated-User-Email, pattern: \"^accounts.google.com:(.+)$\" }\n  - name: rest\n",
-        )
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = echoing_sidecar("trusted_proxies: [\"10.0.0.0/8\"]\nroutes:\n  - name: iap\n    match: { path: \"^/iap\" }\n    identity:\n      user_email: { header: X-Goog-Authenticated-User-Email, pattern: \"^accounts.google.com:(.+)$\" }\n  - name: rest\n").await;
     let mut headers = forged();
     headers.insert(
         "x-goog-authenticated-user-email",
@@ -124,6 +123,7 @@ async fn identity_headers_named_only_in_a_route_are_stripped_everywhere() {
         "{seen:?}"
     );
     assert!(!seen.contains_key("x-forwarded-user"));
+    assert!(standin.calls().is_empty(), "an untrusted peer mints nothing");
 }
 
 /// Every way a client may spell the identity headers so that a CGI/Rack/WSGI app server
@@ -181,12 +181,7 @@ async fn underscore_spellings_never_reach_the_app_from_a_trusted_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underscore_spellings_from_an_untrusted_peer_are_stripped_and_mint_nothing() {
-    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra("trusted_proxies: [\"10.0.0.0/8\"]")
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = echoing_sidecar("trusted_proxies: [\"10.0.0.0/8\"]").await;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("accept", "text/html".parse().unwrap());
     respelled(&mut headers);
@@ -202,14 +197,7 @@ async fn underscore_spellings_from_an_untrusted_peer_are_stripped_and_mint_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_level_identity_headers_are_stripped_even_when_every_route_overrides_them() {
-    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra(
-            "trusted_proxies: [\"10.0.0.0/8\"]\nroutes:\n  - name: only\n    identity:\n      user_id: { header: Remote-User }\n      user_email: { header: Remote-Email }\n",
-        )
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = echoing_sidecar("trusted_proxies: [\"10.0.0.0/8\"]\nroutes:\n  - name: only\n    identity:\n      user_id: { header: Remote-User }\n      user_email: { header: Remote-Email }\n").await;
     let mut headers = forged();
     headers.insert("remote-user", "mallory".parse().unwrap());
     headers.insert("x_forwarded_user", "mallory".parse().unwrap());
@@ -222,4 +210,5 @@ async fn top_level_identity_headers_are_stripped_even_when_every_route_overrides
     ] {
         assert!(!seen.contains_key(stripped), "{stripped}: {seen:?}");
     }
+    assert!(standin.calls().is_empty(), "an untrusted peer mints nothing");
 }

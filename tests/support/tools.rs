@@ -195,3 +195,50 @@ pub fn run_bounded(mut cmd: Command, limit: std::time::Duration) -> std::process
         stderr: err_reader.join().unwrap_or_default(),
     }
 }
+
+/// Headless Chromium for a browser test: `$CHROMIUM`, else `chromium` on PATH, with node
+/// and the npm packages of tests/gateway; `None` after a [`skip`].
+pub fn browser() -> Option<PathBuf> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| find("chromium"));
+    let Some(chromium) = chromium else {
+        skip("`chromium` is not installed", "scripts/deps.sh test");
+        return None;
+    };
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway/node_modules");
+    if find("node").is_none() || !modules.join("playwright-core").is_dir() {
+        skip(
+            "node or playwright-core is missing",
+            "scripts/gateway-tools.sh",
+        );
+        return None;
+    }
+    Some(chromium)
+}
+
+/// Runs the browser script `script` (in tests/gateway) with `args` on `chromium`, at most
+/// two minutes, and returns the JSON report it prints last.
+pub fn run_browser(chromium: &Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway");
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .env("CHROMIUM", chromium);
+    let out = run_bounded(cmd, std::time::Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(
+        stdout
+            .lines()
+            .last()
+            .expect("the browser script prints a report"),
+    )
+    .expect("the report is JSON")
+}
