@@ -251,6 +251,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             old.workers, new.workers
         ));
     }
+    if old.upstream_keepalive != new.upstream_keepalive {
+        out.push(format!(
+            "`upstream_keepalive` changed from {} to {}: needs a restart",
+            old.upstream_keepalive, new.upstream_keepalive
+        ));
+    }
     if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
         out.push("`timeouts.shutdown_grace` changed: needs a restart".to_string());
     }

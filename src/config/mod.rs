@@ -41,6 +41,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DEFAULT_EMBED_TAGS: &[&str] = &["released-page", "released-widget", "released-form"];
 /// Default per-response bound on the rewriter's buffers.
 pub const DEFAULT_REWRITE_MEMORY: usize = 1024 * 1024;
+/// Default idle keep-alive connections to the app per worker: above the concurrent
+/// connections a gateway opens per worker, so a busy sidecar reuses connections instead
+/// of closing and reopening them (pingora's own default is 128).
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 1024;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +202,8 @@ pub struct Config {
     pub embed: Embed,
     /// Proxy worker threads.
     pub workers: usize,
+    /// Most idle keep-alive connections to the app kept open for reuse.
+    pub upstream_keepalive: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Every identity header named anywhere in the config (stripped from untrusted peers).
@@ -295,6 +301,7 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "embed",
     "workers",
+    "upstream_keepalive",
     "timeouts",
 ];
 const RELEASED_KEYS: &[&str] = &[
@@ -404,6 +411,10 @@ impl Schema<'_, '_> {
                     .unwrap_or(1),
             ),
         };
+        let upstream_keepalive = match top.get("upstream_keepalive") {
+            Some(n) => self.d.positive_integer(n, "upstream_keepalive"),
+            None => Some(DEFAULT_UPSTREAM_KEEPALIVE),
+        };
         let timeouts = self.timeouts(&top);
         let embed = self.embed(&top);
 
@@ -502,6 +513,7 @@ impl Schema<'_, '_> {
             routes: Routes(compiled),
             embed: embed?,
             workers: workers?,
+            upstream_keepalive: upstream_keepalive?,
             timeouts: timeouts?,
             identity_headers,
             secret_files,
