@@ -421,6 +421,17 @@ start_bare() { # NAME PORT ARGS -> sets LAST_PID
   wait_port "$2" "$LAST_PID" "$1" "$WORK/logs/$1.log"
 }
 
+# PID -> its child processes' PIDs, from /proc (a bare machine may have no `ps`).
+children_of() {
+  local f line ppid
+  for f in /proc/[0-9]*/stat; do
+    { read -r line <"$f"; } 2>/dev/null || continue
+    read -r _ ppid _ <<<"${line##*) }"
+    [ "$ppid" = "$1" ] && { f=${f#/proc/}; echo "${f%/stat}"; }
+  done
+  return 0
+}
+
 say "starting origin + token stand-in (nginx), slow backend, proxies on cores $PROXY_CPUS, load on $LOAD_CPUS"
 start_nginx origin "$ORIGIN_PORT" load
 wait_port "$TOKEN_PORT" "${PIDS[-1]}" "nginx token" "$WORK/origin/error.log"
@@ -434,7 +445,7 @@ start_nginx proxy "$NGX_A_PORT" proxy
 NGINX_PROXY_PID=${PIDS[-1]}
 NGINX_WORKER_PID=""
 for _ in $(seq 1 50); do
-  NGINX_WORKER_PID=$(ps -o pid= --ppid "$NGINX_PROXY_PID" | head -1 | tr -d ' ')
+  NGINX_WORKER_PID=$(children_of "$NGINX_PROXY_PID" | head -1)
   [ -n "$NGINX_WORKER_PID" ] && break
   sleep 0.1
 done
@@ -504,7 +515,7 @@ target_pids() {
     sidecar-b) echo "$SIDECAR_B_PID" ;;
     bare) echo "$BARE_PID" ;;
     bare-b) echo "$BARE_B_PID" ;;
-    nginx-*) echo "$NGINX_PROXY_PID" $(ps -o pid= --ppid "$NGINX_PROXY_PID") ;;
+    nginx-*) echo "$NGINX_PROXY_PID" $(children_of "$NGINX_PROXY_PID") ;;
   esac
 }
 cpu_ticks() { # PID... -> summed utime + stime
