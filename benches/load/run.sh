@@ -252,6 +252,9 @@ nginx_conf() { # NAME WORKERS -> writes $WORK/NAME/nginx.conf header; body on st
   mkdir -p "$dir/tmp"
   chmod 1777 "$dir/tmp"
   {
+    # Started as root, nginx switches its workers to the build's default user (www-data
+    # on Debian), which a bare benchmark machine may not have: keep them as we are.
+    [ "$(id -u)" = 0 ] && echo "user root $(id -gn);"
     cat <<EOF
 worker_processes $2;
 daemon off;
