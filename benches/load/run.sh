@@ -448,7 +448,10 @@ start_nginx proxy "$NGX_A_PORT" proxy
 NGINX_PROXY_PID=${PIDS[-1]}
 NGINX_WORKER_PID=""
 for _ in $(seq 1 50); do
-  NGINX_WORKER_PID=$(children_of "$NGINX_PROXY_PID" | head -1)
+  # No `| head -1`: with several workers head would close the pipe early, and pipefail
+  # turns the writer's SIGPIPE into an exit.
+  NGINX_WORKER_PID=$(children_of "$NGINX_PROXY_PID")
+  NGINX_WORKER_PID=${NGINX_WORKER_PID%%$'\n'*}
   [ -n "$NGINX_WORKER_PID" ] && break
   sleep 0.1
 done
