@@ -337,6 +337,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     if old.upgrade_sock != new.upgrade_sock {
         out.push("`upgrade_sock` changed: needs a restart".to_string());
     }
+    if old.upstream_keepalive != new.upstream_keepalive {
+        out.push(format!(
+            "`upstream_keepalive` changed from {} to {}: needs a restart",
+            old.upstream_keepalive, new.upstream_keepalive
+        ));
+    }
     if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
         out.push("`timeouts.shutdown_grace` changed: needs a restart".to_string());
     }

@@ -92,6 +92,11 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let upgrade_sock = config.upgrade_sock.clone();
     let conf = ServerConf {
         threads: config.workers,
+        // Each worker thread runs its own runtime: measured faster than tokio's work
+        // stealing, whose cross-thread wake-ups cost more than they balance on a proxy
+        // where every connection's work is alike (benches/README.md).
+        work_stealing: false,
+        upstream_keepalive_pool_size: config.upstream_keepalive,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: config.upgrade_sock.display().to_string(),

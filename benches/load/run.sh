@@ -1,46 +1,78 @@
 #!/usr/bin/env bash
-# Load benchmark: released-sidecar against nginx doing the same job, all on 127.0.0.1.
+# Load benchmark: released-sidecar against nginx doing the same job, and against a bare
+# pingora proxy (the framework floor), all on 127.0.0.1.
 #
-#   benches/load/run.sh                      # ~4.5 minutes at the defaults (+ first build)
-#   DURATION=5 ROUNDS=1 benches/load/run.sh  # quick look, ~1.5 minutes
-#   PROFILE=1 benches/load/run.sh            # also perf-record the sidecar (see README)
+#   benches/load/run.sh                        # ~6 minutes at the defaults (+ first build)
+#   benches/load/run.sh --workers 2            # every proxy gets 2 workers on 2 pinned cores
+#   DURATION=5 ROUNDS=1 benches/load/run.sh    # quick look, ~2 minutes
+#   PROFILE=1 benches/load/run.sh              # also perf-record the sidecar (see README)
+#   BENCHKIT=target/benchkit benches/load/run.sh   # bundled binaries, no build, no network
 #
 # What runs (every process started here is killed by its PID on exit; nothing listens
 # or connects outside 127.0.0.1):
-#   origin   nginx, 1 worker: /data.json (1 KB), /app.js (10 KB), /page.html (100 KB, one
-#            <released-page>), /big.html (BIG_MB MiB), and /slow/ proxied to the slow app;
-#            plus a second server that stands in for the Released token API and answers
+#   origin   nginx (WORKERS workers): /data.json (1 KB), /app.js (10 KB), /page.html (100 KB,
+#            one <released-page>), /big.html (BIG_MB MiB), and /slow/ proxied to the slow
+#            app; plus a second server that stands in for the Released token API and answers
 #            at once: POST /auth/api/impersonation/token -> "tok-bench-…" (JSON), and
 #            GET /auth-token -> 204 + X-Token (for nginx auth_request).
 #   slow     benches/load/backend.py: page and token API each answering after 100 ms.
-#   sidecar  the release build, workers: 1, identity from X-Forwarded-User/-Email.
-#   nginx-A  passthrough proxy (upstream keepalive 32, HTTP/1.1), 1 worker.
+#   sidecar  the release build, `workers: WORKERS`, identity from X-Forwarded-User/-Email.
+#   bare     examples/bare_proxy.rs: pingora's minimal ProxyHttp, same pingora build and
+#            server knobs (threads, work_stealing, keep-alive pool) as the sidecar.
+#   nginx-A  passthrough proxy (upstream keepalive = connections, HTTP/1.1).
 #   nginx-B  the same plus auth_request to the token stand-in and sub_filter writing
 #            auth-token="$tok" into the three embed tags (nginx's best effort at the job).
+# The proxies run on the first WORKERS allowed cores (taskset); wrk, the origin, the token
+# stand-in and the slow app on the others (when there are none left, everything shares).
 #
+# Options: --workers N  (or WORKERS=N) workers per proxy [1]
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per wrk run      ROUNDS [3]    interleaved rounds per target
-#   WARMUP [2]     seconds, not recorded    CONNS [32]    wrk connections
-#   SLOW_CONNS [4] for slow-100ms           BIG_MB [256]  size of the big page, MiB
+#   WARMUP [2]     seconds, not recorded    CONNS [32 x WORKERS]  wrk connections
+#   WRK_THREADS [WORKERS]                   ORIGIN_WORKERS [WORKERS]
+#   SLOW_CONNS [4] for slow-100ms           BIG_MB [256]  size of the big page, MiB (0: no
+#                                                         memory part)
 #   SCENARIOS ["pass-1k-json pass-10k-js rewrite-100k slow-100ms"]; pass-100k-html is
 #                  also available (the page without page-load headers: no token, no rewrite)
 #   SIDECAR_LOG [warn]  RUST_LOG of the sidecar: no access log, like nginx's access_log off
-#   SIDECAR_BIN    use this binary instead of building one
+#   SIDECAR_BIN, BARE_BIN   use these binaries instead of building them
+#   BARE_ARGS      extra bare_proxy flags, e.g. "--work-stealing true"
+#   A/B in the same run: SIDECAR_B_BIN and/or SIDECAR_B_YAML (lines appended to its config)
+#                  add a target "sidecar-b"; BARE_B_ARGS adds "bare-b".
+#   BENCHKIT       a directory from benches/load/bundle.sh: bin/{nginx,wrk,curl,taskset,
+#                  released-sidecar,bare_proxy} and www/; nothing is installed or built,
+#                  python3 is not needed (no slow-100ms, no memory part)
 #   PROFILE [0]    1: perf record the sidecar under the rewrite and 1 KB passthrough loads
 #   RESULTS_DIR [<cargo target dir>/bench-load/<timestamp>]   KEEP [0] 1: keep the temp dir
-# Run time ~ scenarios x 2 targets x (ROUNDS x DURATION + WARMUP) + ~20 s: ~4.5 min.
+# Run time ~ sum over scenarios of targets x (ROUNDS x DURATION + WARMUP) + ~20 s.
 set -euo pipefail
 
+WORKERS=${WORKERS:-1}
+while (($#)); do
+  case $1 in
+    --workers) WORKERS=${2:?--workers needs a number}; shift 2 ;;
+    --workers=*) WORKERS=${1#*=}; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) printf 'unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
+  esac
+done
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "--workers wants a whole number above 0" >&2; exit 2; }
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
-CONNS=${CONNS:-32}
+CONNS=${CONNS:-$((32 * WORKERS))}
+WRK_THREADS=${WRK_THREADS:-$WORKERS}
+ORIGIN_WORKERS=${ORIGIN_WORKERS:-$WORKERS}
 SLOW_CONNS=${SLOW_CONNS:-4}
 BIG_MB=${BIG_MB:-256}
 SIDECAR_LOG=${SIDECAR_LOG:-warn}
 PROFILE=${PROFILE:-0}
 SCENARIOS=${SCENARIOS:-pass-1k-json pass-10k-js rewrite-100k slow-100ms}
 KEEP=${KEEP:-0}
+BARE_ARGS=${BARE_ARGS:-}
+BARE_B_ARGS=${BARE_B_ARGS:-}
+SIDECAR_B_YAML=${SIDECAR_B_YAML:-}
+BENCHKIT=${BENCHKIT:-}
 SLOW_DELAY_MS=100
 TOKEN="tok-bench-instant-0123456789abcdef"
 SECRET="bench-shared-secret-not-a-real-one"
@@ -53,25 +85,77 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- tools and build
-"$REPO/scripts/deps.sh" bench
-if ! command -v python3 >/dev/null 2>&1; then
-  say "installing python3 (the slow backend and the page generator)"
-  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3
-fi
-for tool in nginx wrk curl python3; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing"
-done
-NGINX=$(command -v nginx)
-
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$REPO/$TARGET_DIR"
-if [ -z "${SIDECAR_BIN:-}" ]; then
-  say "building the sidecar (release)"
-  cargo build --release --locked --bin released-sidecar
-  SIDECAR_BIN="$TARGET_DIR/release/released-sidecar"
+if [ -n "$BENCHKIT" ]; then
+  [[ "$BENCHKIT" = /* ]] || BENCHKIT="$REPO/$BENCHKIT"
+  [ -f "$BENCHKIT/www/page.html" ] || die "$BENCHKIT is not a bundle (benches/load/bundle.sh)"
+  NGINX="$BENCHKIT/bin/nginx"
+  WRK="$BENCHKIT/bin/wrk"
+  CURL_BIN="$BENCHKIT/bin/curl"
+  TASKSET="$BENCHKIT/bin/taskset"
+  SIDECAR_BIN=${SIDECAR_BIN:-$BENCHKIT/bin/released-sidecar}
+  BARE_BIN=${BARE_BIN:-$BENCHKIT/bin/bare_proxy}
+  PYTHON=""
+  BIG_MB=0
+else
+  "$REPO/scripts/deps.sh" bench
+  if ! command -v python3 >/dev/null 2>&1; then
+    say "installing python3 (the slow backend and the page generator)"
+    sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3
+  fi
+  for tool in nginx wrk curl python3 taskset; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing"
+  done
+  NGINX=$(command -v nginx)
+  WRK=$(command -v wrk)
+  CURL_BIN=$(command -v curl)
+  TASKSET=$(command -v taskset)
+  PYTHON=$(command -v python3)
+  if [ -z "${SIDECAR_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
+    say "building the sidecar and the bare pingora proxy (release)"
+    cargo build --release --locked --bin released-sidecar --example bare_proxy
+  fi
+  SIDECAR_BIN=${SIDECAR_BIN:-$TARGET_DIR/release/released-sidecar}
+  BARE_BIN=${BARE_BIN:-$TARGET_DIR/release/examples/bare_proxy}
 fi
-[ -x "$SIDECAR_BIN" ] || die "no sidecar binary at $SIDECAR_BIN"
+for bin in "$NGINX" "$WRK" "$CURL_BIN" "$TASKSET" "$SIDECAR_BIN" "$BARE_BIN" ${SIDECAR_B_BIN:+"$SIDECAR_B_BIN"}; do
+  [ -x "$bin" ] || die "not an executable: $bin"
+done
+if [ -z "$PYTHON" ]; then
+  for scn in slow-100ms; do
+    [[ " $SCENARIOS " == *" $scn "* ]] && die "$scn needs python3 (benches/load/backend.py)"
+  done
+fi
+SIDECAR_B=0
+[ -n "${SIDECAR_B_BIN:-}$SIDECAR_B_YAML" ] && SIDECAR_B=1
+SIDECAR_B_BIN=${SIDECAR_B_BIN:-$SIDECAR_BIN}
+
+# ---------------------------------------------------------------- cores
+# The allowed cores, in order; the proxies get the first WORKERS, the load the rest.
+CPUS=()
+IFS=, read -ra ranges < <(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)
+for r in "${ranges[@]}"; do
+  if [[ "$r" == *-* ]]; then
+    for ((c = ${r%-*}; c <= ${r#*-}; c++)); do CPUS+=("$c"); done
+  else
+    CPUS+=("$r")
+  fi
+done
+join_cpus() { local IFS=,; echo "$*"; }
+if ((WORKERS < ${#CPUS[@]})); then
+  PROXY_CPUS=$(join_cpus "${CPUS[@]:0:WORKERS}")
+  LOAD_CPUS=$(join_cpus "${CPUS[@]:WORKERS}")
+else
+  PROXY_CPUS=$(join_cpus "${CPUS[@]:0:WORKERS}")
+  LOAD_CPUS=$(join_cpus "${CPUS[@]}")
+  say "only ${#CPUS[@]} cores for $WORKERS proxy workers: wrk and the origin share them"
+fi
+# Prefixes, not functions: a function started with `&` runs in a subshell, and $! would be
+# that subshell's PID instead of the program's (taskset execs it, keeping its own PID).
+ON_PROXY_CPUS=("$TASKSET" -c "$PROXY_CPUS")
+ON_LOAD_CPUS=("$TASKSET" -c "$LOAD_CPUS")
 
 # From here on nothing may leave the machine: no proxy may capture loopback traffic
 # (curl and the sidecar's token client both honour these variables).
@@ -125,7 +209,7 @@ pick_port() { # VAR: sets VAR to a free loopback port not handed out before
   die "no free port"
 }
 for var in ORIGIN_PORT TOKEN_PORT SLOW_PORT SIDECAR_PORT ADMIN_PORT MEM_PORT MEM_ADMIN_PORT \
-  NGX_A_PORT NGX_B_PORT; do
+  NGX_A_PORT NGX_B_PORT BARE_PORT BARE_B_PORT SIDECAR_B_PORT ADMIN_B_PORT; do
   pick_port "$var"
 done
 
@@ -135,7 +219,7 @@ url() {
   [[ "$u" == http://127.0.0.1:* ]] || die "refusing non-loopback URL $u"
   echo "$u"
 }
-CURL=(curl --noproxy '*' -sS --max-time 60)
+CURL=("$CURL_BIN" --noproxy '*' -sS --max-time 60)
 PAGE_HEADERS=(-H 'Accept: text/html' -H 'X-Forwarded-User: alice' -H 'X-Forwarded-Email: alice@example.com')
 
 wait_port() { # PORT PID NAME LOG
@@ -149,23 +233,30 @@ wait_port() { # PORT PID NAME LOG
 }
 
 # ---------------------------------------------------------------- content
-say "generating the pages (BIG_MB=$BIG_MB)"
 mkdir -p "$WORK/www"
-python3 "$HERE/backend.py" gen "$WORK/www" "$BIG_MB"
+if [ -n "$BENCHKIT" ]; then
+  cp "$BENCHKIT/www/"* "$WORK/www/"
+else
+  say "generating the pages (BIG_MB=$BIG_MB)"
+  "$PYTHON" "$HERE/backend.py" gen "$WORK/www" "$BIG_MB"
+fi
 mkdir -p "$WORK/www/slow"
 chmod -R a+rX "$WORK/www"
 PAGE_BYTES=$(stat -c %s "$WORK/www/page.html")
-BIG_BYTES=$(stat -c %s "$WORK/www/big.html")
+BIG_BYTES=$(stat -c %s "$WORK/www/big.html" 2>/dev/null || echo 0)
 ATTR=" auth-token=\"$TOKEN\""
 
 # ---------------------------------------------------------------- processes
-nginx_conf() { # NAME -> writes $WORK/NAME/nginx.conf header; body on stdin
+nginx_conf() { # NAME WORKERS -> writes $WORK/NAME/nginx.conf header; body on stdin
   local dir="$WORK/$1"
   mkdir -p "$dir/tmp"
   chmod 1777 "$dir/tmp"
   {
+    # Started as root, nginx switches its workers to the build's default user (www-data
+    # on Debian), which a bare benchmark machine may not have: keep them as we are.
+    [ "$(id -u)" = 0 ] && echo "user root $(id -gn);"
     cat <<EOF
-worker_processes 1;
+worker_processes $2;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -190,15 +281,16 @@ EOF
   } >"$dir/nginx.conf"
 }
 
-start_nginx() { # NAME PORT
-  local dir="$WORK/$1"
+start_nginx() { # NAME PORT proxy|load (which cores)
+  local dir="$WORK/$1" pin=("${ON_LOAD_CPUS[@]}")
+  [ "$3" = proxy ] && pin=("${ON_PROXY_CPUS[@]}")
   "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" || die "nginx $1 config"
-  "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
+  "${pin[@]}" "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
   PIDS+=($!)
   wait_port "$2" "$!" "nginx $1" "$dir/error.log"
 }
 
-nginx_conf origin <<EOF
+nginx_conf origin "$ORIGIN_WORKERS" <<EOF
   charset utf-8;
   open_file_cache max=64;
   upstream slow { server 127.0.0.1:$SLOW_PORT; keepalive 32; keepalive_requests 1000000; }
@@ -234,9 +326,9 @@ SUB_FILTER='proxy_set_header Accept-Encoding "";
       sub_filter "<released-page" "<released-page auth-token=\"$tok\"";
       sub_filter "<released-widget" "<released-widget auth-token=\"$tok\"";
       sub_filter "<released-form" "<released-form auth-token=\"$tok\"";'
-nginx_conf proxy <<EOF
-  upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 32; keepalive_requests 1000000; }
-  upstream token { server 127.0.0.1:$TOKEN_PORT; keepalive 32; keepalive_requests 1000000; }
+nginx_conf proxy "$WORKERS" <<EOF
+  upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive $CONNS; keepalive_requests 1000000; }
+  upstream token { server 127.0.0.1:$TOKEN_PORT; keepalive $CONNS; keepalive_requests 1000000; }
   upstream slow { server 127.0.0.1:$SLOW_PORT; keepalive 32; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$NGX_A_PORT;
@@ -302,14 +394,17 @@ routes:
     match: { path: "^/slow/" }
     released: { api_url: "http://127.0.0.1:$SLOW_PORT/auth/api/impersonation/token" }
   - name: default
-workers: 1
+workers: $WORKERS
 EOF
+  [ "$1" = "$SIDECAR_B_PORT" ] && printf '%s\n' "$SIDECAR_B_YAML" >>"$3"
+  return 0
 }
 
-start_sidecar() { # NAME LISTEN_PORT ADMIN_PORT -> sets LAST_PID
+start_sidecar() { # NAME LISTEN_PORT ADMIN_PORT [BINARY] -> sets LAST_PID
+  local bin=${4:-$SIDECAR_BIN}
   sidecar_conf "$2" "$3" "$WORK/conf/$1.yaml"
-  "$SIDECAR_BIN" check --config "$WORK/conf/$1.yaml" >/dev/null || die "sidecar config $1"
-  RUST_LOG="$SIDECAR_LOG" "$SIDECAR_BIN" run --config "$WORK/conf/$1.yaml" 2>"$WORK/logs/$1.log" &
+  "$bin" check --config "$WORK/conf/$1.yaml" >/dev/null || die "sidecar config $1"
+  RUST_LOG="$SIDECAR_LOG" "${ON_PROXY_CPUS[@]}" "$bin" run --config "$WORK/conf/$1.yaml" 2>"$WORK/logs/$1.log" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
   wait_port "$2" "$LAST_PID" "sidecar $1" "$WORK/logs/$1.log"
@@ -320,18 +415,43 @@ start_sidecar() { # NAME LISTEN_PORT ADMIN_PORT -> sets LAST_PID
   die "sidecar $1 not ready"
 }
 
-say "starting origin + token stand-in (nginx), slow backend, proxies"
-start_nginx origin "$ORIGIN_PORT"
+start_bare() { # NAME PORT ARGS -> sets LAST_PID
+  # shellcheck disable=SC2086 # ARGS are flags, split on purpose
+  "${ON_PROXY_CPUS[@]}" "$BARE_BIN" --listen "127.0.0.1:$2" --upstream "127.0.0.1:$ORIGIN_PORT" \
+    --workers "$WORKERS" $3 2>"$WORK/logs/$1.log" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  wait_port "$2" "$LAST_PID" "$1" "$WORK/logs/$1.log"
+}
+
+# PID -> its child processes' PIDs, from /proc (a bare machine may have no `ps`).
+children_of() {
+  local f line ppid
+  for f in /proc/[0-9]*/stat; do
+    { read -r line <"$f"; } 2>/dev/null || continue
+    read -r _ ppid _ <<<"${line##*) }"
+    [ "$ppid" = "$1" ] && { f=${f#/proc/}; echo "${f%/stat}"; }
+  done
+  return 0
+}
+
+say "starting origin + token stand-in (nginx), slow backend, proxies on cores $PROXY_CPUS, load on $LOAD_CPUS"
+start_nginx origin "$ORIGIN_PORT" load
 wait_port "$TOKEN_PORT" "${PIDS[-1]}" "nginx token" "$WORK/origin/error.log"
-PAGE="$WORK/www/page.html" python3 "$HERE/backend.py" serve "$SLOW_PORT" "$SLOW_DELAY_MS" \
-  2>"$WORK/logs/slow.log" &
-PIDS+=($!)
-wait_port "$SLOW_PORT" "$!" "slow backend" "$WORK/logs/slow.log"
-start_nginx proxy "$NGX_A_PORT"
+if [ -n "$PYTHON" ]; then
+  PAGE="$WORK/www/page.html" "${ON_LOAD_CPUS[@]}" "$PYTHON" "$HERE/backend.py" serve "$SLOW_PORT" "$SLOW_DELAY_MS" \
+    2>"$WORK/logs/slow.log" &
+  PIDS+=($!)
+  wait_port "$SLOW_PORT" "$!" "slow backend" "$WORK/logs/slow.log"
+fi
+start_nginx proxy "$NGX_A_PORT" proxy
 NGINX_PROXY_PID=${PIDS[-1]}
 NGINX_WORKER_PID=""
 for _ in $(seq 1 50); do
-  NGINX_WORKER_PID=$(ps -o pid= --ppid "$NGINX_PROXY_PID" | head -1 | tr -d ' ')
+  # No `| head -1`: with several workers head would close the pipe early, and pipefail
+  # turns the writer's SIGPIPE into an exit.
+  NGINX_WORKER_PID=$(children_of "$NGINX_PROXY_PID")
+  NGINX_WORKER_PID=${NGINX_WORKER_PID%%$'\n'*}
   [ -n "$NGINX_WORKER_PID" ] && break
   sleep 0.1
 done
@@ -339,6 +459,18 @@ done
 wait_port "$NGX_B_PORT" "$NGINX_PROXY_PID" "nginx-B" "$WORK/proxy/error.log"
 start_sidecar sidecar "$SIDECAR_PORT" "$ADMIN_PORT"
 SIDECAR_PID=$LAST_PID
+SIDECAR_B_PID=""
+if [ "$SIDECAR_B" = 1 ]; then
+  start_sidecar sidecar-b "$SIDECAR_B_PORT" "$ADMIN_B_PORT" "$SIDECAR_B_BIN"
+  SIDECAR_B_PID=$LAST_PID
+fi
+start_bare bare "$BARE_PORT" "$BARE_ARGS"
+BARE_PID=$LAST_PID
+BARE_B_PID=""
+if [ -n "$BARE_B_ARGS" ]; then
+  start_bare bare-b "$BARE_B_PORT" "$BARE_B_ARGS"
+  BARE_B_PID=$LAST_PID
+fi
 
 rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
@@ -355,17 +487,20 @@ expect_token() { # PORT PATH WANT_COUNT WANT_TOKEN_PREFIX NAME
 }
 expect_token "$SIDECAR_PORT" /page.html 1 "$TOKEN" "sidecar"
 expect_token "$NGX_B_PORT" /page.html 1 "$TOKEN" "nginx-B"
-expect_token "$SIDECAR_PORT" /slow/page.html 1 tok-slow- "sidecar (slow)"
-expect_token "$NGX_B_PORT" /slow/page.html 1 tok-slow- "nginx-B (slow)"
-for f in data.json app.js; do
-  for port in "$SIDECAR_PORT" "$NGX_A_PORT"; do
+[ "$SIDECAR_B" = 1 ] && expect_token "$SIDECAR_B_PORT" /page.html 1 "$TOKEN" "sidecar-b"
+if [ -n "$PYTHON" ]; then
+  expect_token "$SIDECAR_PORT" /slow/page.html 1 tok-slow- "sidecar (slow)"
+  expect_token "$NGX_B_PORT" /slow/page.html 1 tok-slow- "nginx-B (slow)"
+fi
+for f in data.json app.js page.html; do
+  for port in "$SIDECAR_PORT" "$NGX_A_PORT" "$BARE_PORT" ${SIDECAR_B_PID:+"$SIDECAR_B_PORT"} ${BARE_B_PID:+"$BARE_B_PORT"}; do
     "${CURL[@]}" -o "$WORK/check.out" "$(url "$port" "/$f")"
     cmp -s "$WORK/check.out" "$WORK/www/$f" || die "passthrough of /$f via port $port is not byte-identical"
   done
 done
 got=$("${CURL[@]}" "${PAGE_HEADERS[@]}" -o /dev/null -w '%{size_download}' "$(url "$SIDECAR_PORT" /page.html)")
 [ "$got" -eq $((PAGE_BYTES + ${#ATTR})) ] || die "sidecar page is $got bytes, want $((PAGE_BYTES + ${#ATTR}))"
-say "ok: sidecar and nginx-B inject the token; passthrough is byte-identical"
+say "ok: sidecar and nginx-B inject the token; passthrough is byte-identical through every proxy"
 
 # ---------------------------------------------------------------- measuring
 RAW="$RESULTS_DIR/runs.tsv"
@@ -376,22 +511,38 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.02s
     if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
     printf "%.2f", n }'
 }
-# CPU time (user + system, all threads) a process has used, in clock ticks.
+# CPU time (user + system, all threads) of every process of a target, in clock ticks: the
+# sidecar's or bare proxy's one process, or the proxy nginx's master and all its workers
+# (auth_request subrequests included). No figure includes the origin or token stand-in.
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-# Whose CPU a target's requests cost: the sidecar process, or the proxy nginx's worker
-# (auth_request subrequests included). Neither figure includes the origin or token stand-in.
-target_pid() { if [ "$1" = sidecar ]; then echo "$SIDECAR_PID"; else echo "$NGINX_WORKER_PID"; fi; }
+target_pids() {
+  case $1 in
+    sidecar) echo "$SIDECAR_PID" ;;
+    sidecar-b) echo "$SIDECAR_B_PID" ;;
+    bare) echo "$BARE_PID" ;;
+    bare-b) echo "$BARE_B_PID" ;;
+    nginx-*) echo "$NGINX_PROXY_PID" $(children_of "$NGINX_PROXY_PID") ;;
+  esac
+}
+cpu_ticks() { # PID... -> summed utime + stime
+  local pid total=0 t
+  for pid in "$@"; do
+    t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
 
 run_wrk() { # SCENARIO TARGET PORT PATH CONNS SECONDS ROUND [HEADERS...]
   local scn=$1 target=$2 port=$3 path=$4 conns=$5 secs=$6 round=$7
   shift 7
-  local out="$RESULTS_DIR/wrk-$scn-$target-$round.txt" pid ticks
-  pid=$(target_pid "$target")
-  ticks=$(cpu_ticks "$pid")
-  wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency "$@" "$(url "$port" "$path")" >"$out" 2>&1 ||
-    die "wrk failed: $(cat "$out")"
-  ticks=$(($(cpu_ticks "$pid") - ticks))
+  local out="$RESULTS_DIR/wrk-$scn-$target-$round.txt" pids ticks threads=$WRK_THREADS
+  ((threads <= conns)) || threads=$conns
+  read -ra pids < <(target_pids "$target")
+  ticks=$(cpu_ticks "${pids[@]}")
+  "${ON_LOAD_CPUS[@]}" "$WRK" -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s --latency "$@" \
+    "$(url "$port" "$path")" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+  ticks=$(($(cpu_ticks "${pids[@]}") - ticks))
   [ "$round" = warmup ] && return 0
   local rps p50 p99 errs reqs cpu
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
@@ -405,33 +556,46 @@ run_wrk() { # SCENARIO TARGET PORT PATH CONNS SECONDS ROUND [HEADERS...]
     "$scn" "$target" "$round" "$rps" "$p50" "$p99" "$cpu" "$errs" >&2
 }
 
-# SCENARIO NGINX_NAME NGINX_PORT PATH CONNS [HEADERS...]: warm up both, then ROUNDS
-# interleaved rounds, alternating which target goes first (ABBA) to cancel drift.
+port_of() {
+  case $1 in
+    sidecar) echo "$SIDECAR_PORT" ;;
+    sidecar-b) echo "$SIDECAR_B_PORT" ;;
+    bare) echo "$BARE_PORT" ;;
+    bare-b) echo "$BARE_B_PORT" ;;
+    nginx-A) echo "$NGX_A_PORT" ;;
+    nginx-B) echo "$NGX_B_PORT" ;;
+  esac
+}
+
+# SCENARIO "TARGETS" PATH CONNS [HEADERS...]: warm every target up, then ROUNDS rounds,
+# rotating which target goes first each round, so a drift in the machine's load hits all.
 scenario() {
-  local scn=$1 nname=$2 nport=$3 path=$4 conns=$5
-  shift 5
-  say "scenario $scn: $path, $conns connections, ${DURATION}s x $ROUNDS rounds per target"
-  run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$conns" "$WARMUP" warmup "$@"
-  run_wrk "$scn" "$nname" "$nport" "$path" "$conns" "$WARMUP" warmup "$@"
+  local scn=$1 path=$3 conns=$4 targets round i n t
+  read -ra targets <<<"$2"
+  shift 4
+  n=${#targets[@]}
+  say "scenario $scn: $path, $conns connections, ${DURATION}s x $ROUNDS rounds per target (${targets[*]})"
+  for t in "${targets[@]}"; do
+    run_wrk "$scn" "$t" "$(port_of "$t")" "$path" "$conns" "$WARMUP" warmup "$@"
+  done
   for round in $(seq 1 "$ROUNDS"); do
-    if ((round % 2)); then
-      run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$conns" "$DURATION" "$round" "$@"
-      run_wrk "$scn" "$nname" "$nport" "$path" "$conns" "$DURATION" "$round" "$@"
-    else
-      run_wrk "$scn" "$nname" "$nport" "$path" "$conns" "$DURATION" "$round" "$@"
-      run_wrk "$scn" sidecar "$SIDECAR_PORT" "$path" "$conns" "$DURATION" "$round" "$@"
-    fi
+    for ((i = 0; i < n; i++)); do
+      if ((round % 2)); then t=${targets[(i + round - 1) % n]}; else t=${targets[n - 1 - (i + round - 1) % n]}; fi
+      run_wrk "$scn" "$t" "$(port_of "$t")" "$path" "$conns" "$DURATION" "$round" "$@"
+    done
   done
 }
 
+PASS_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} bare${BARE_B_PID:+ bare-b} nginx-A"
+PAGE_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} nginx-B"
 wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
-wanted pass-1k-json && scenario pass-1k-json nginx-A "$NGX_A_PORT" /data.json "$CONNS"
-wanted pass-10k-js && scenario pass-10k-js nginx-A "$NGX_A_PORT" /app.js "$CONNS"
+wanted pass-1k-json && scenario pass-1k-json "$PASS_TARGETS" /data.json "$CONNS"
+wanted pass-10k-js && scenario pass-10k-js "$PASS_TARGETS" /app.js "$CONNS"
 # Optional: the 100 KB page without page-load headers (no token, no rewrite), to split the
 # rewrite scenario's cost into proxying and token + rewrite.
-wanted pass-100k-html && scenario pass-100k-html nginx-A "$NGX_A_PORT" /page.html "$CONNS"
-wanted rewrite-100k && scenario rewrite-100k nginx-B "$NGX_B_PORT" /page.html "$CONNS" "${PAGE_HEADERS[@]}"
-wanted slow-100ms && scenario slow-100ms nginx-B "$NGX_B_PORT" /slow/page.html "$SLOW_CONNS" "${PAGE_HEADERS[@]}"
+wanted pass-100k-html && scenario pass-100k-html "$PASS_TARGETS" /page.html "$CONNS"
+wanted rewrite-100k && scenario rewrite-100k "$PAGE_TARGETS" /page.html "$CONNS" "${PAGE_HEADERS[@]}"
+wanted slow-100ms && scenario slow-100ms "sidecar nginx-B" /slow/page.html "$SLOW_CONNS" "${PAGE_HEADERS[@]}"
 
 LOADED_RSS_KB=$(rss_kb "$SIDECAR_PID" VmRSS)
 LOADED_HWM_KB=$(rss_kb "$SIDECAR_PID" VmHWM)
@@ -467,22 +631,25 @@ if [ "$PROFILE" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- memory
-say "memory: a fresh sidecar, idle, then one ${BIG_MB} MiB page through the rewrite path"
-start_sidecar mem "$MEM_PORT" "$MEM_ADMIN_PORT"
-MEM_PID=$LAST_PID
-sleep 1
-MEM_IDLE_KB=$(rss_kb "$MEM_PID" VmRSS)
-read -r origin_total < <("${CURL[@]}" --max-time 120 -o /dev/null -w '%{time_total}\n' "$(url "$ORIGIN_PORT" /big.html)")
-read -r code ttfb total size < <("${CURL[@]}" --max-time 120 "${PAGE_HEADERS[@]}" -o /dev/null \
-  -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n' "$(url "$MEM_PORT" /big.html)")
-BIG_HWM_KB=$(rss_kb "$MEM_PID" VmHWM)
-BIG_RSS_AFTER_KB=$(rss_kb "$MEM_PID" VmRSS)
-[ "$code" = 200 ] || die "big page: status $code"
-[ "$size" -eq $((BIG_BYTES + ${#ATTR})) ] ||
-  die "big page: $size bytes, want $((BIG_BYTES + ${#ATTR})) (one token, nothing lost)"
-read -r ncode nttfb ntotal < <("${CURL[@]}" --max-time 120 "${PAGE_HEADERS[@]}" -o /dev/null \
-  -w '%{http_code} %{time_starttransfer} %{time_total}\n' "$(url "$NGX_B_PORT" /big.html)")
-NGINX_WORKER_HWM_KB=$(rss_kb "$NGINX_WORKER_PID" VmHWM)
+MEM_IDLE_KB=""
+if ((BIG_MB > 0)); then
+  say "memory: a fresh sidecar, idle, then one ${BIG_MB} MiB page through the rewrite path"
+  start_sidecar mem "$MEM_PORT" "$MEM_ADMIN_PORT"
+  MEM_PID=$LAST_PID
+  sleep 1
+  MEM_IDLE_KB=$(rss_kb "$MEM_PID" VmRSS)
+  read -r origin_total < <("${CURL[@]}" --max-time 120 -o /dev/null -w '%{time_total}\n' "$(url "$ORIGIN_PORT" /big.html)")
+  read -r code ttfb total size < <("${CURL[@]}" --max-time 120 "${PAGE_HEADERS[@]}" -o /dev/null \
+    -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n' "$(url "$MEM_PORT" /big.html)")
+  BIG_HWM_KB=$(rss_kb "$MEM_PID" VmHWM)
+  BIG_RSS_AFTER_KB=$(rss_kb "$MEM_PID" VmRSS)
+  [ "$code" = 200 ] || die "big page: status $code"
+  [ "$size" -eq $((BIG_BYTES + ${#ATTR})) ] ||
+    die "big page: $size bytes, want $((BIG_BYTES + ${#ATTR})) (one token, nothing lost)"
+  read -r ncode nttfb ntotal < <("${CURL[@]}" --max-time 120 "${PAGE_HEADERS[@]}" -o /dev/null \
+    -w '%{http_code} %{time_starttransfer} %{time_total}\n' "$(url "$NGX_B_PORT" /big.html)")
+  NGINX_WORKER_HWM_KB=$(rss_kb "$NGINX_WORKER_PID" VmHWM)
+fi
 
 # ---------------------------------------------------------------- report
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
@@ -490,9 +657,9 @@ verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == "<=") ? (v <
 
 TABLE="$RESULTS_DIR/summary.md"
 {
-  echo "### released-sidecar vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, ${ROUNDS} rounds x ${DURATION}s, wrk -t1, load average at start: $LOADAVG_START"
+  echo "### released-sidecar vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), ${#CPUS[@]} CPUs, $WORKERS worker(s) per proxy on cores $PROXY_CPUS, load on $LOAD_CPUS, ${ROUNDS} rounds x ${DURATION}s, wrk -t$WRK_THREADS -c$CONNS, load average at start: $LOADAVG_START"
   echo
-  echo "| scenario | target | req/s median (min–max) | p50 ms | p99 ms | CPU µs/req | errors | sidecar/nginx: req/s · p99 · CPU/req |"
+  echo "| scenario | target | req/s median (min–max) | p50 ms | p99 ms | CPU µs/req | errors | vs nginx: req/s · p99 · CPU/req |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
   awk -F'\t' '
     function median(list,   a, n, i, j, t) {
@@ -521,8 +688,9 @@ TABLE="$RESULTS_DIR/summary.md"
       for (i = 1; i <= k; i++) {
         key = order[i]; s = scn[key]; t = tgt[key]
         ratio = "—"
-        if (t == "sidecar") {
-          for (j = 1; j <= k; j++) if (scn[order[j]] == s && tgt[order[j]] != "sidecar") other = tgt[order[j]]
+        if (t !~ /^nginx/) {
+          other = ""
+          for (j = 1; j <= k; j++) if (scn[order[j]] == s && tgt[order[j]] ~ /^nginx/) other = tgt[order[j]]
           if (med_rps[s, other] > 0 && med_p99[s, other] > 0 && med_cpu[s, other] > 0)
             ratio = sprintf("%.2fx · %.2fx · %.2fx", med_rps[s, t] / med_rps[s, other],
               med_p99[s, t] / med_p99[s, other], med_cpu[s, t] / med_cpu[s, other])
@@ -538,9 +706,13 @@ TABLE="$RESULTS_DIR/summary.md"
   if wanted slow-100ms; then
     echo "- latency hiding (app ${SLOW_DELAY_MS} ms + token API ${SLOW_DELAY_MS} ms, ${SLOW_CONNS} connections): page p50 sidecar ${slow_side} ms (target ≤ 115: $(verdict "$slow_side" "<=" 115)), nginx-B ${slow_ngx} ms (auth_request runs before the upstream request)"
   fi
-  echo "- idle RSS: sidecar at start $(mb "$IDLE_RSS_KB") MB; fresh instance $(mb "$MEM_IDLE_KB") MB (target ≤ 30: $(verdict "$(mb "$MEM_IDLE_KB")" "<=" 30)); after the load runs RSS $(mb "$LOADED_RSS_KB") MB, peak $(mb "$LOADED_HWM_KB") MB"
-  echo "- $(awk -v b="$BIG_BYTES" 'BEGIN { printf "%.0f", b / 1048576 }') MiB page, rewrite path: peak RSS (VmHWM) $(mb "$BIG_HWM_KB") MB (target ≤ 64: $(verdict "$(mb "$BIG_HWM_KB")" "<=" 64)), RSS after $(mb "$BIG_RSS_AFTER_KB") MB; first byte $(ms "$ttfb") ms, total $(ms "$total") ms (origin alone: $(ms "$origin_total") ms; first byte before the upstream finished: $(verdict "$(ms "$ttfb")" "<=" "$(ms "$origin_total")"))"
-  echo "- same page via nginx-B: status $ncode, first byte $(ms "$nttfb") ms, total $(ms "$ntotal") ms${NGINX_WORKER_HWM_KB:+, nginx worker peak RSS over the whole run $(mb "$NGINX_WORKER_HWM_KB") MB}"
+  if [ -n "$MEM_IDLE_KB" ]; then
+    echo "- idle RSS: sidecar at start $(mb "$IDLE_RSS_KB") MB; fresh instance $(mb "$MEM_IDLE_KB") MB (target ≤ 30: $(verdict "$(mb "$MEM_IDLE_KB")" "<=" 30)); after the load runs RSS $(mb "$LOADED_RSS_KB") MB, peak $(mb "$LOADED_HWM_KB") MB"
+    echo "- $(awk -v b="$BIG_BYTES" 'BEGIN { printf "%.0f", b / 1048576 }') MiB page, rewrite path: peak RSS (VmHWM) $(mb "$BIG_HWM_KB") MB (target ≤ 64: $(verdict "$(mb "$BIG_HWM_KB")" "<=" 64)), RSS after $(mb "$BIG_RSS_AFTER_KB") MB; first byte $(ms "$ttfb") ms, total $(ms "$total") ms (origin alone: $(ms "$origin_total") ms; first byte before the upstream finished: $(verdict "$(ms "$ttfb")" "<=" "$(ms "$origin_total")"))"
+    echo "- same page via nginx-B: status $ncode, first byte $(ms "$nttfb") ms, total $(ms "$ntotal") ms${NGINX_WORKER_HWM_KB:+, nginx worker peak RSS over the whole run $(mb "$NGINX_WORKER_HWM_KB") MB}"
+  else
+    echo "- idle RSS: sidecar at start $(mb "$IDLE_RSS_KB") MB (target ≤ 30: $(verdict "$(mb "$IDLE_RSS_KB")" "<=" 30)); after the load runs RSS $(mb "$LOADED_RSS_KB") MB, peak $(mb "$LOADED_HWM_KB") MB (no big-page part: BIG_MB=0)"
+  fi
   echo "- sidecar log level: RUST_LOG=$SIDECAR_LOG; raw wrk output: $RESULTS_DIR"
 } >"$TABLE"
 echo

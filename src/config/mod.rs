@@ -48,6 +48,10 @@ pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/released-sidecar-upgrade.sock";
 pub const DEFAULT_EMBED_TAGS: &[&str] = &["released-page", "released-widget", "released-form"];
 /// Default per-response bound on the rewriter's buffers.
 pub const DEFAULT_REWRITE_MEMORY: usize = 1024 * 1024;
+/// Default idle keep-alive connections to the app per worker: above the concurrent
+/// connections a gateway opens per worker, so a busy sidecar reuses connections instead
+/// of closing and reopening them (pingora's own default is 128).
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 1024;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +233,8 @@ pub struct Config {
     pub embed: Embed,
     /// Proxy worker threads.
     pub workers: usize,
+    /// Most idle keep-alive connections to the app kept open for reuse.
+    pub upstream_keepalive: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Connection limits.
@@ -346,6 +352,7 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "embed",
     "workers",
+    "upstream_keepalive",
     "timeouts",
     "limits",
 ];
@@ -455,6 +462,10 @@ impl Schema<'_, '_> {
                     .map(|n| n.get())
                     .unwrap_or(1),
             ),
+        };
+        let upstream_keepalive = match top.get("upstream_keepalive") {
+            Some(n) => self.d.positive_integer(n, "upstream_keepalive"),
+            None => Some(DEFAULT_UPSTREAM_KEEPALIVE),
         };
         let timeouts = self.timeouts(&top);
         let tls = match top.get("tls") {
@@ -568,6 +579,7 @@ impl Schema<'_, '_> {
             workers: workers?,
             upgrade_sock: upgrade_sock?,
             tls: tls?,
+            upstream_keepalive: upstream_keepalive?,
             timeouts: timeouts?,
             limits: limits?,
             identity_headers: IdentityHeaders::new(identity_headers),

@@ -52,6 +52,12 @@ identity:
 ";
 
 #[test]
+fn upstream_keepalive_is_read_per_worker() {
+    let c = load(&format!("{MINIMAL}upstream_keepalive: 64\n")).unwrap();
+    assert_eq!(c.upstream_keepalive, 64);
+}
+
+#[test]
 fn minimal_config_gets_every_default() {
     let c = load(MINIMAL).unwrap();
     assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
@@ -65,6 +71,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.timeouts.client_header, Duration::from_secs(30));
     assert_eq!(c.limits.max_connections, 4096);
+    assert_eq!(c.upstream_keepalive, DEFAULT_UPSTREAM_KEEPALIVE);
     assert_eq!(c.routes.0.len(), 1);
     let route = &c.routes.0[0];
     assert_eq!(route.name, "default");
@@ -228,6 +235,10 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
         (
             format!("{MINIMAL}workers: 0\n"),
             vec![("workers", 8, "above 0")],
+        ),
+        (
+            format!("{MINIMAL}workers: 2\nupstream_keepalive: lots\n"),
+            vec![("upstream_keepalive", 9, "above 0, found `lots`")],
         ),
         (
             format!("{MINIMAL}embed: {{ tags: [\"<bad>\"], memory_limit: 1KiB }}\n"),
