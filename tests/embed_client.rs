@@ -64,13 +64,8 @@ async fn call(sidecar: &Sidecar, method: Method, headers: HeaderMap) -> Answer {
 }
 
 async fn start(extra: &str) -> (Upstream, StandIn, Sidecar) {
-    let upstream = Upstream::start(|_| Reply::html("<released-page></released-page>")).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra(extra)
-        .start()
-        .await;
-    (upstream, standin, sidecar)
+    let page = |_: &support::upstream::Seen| Reply::html("<released-page></released-page>");
+    support::start_with(page, |b| b.extra(extra)).await
 }
 
 const ON: &str = "embed: { client: {} }\n";

@@ -25,13 +25,7 @@ async fn echoed_headers(
 
 /// An app that echoes the headers it gets, behind a sidecar with `extra` config.
 async fn echoing_sidecar(extra: &str) -> (Upstream, StandIn, support::sidecar::Sidecar) {
-    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .extra(extra)
-        .start()
-        .await;
-    (upstream, standin, sidecar)
+    support::start_with(|_| Reply::EchoHeaders, |b| b.extra(extra)).await
 }
 
 fn forged() -> reqwest::header::HeaderMap {
@@ -123,7 +117,10 @@ async fn identity_headers_named_only_in_a_route_are_stripped_everywhere() {
         "{seen:?}"
     );
     assert!(!seen.contains_key("x-forwarded-user"));
-    assert!(standin.calls().is_empty(), "an untrusted peer mints nothing");
+    assert!(
+        standin.calls().is_empty(),
+        "an untrusted peer mints nothing"
+    );
 }
 
 /// Every way a client may spell the identity headers so that a CGI/Rack/WSGI app server
@@ -210,5 +207,8 @@ async fn top_level_identity_headers_are_stripped_even_when_every_route_overrides
     ] {
         assert!(!seen.contains_key(stripped), "{stripped}: {seen:?}");
     }
-    assert!(standin.calls().is_empty(), "an untrusted peer mints nothing");
+    assert!(
+        standin.calls().is_empty(),
+        "an untrusted peer mints nothing"
+    );
 }
