@@ -113,6 +113,13 @@ fn main() -> ExitCode {
             };
             match Config::load(&config.config, &options) {
                 Ok(c) => {
+                    // Like `nginx -t`: the certificate and key must load and match (the
+                    // key is a secret, so not with --skip-secrets).
+                    let tls = c.tls.as_ref().filter(|_| !skip_secrets);
+                    if let Some(Err(e)) = tls.map(released_sidecar::tls::load) {
+                        eprintln!("{}: tls: {e}", config.config.display());
+                        return ExitCode::FAILURE;
+                    }
                     println!("{}", c.summary());
                     ExitCode::SUCCESS
                 }

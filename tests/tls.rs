@@ -341,6 +341,25 @@ fn explain_shows_the_trust_decision_for_a_client_certificate() {
     let (code, out) = explain(Some("stranger.pem"));
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("refused at the TLS handshake"), "{out}");
+
+    // `check` loads the pair too, like `nginx -t`.
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_released-sidecar"))
+            .arg("check")
+            .arg("--config")
+            .arg(dir.path().join("config.yaml"))
+            .output()
+            .unwrap()
+    };
+    assert!(check().status.success());
+    write("tls.key", &server_ca.server("another").key);
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not match the certificate"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
