@@ -49,7 +49,8 @@ venv="$tools/venv"
 if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1 ||
   [ scripts/kubernetes-validate.txt -nt "$venv/bin/kubernetes-validate" ]; then
   echo "==> kubernetes-validate into $venv"
-  python3 -m venv "$venv"
+  # --clear: a venv that no longer runs (a moved checkout) is rebuilt, not patched.
+  python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/kubernetes-validate.txt
   touch "$venv/bin/kubernetes-validate"
 fi
