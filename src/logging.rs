@@ -15,7 +15,10 @@
 //! [`flush`] must run before the process exits; `server` and `main` call it.
 
 use std::io::IsTerminal;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use tracing::{Level, Metadata};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
@@ -90,6 +93,45 @@ fn is_own(target: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }
 
+/// Lets one log line through per interval and counts the ones it held back: a flapping app
+/// or a wrong secret must not flood the log, but the first sign of trouble shows at once.
+#[derive(Debug)]
+pub struct LogGate {
+    every_ms: u64,
+    origin: Instant,
+    /// Milliseconds after `origin` when the next line may pass (0: now).
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogGate {
+    /// A gate letting one line through per `every`.
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every_ms: every.as_millis() as u64,
+            origin: Instant::now(),
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be written now.
+    pub fn admit(&self) -> Option<u64> {
+        let now = self.origin.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + self.every_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+}
+
 /// Lines dropped because the writer could not keep up.
 pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
@@ -104,6 +146,16 @@ pub fn flush() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_gate_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let gate = LogGate::new(Duration::from_millis(50));
+        assert_eq!(gate.admit(), Some(0));
+        assert_eq!(gate.admit(), None);
+        assert_eq!(gate.admit(), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(gate.admit(), Some(2));
+    }
 
     #[test]
     fn only_our_own_targets_pass_below_info() {

@@ -33,6 +33,7 @@ use crate::compress::{Coding, Compressor};
 use crate::config::Config;
 use crate::embed_client::{self, TokenEndpoint};
 use crate::live::{Live, Snapshot};
+use crate::logging::LogGate;
 use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::plan::{plan, NoToken, Planned, RequestFacts};
@@ -74,44 +75,6 @@ impl Sidecar {
 
 /// At most one upstream-fault warning per this interval; the rest are counted in the next.
 const UPSTREAM_WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Lets one log line through per interval and counts the ones it held back. A flapping
-/// app must not flood the log, but the first sign of trouble must show at once.
-struct LogGate {
-    every_ms: u64,
-    origin: Instant,
-    /// Milliseconds after `origin` when the next line may pass (0: now).
-    next_ms: std::sync::atomic::AtomicU64,
-    suppressed: std::sync::atomic::AtomicU64,
-}
-
-impl LogGate {
-    fn new(every: Duration) -> Self {
-        Self {
-            every_ms: every.as_millis() as u64,
-            origin: Instant::now(),
-            next_ms: std::sync::atomic::AtomicU64::new(0),
-            suppressed: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be written now.
-    fn admit(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.origin.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(next, now + self.every_ms, Relaxed, Relaxed)
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Relaxed));
-        }
-        self.suppressed.fetch_add(1, Relaxed);
-        None
-    }
-}
 
 /// Where the token of a page load stands.
 enum TokenState {

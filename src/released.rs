@@ -12,6 +12,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::identity::Identity;
+use crate::logging::LogGate;
 use crate::metrics::Metrics;
 use crate::secret::{Secret, Token};
 
@@ -193,45 +194,7 @@ pub fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
 pub struct ReleasedClient {
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    auth_log: Arc<LogLimiter>,
-}
-
-/// Lets one log line through per period and counts the ones held back.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    /// Milliseconds since [`epoch`] of the last line let through; 0 = never.
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    /// A limiter letting one line through per `every`.
-    pub fn new(every: Duration) -> Self {
-        epoch();
-        Self {
-            every,
-            last_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be written now.
-    pub fn admit(&self) -> Option<u64> {
-        let now = now_ms();
-        let last = self.last_ms.load(Ordering::Acquire);
-        let due = last == 0 || now.saturating_sub(last) >= self.every.as_millis() as u64;
-        if due
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::AcqRel));
-        }
-        self.suppressed.fetch_add(1, Ordering::AcqRel);
-        None
-    }
+    auth_log: Arc<LogGate>,
 }
 
 impl ReleasedClient {
@@ -248,7 +211,7 @@ impl ReleasedClient {
         Ok(Self {
             http,
             metrics,
-            auth_log: Arc::new(LogLimiter::new(AUTH_FAILURE_LOG_EVERY)),
+            auth_log: Arc::new(LogGate::new(AUTH_FAILURE_LOG_EVERY)),
         })
     }
 
@@ -585,16 +548,6 @@ mod tests {
             assert_eq!(error.label(), *label, "{error:?}");
             assert_eq!(error.means_unavailable(), *unavailable, "{error:?}");
         }
-    }
-
-    #[test]
-    fn log_limiter_lets_one_line_through_per_period_and_counts_the_rest() {
-        let l = LogLimiter::new(Duration::from_millis(50));
-        assert_eq!(l.admit(), Some(0));
-        assert_eq!(l.admit(), None);
-        assert_eq!(l.admit(), None);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(l.admit(), Some(2));
     }
 
     #[test]
