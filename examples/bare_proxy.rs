@@ -7,13 +7,14 @@
 //! ```text
 //! cargo build --release --example bare_proxy
 //! target/release/examples/bare_proxy --listen 127.0.0.1:8081 --upstream 127.0.0.1:8080 \
-//!     --workers 2 --work-stealing false --upstream-keepalive 1024
+//!     --workers 2 --work-stealing false --upstream-keepalive 1024 --per-worker-services true
 //! ```
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use clap::Parser;
+use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 
@@ -35,6 +36,11 @@ struct Args {
     /// pingora `upstream_keepalive_pool_size` (the sidecar's `upstream_keepalive`).
     #[arg(long, default_value_t = 1024)]
     upstream_keepalive: usize,
+    /// One single-threaded proxy service per worker, each with its own SO_REUSEPORT
+    /// socket and upstream pool (the sidecar's layout), instead of one service with
+    /// `workers` threads.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    per_worker_services: bool,
 }
 
 /// Proxies every request to one upstream, untouched.
@@ -65,13 +71,34 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(
-        &server.configuration,
-        Bare {
-            upstream: args.upstream,
-        },
-    );
-    proxy.add_tcp(&args.listen.to_string());
-    server.add_service(proxy);
+    let (services, threads) = if args.per_worker_services {
+        (args.workers, Some(1))
+    } else {
+        (1, None)
+    };
+    for i in 0..services {
+        let mut proxy = http_proxy_service(
+            &server.configuration,
+            Bare {
+                upstream: args.upstream,
+            },
+        );
+        proxy.threads = threads;
+        if args.per_worker_services {
+            // Each worker its own SO_REUSEPORT socket; pingora keys sockets by the
+            // address string, so each gets a distinct spelling of the same port.
+            let ip = match args.listen {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            };
+            let addr = format!("{ip}:{}{}", "0".repeat(i), args.listen.port());
+            let mut opts = TcpSocketOptions::default();
+            opts.so_reuseport = Some(true);
+            proxy.add_tcp_with_settings(&addr, opts);
+        } else {
+            proxy.add_tcp(&args.listen.to_string());
+        }
+        server.add_service(proxy);
+    }
     server.run_forever();
 }

@@ -43,14 +43,15 @@ use crate::routes::{host_without_port, Route};
 use crate::secret::Token;
 use crate::trust::ClientCert;
 
-/// The sidecar's proxy logic; one instance serves every request.
+/// The sidecar's proxy logic; each worker has a clone, and the clones share all state.
+#[derive(Clone)]
 pub struct Sidecar {
     live: Arc<Live>,
     released: ReleasedClient,
     metrics: Arc<Metrics>,
-    embed: TokenEndpoint,
+    embed: Arc<TokenEndpoint>,
     health: Arc<Health>,
-    upstream_warnings: LogGate,
+    upstream_warnings: Arc<LogGate>,
 }
 
 impl Sidecar {
@@ -66,9 +67,9 @@ impl Sidecar {
             live,
             released,
             metrics,
-            embed: TokenEndpoint::default(),
+            embed: Arc::default(),
             health,
-            upstream_warnings: LogGate::new(UPSTREAM_WARN_EVERY),
+            upstream_warnings: Arc::new(LogGate::new(UPSTREAM_WARN_EVERY)),
         }
     }
 }

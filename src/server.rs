@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::listeners::{
+    L4BufferSettings, ListenerConfig, TcpSocketOptions, DEFAULT_L4_WRITE_BUFFER_SIZE,
+};
 use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -118,52 +120,55 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     // seconds and exits 1).
     server.bootstrap();
 
-    // pingora's HTTP proxy runs behind the connection guard (crate::front), which owns
-    // the connection loop, the head deadline and the connection cap.
-    let mut http = pingora::proxy::HttpProxy::new(
-        Sidecar::new(
-            Arc::clone(&live),
-            released,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-        ),
-        Arc::clone(&server.configuration),
+    let sidecar = Sidecar::new(
+        Arc::clone(&live),
+        released,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
     );
-    http.handle_init_modules();
     let mut limit = ConnectionLimit::new(config.limits.max_connections);
-    // pingora gives every connection a 64 KiB read buffer by default, most of an idle
-    // connection's cost; its HTTP reader and the head guard read into buffers of their
-    // own, so the proxy port reads unbuffered.
-    let mut listener = ListenerConfig::tcp(config.listen.to_string())
-        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
     if config.tls.is_some() {
-        // The certificate and the client CA come from the live snapshot at each
-        // handshake, so rotations need no restart.
-        let mut tls =
-            TlsSettings::with_callbacks(Box::new(crate::tls::Handshakes(Arc::clone(&metrics))))
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-        tls.set_cert_resolver(Arc::new(crate::tls::LiveCertificate(Arc::clone(&live))));
-        tls.set_client_cert_verifier(Arc::new(crate::tls::LiveClientVerifier::new(
-            Arc::clone(&live),
-            Arc::clone(&metrics),
-        )));
-        tls.set_alpn(ALPN::H1);
-        listener = listener.tls(tls);
         limit = limit.after_handshake();
     }
     let limit = Arc::new(limit);
-    let mut proxy = Service::new(
-        "released-sidecar proxy".to_string(),
-        Front::new(
-            Arc::new(http),
-            Arc::clone(&live),
-            Arc::clone(&metrics),
-            Some(Arc::clone(&limit)),
-        ),
-    );
-    proxy.add_listener(listener);
-    proxy.set_connection_filter(limit);
-    server.add_service(proxy);
+    // One single-threaded proxy service per worker, nginx's layout: each accepts on its
+    // own SO_REUSEPORT socket and keeps its own upstream keep-alive pool, so a request
+    // never touches another worker's sockets. With one multi-threaded service pingora
+    // hands accepted connections and pooled upstream connections to random threads, and
+    // every read then wakes a task across threads (benches/README.md).
+    for worker in 0..config.workers {
+        // pingora's HTTP proxy runs behind the connection guard (crate::front), which
+        // owns the connection loop, the head deadline and the connection cap.
+        let mut http =
+            pingora::proxy::HttpProxy::new(sidecar.clone(), Arc::clone(&server.configuration));
+        http.handle_init_modules();
+        // pingora gives every connection a 64 KiB read buffer by default, most of an idle
+        // connection's cost; its HTTP reader and the head guard read into buffers of
+        // their own, so the proxy port reads unbuffered.
+        let mut listener = ListenerConfig::tcp(worker_address(config.listen, worker))
+            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+        if config.workers > 1 {
+            let mut options = TcpSocketOptions::default();
+            options.so_reuseport = Some(true);
+            listener = listener.tcp_socket_options(options);
+        }
+        if config.tls.is_some() {
+            listener = listener.tls(live_tls(&live, &metrics)?);
+        }
+        let mut proxy = Service::new(
+            format!("released-sidecar proxy {worker}"),
+            Front::new(
+                Arc::new(http),
+                Arc::clone(&live),
+                Arc::clone(&metrics),
+                Some(Arc::clone(&limit)),
+            ),
+        );
+        proxy.threads = Some(1);
+        proxy.add_listener(listener);
+        proxy.set_connection_filter(Arc::clone(&limit) as _);
+        server.add_service(proxy);
+    }
     server.add_service(background_service(
         "released-sidecar admin",
         AdminServer::new(
@@ -200,6 +205,33 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     tracing::info!("shutdown complete");
     crate::logging::flush();
     std::process::exit(0)
+}
+
+/// TLS for the proxy port: the certificate and the client CA come from the live snapshot
+/// at each handshake, so rotations need no restart.
+fn live_tls(live: &Arc<Live>, metrics: &Arc<Metrics>) -> Result<TlsSettings, StartError> {
+    let mut tls =
+        TlsSettings::with_callbacks(Box::new(crate::tls::Handshakes(Arc::clone(metrics))))
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    tls.set_cert_resolver(Arc::new(crate::tls::LiveCertificate(Arc::clone(live))));
+    tls.set_client_cert_verifier(Arc::new(crate::tls::LiveClientVerifier::new(
+        Arc::clone(live),
+        Arc::clone(metrics),
+    )));
+    tls.set_alpn(ALPN::H1);
+    Ok(tls)
+}
+
+/// The address worker `worker` listens on, spelled so that each worker's socket has its
+/// own key: pingora keys listening sockets by the address text (that is how they are
+/// handed to a `run --upgrade` successor), and sockets sharing a key would share one file
+/// descriptor, closed once per worker. A leading zero in the port is the same port.
+fn worker_address(addr: std::net::SocketAddr, worker: usize) -> String {
+    let zeros = "0".repeat(worker);
+    match addr {
+        std::net::SocketAddr::V4(a) => format!("{}:{zeros}{}", a.ip(), a.port()),
+        std::net::SocketAddr::V6(a) => format!("[{}]:{zeros}{}", a.ip(), a.port()),
+    }
 }
 
 /// Binds `addr` with SO_REUSEPORT, so a successor process can bind it too.

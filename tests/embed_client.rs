@@ -188,6 +188,28 @@ async fn one_identity_past_the_rate_limit_gets_429_and_others_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_one_budget_across_all_workers() {
+    // Each call opens a new connection, which the kernel hands to any of the three
+    // workers' sockets: a limiter per worker would let more than two through.
+    let page = |_: &support::upstream::Seen| Reply::html("<released-page></released-page>");
+    let (_u, standin, sidecar) = support::start_with(page, |b| {
+        b.workers(3)
+            .extra("embed: { client: { rate_limit: \"2/min\" } }\n")
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            call(&sidecar, Method::GET, script_fetch(&sidecar, "alice"))
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429]);
+    assert_eq!(standin.calls().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_failing_or_cooling_down_gives_503_never_the_app() {
     let upstream = Upstream::start(|_| Reply::html("")).await;
     let standin = StandIn::start(SECRET).await;

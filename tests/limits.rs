@@ -149,7 +149,8 @@ async fn a_token_call_is_aborted_when_the_page_is_not_rewritable() {
 async fn connections_past_the_cap_wait_in_the_backlog_while_admin_answers() {
     let (_upstream, _standin, sidecar) = support::start_with(
         |_| Reply::with(200, "text/plain", "ok"),
-        |b| b.extra("limits: { max_connections: 2 }"),
+        // Three workers, one cap: the slots are shared, whichever socket a connection lands on.
+        |b| b.workers(3).extra("limits: { max_connections: 2 }"),
     )
     .await;
     // The readiness probes have come and gone; hold both slots with idle connections.

@@ -21,10 +21,17 @@ async fn three_upgrades_back_to_back_under_load_lose_no_request() {
     let standin = StandIn::start(support::sidecar::SECRET).await;
     let mut sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
         .extra("upgrade_sock: \"{dir}/upgrade.sock\"\n")
+        .workers(3)
         .start()
         .await;
     let upgrade_sock = sidecar.dir.path().join("upgrade.sock");
     let url = |path: &str| sidecar.url(path);
+    let port = sidecar.listen.port();
+    assert_eq!(
+        listening_sockets(port),
+        3,
+        "one listening socket per worker"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU32::new(0));
@@ -106,8 +113,27 @@ async fn three_upgrades_back_to_back_under_load_lose_no_request() {
         sidecar.logs()
     );
     assert!(total > 100, "only {total} requests during three upgrades");
+    assert_eq!(
+        listening_sockets(port),
+        3,
+        "every worker's socket was handed over, none bound anew"
+    );
     let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 1, "the last process rewrites pages");
+}
+
+/// Listening TCP sockets on `port` (IPv4, any process), from /proc/net/tcp.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+        })
+        .count()
 }
 
 /// Kills a process the test did not spawn itself (a successor) when the test ends.

@@ -72,6 +72,18 @@ impl SidecarBuilder {
         self
     }
 
+    /// Runs `n` proxy workers (the template's `workers: 1` otherwise).
+    pub fn workers(mut self, n: usize) -> Self {
+        assert!(
+            self.template.contains("workers: 1\n"),
+            "the template sets workers"
+        );
+        self.template = self
+            .template
+            .replace("workers: 1\n", &format!("workers: {n}\n"));
+        self
+    }
+
     /// Starts the process with `RLIMIT_NOFILE` lowered to `n` (to reach the limit cheaply).
     pub fn max_open_files(mut self, n: u64) -> Self {
         self.max_open_files = Some(n);
