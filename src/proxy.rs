@@ -72,6 +72,15 @@ impl Sidecar {
             upstream_warnings: Arc::new(LogGate::new(UPSTREAM_WARN_EVERY)),
         }
     }
+
+    /// A clone for one more worker: all state shared but the token client's connection
+    /// pool, which each worker keeps on its own thread.
+    pub fn for_worker(&self) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            released: self.released.for_worker()?,
+            ..self.clone()
+        })
+    }
 }
 
 /// At most one upstream-fault warning per this interval; the rest are counted in the next.

@@ -188,8 +188,8 @@ pub fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
     Ok(Token::new(token))
 }
 
-/// The token API client: one connection pool for the whole process, shared across config
-/// reloads so a secret rotation does not drop warm connections.
+/// The token API client: one connection pool per worker (see [`ReleasedClient::for_worker`]),
+/// kept across config reloads so a secret rotation does not drop warm connections.
 #[derive(Clone)]
 pub struct ReleasedClient {
     http: reqwest::Client,
@@ -201,21 +201,35 @@ impl ReleasedClient {
     /// Builds the client (rustls with the platform's roots).
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("released-sidecar/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
         Ok(Self {
-            http,
+            http: Self::http_client()?,
             metrics,
             auth_log: Arc::new(LogGate::new(AUTH_FAILURE_LOG_EVERY)),
         })
     }
 
-    /// The HTTP client (its pool is shared with key fetches).
+    /// A client with a connection pool of its own, sharing the metrics and the log gate.
+    /// A pooled connection's I/O is driven by the thread that opened it, so a worker that
+    /// borrowed another worker's connection would hop threads on every token call.
+    pub fn for_worker(&self) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: Self::http_client()?,
+            metrics: Arc::clone(&self.metrics),
+            auth_log: Arc::clone(&self.auth_log),
+        })
+    }
+
+    fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .user_agent(concat!("released-sidecar/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+    }
+
+    /// The HTTP client.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -139,8 +139,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     for worker in 0..config.workers {
         // pingora's HTTP proxy runs behind the connection guard (crate::front), which
         // owns the connection loop, the head deadline and the connection cap.
-        let mut http =
-            pingora::proxy::HttpProxy::new(sidecar.clone(), Arc::clone(&server.configuration));
+        let mut http = pingora::proxy::HttpProxy::new(
+            sidecar.for_worker()?,
+            Arc::clone(&server.configuration),
+        );
         http.handle_init_modules();
         // pingora gives every connection a 64 KiB read buffer by default, most of an idle
         // connection's cost; its HTTP reader and the head guard read into buffers of
