@@ -1638,3 +1638,100 @@ impl Scanner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 32 * 1024;
+
+    fn scanner() -> Scanner {
+        let names = ["released-page".to_string(), "released-widget".to_string()];
+        Scanner::new(&names, &["meta"], Some("T0K"), usize::MAX, LIMIT)
+    }
+
+    /// Feeds `page` in 4 KiB chunks; the output and the most bytes held after any chunk.
+    fn feed(s: &mut Scanner, page: &[u8]) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut most_held = 0;
+        for chunk in page.chunks(4096) {
+            out.extend_from_slice(&s.write(chunk));
+            most_held = most_held.max(s.held_bytes());
+        }
+        out.extend_from_slice(&s.end());
+        (out, most_held)
+    }
+
+    #[test]
+    fn a_huge_unterminated_embed_tag_is_held_to_the_limit_then_passed_through() {
+        let mut page = b"<p>before</p><released-page data-x=\"".to_vec();
+        page.extend(std::iter::repeat_n(b'a', 200_000));
+        let mut s = scanner();
+        let (out, most_held) = feed(&mut s, &page);
+        assert!(s.bailed_out());
+        assert!(most_held <= LIMIT, "held {most_held} bytes");
+        assert!(out == page, "the output is the input unchanged");
+    }
+
+    #[test]
+    fn after_the_bail_out_later_embed_tags_pass_through_unchanged() {
+        let mut page = b"<released-page></released-page><released-widget a=\"".to_vec();
+        page.extend(std::iter::repeat_n(b'a', 100_000));
+        page.extend_from_slice(b"\"><released-page>");
+        let mut s = scanner();
+        let (out, most_held) = feed(&mut s, &page);
+        assert!(s.bailed_out());
+        assert!(most_held <= LIMIT);
+        assert_eq!(s.tags_rewritten(), 1);
+        let first = b"<released-page auth-token=\"T0K\"></released-page>";
+        assert_eq!(&out[..first.len()], first);
+        assert!(out[first.len()..] == page[b"<released-page></released-page>".len()..]);
+    }
+
+    #[test]
+    fn a_huge_comment_before_an_embed_tag_holds_nothing() {
+        let mut page = b"<!--".to_vec();
+        page.extend(std::iter::repeat_n(b'-', 50_000));
+        page.extend(std::iter::repeat_n(b"<released-page> x ".as_slice(), 10_000).flatten());
+        page.extend_from_slice(b"--><released-page>");
+        let mut s = scanner();
+        let (out, most_held) = feed(&mut s, &page);
+        assert!(!s.bailed_out());
+        assert!(most_held < 64, "held {most_held} bytes");
+        assert_eq!(s.tags_rewritten(), 1);
+        assert!(out.ends_with(b"--><released-page auth-token=\"T0K\">"));
+        assert_eq!(out.len(), page.len() + b" auth-token=\"T0K\"".len());
+    }
+
+    #[test]
+    fn huge_scripts_and_attributes_of_other_tags_hold_nothing() {
+        let mut page = b"<script>".to_vec();
+        page.extend(
+            std::iter::repeat_n(b"if (a < b) { x = '<released-page>'; } ".as_slice(), 5_000)
+                .flatten(),
+        );
+        page.extend_from_slice(b"</script><div title=\"");
+        page.extend(std::iter::repeat_n(b'a', 100_000));
+        page.extend_from_slice(b"\"><released-widget/>");
+        let mut s = scanner();
+        let (out, most_held) = feed(&mut s, &page);
+        assert!(!s.bailed_out());
+        assert!(most_held < 64, "held {most_held} bytes");
+        assert_eq!(s.tags_rewritten(), 1);
+        assert!(out.ends_with(b"<released-widget auth-token=\"T0K\" />"));
+    }
+
+    #[test]
+    fn names_lol_html_hashes_compare_like_its_tag_constants() {
+        // Values from lol_html's `Tag` enum.
+        assert_eq!(hash(b"font"), 381_561);
+        assert_eq!(hash(b"embed"), 11_083_081);
+        assert_eq!(hash(b"H1"), 416);
+        assert_eq!(hash(b"foreignObject"), 13_428_975_859_192_539_417);
+        assert_eq!(hash(b"released-page"), EMPTY_HASH);
+        // Thirteen letters fit when the first is small (the top bits shift out)...
+        assert_ne!(hash(b"abcdefghijklm"), EMPTY_HASH);
+        // ...but not many more.
+        assert_eq!(hash(b"abcdefghijklmnopqrstuvwxyz"), EMPTY_HASH);
+    }
+}
