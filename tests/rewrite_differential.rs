@@ -61,6 +61,8 @@ const NAMES: &[&str] = &[
     "released-form",
     "released-pages",
     "abcdefghijklmn",
+    // Unhashable for lol_html: equal to any other unhashable name as an end tag.
+    "abcdefghijklmnopqrstuvwxyz",
 ];
 
 /// Bits between and inside tags: every byte the tokenizer branches on.
@@ -156,6 +158,8 @@ fn tag() -> impl Strategy<Value = String> {
                     "=\"\"",
                     "=a>b",
                     "=\"<x>\"",
+                    "=>",
+                    "= >",
                 ]),
             ),
             0..4,
@@ -218,7 +222,16 @@ fn check(input: &str, cuts: &[usize], sniffed: bool) -> Result<(), TestCaseError
         Charset::from_content_type("text/html; charset=utf-8")
     };
     let input = input.as_bytes();
-    let (want, want_tags) = run(Engine::Reference, input, &[], charset);
+    // lol_html debug-asserts (an internal error in release builds, where it stops the
+    // rewrite) on one input shape: after `<style a=>` left its tag scanner in the data
+    // state, a start tag in svg or math hands over to its lexer, which reads that tag as
+    // raw text and then meets an end tag where it expects the start tag's attributes.
+    // There is no reference output to compare with.
+    let reference = std::panic::catch_unwind(|| run(Engine::Reference, input, &[], charset));
+    prop_assume!(reference.is_ok(), "lol_html panicked");
+    let Ok((want, want_tags)) = reference else {
+        unreachable!()
+    };
     let (got, got_tags) = run(Engine::Fast, input, cuts, charset);
     prop_assert_eq!(
         String::from_utf8_lossy(&got),
@@ -231,7 +244,7 @@ fn check(input: &str, cuts: &[usize], sniffed: bool) -> Result<(), TestCaseError
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
     #[test]
     fn fast_engine_writes_what_lol_html_writes_whatever_the_chunking(
@@ -250,6 +263,9 @@ fn known_divergences_stay_fixed() {
         "<released-page/>",
         "<svg><released-page a=b/>",
         "<script a=><released-page>",
+        "<script a=><released-page></abcdefghijklmnopqrstuvwxyz><div>",
+        "<script a=><meta></abcdefghijklmnopqrstuvwxyz><released-page><p>",
+        "<title a= ><math><released-page></abcdefghijklmnopqrstuvwxyz>x<released-page>",
     ];
     for case in cases {
         for split in 0..=case.len() {

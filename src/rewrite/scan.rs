@@ -498,6 +498,10 @@ pub struct Scanner {
     directive: Directive,
     /// `Some(embed)` while the lexer handles a tag the scanner's hint matched.
     hinted: Option<Embed>,
+    /// A hinted match whose lexer session emitted an end tag first (only after the
+    /// `<script a=>` quirk): lol_html's element handlers stay armed and fire on the next
+    /// start tag the lexer emits, whatever its name.
+    armed: Embed,
     ns: Namespaces,
     closing_quote: u8,
 
@@ -581,6 +585,7 @@ impl Scanner {
             scan_in_end_tag: false,
             directive: Directive::Ask,
             hinted: None,
+            armed: Embed::None,
             ns: Namespaces::new(true),
             closing_quote: b'"',
             tag_start: 0,
@@ -935,11 +940,11 @@ impl Scanner {
                     }
                 }
             }
-            Mode::Lex => self.lexer_emit_tag(input, at),
+            Mode::Lex => self.lexer_emit_tag(input, at, data_quirk),
         }
     }
 
-    fn lexer_emit_tag(&mut self, input: Input<'_>, at: usize) {
+    fn lexer_emit_tag(&mut self, input: Input<'_>, at: usize, data_quirk: bool) {
         let is_end = self.tag_is_end;
         let feedback = match std::mem::replace(&mut self.directive, Directive::Ask) {
             Directive::Apply(f) => f,
@@ -952,12 +957,13 @@ impl Scanner {
         if !is_end {
             self.last_start_hash = self.name_hash;
         }
+        let armed = std::mem::replace(&mut self.armed, Embed::None);
         let embed = match self.hinted.take() {
             Some(embed) => embed,
             None if is_end => Embed::None,
             None => self.match_name(input),
         };
-        if !is_end && embed == Embed::Rewrite {
+        if !is_end && (embed == Embed::Rewrite || armed == Embed::Rewrite) {
             self.rewrite_tag(input, at + 1);
         }
         if self.seen.is_some() && !is_end {
@@ -973,6 +979,21 @@ impl Scanner {
         }
         self.attrs.clear();
         self.unmark_tag_start();
+        if is_end && (embed != Embed::None || armed != Embed::None) {
+            // lol_html's capture flags are still set: the lexer goes on, and so does the
+            // tag's own state transition.
+            self.armed = if embed == Embed::Rewrite || armed == Embed::Rewrite {
+                Embed::Rewrite
+            } else {
+                Embed::LexOnly
+            };
+            self.state = if data_quirk {
+                State::Data
+            } else {
+                text_state(self.last_text_type)
+            };
+            return;
+        }
         // Back to the tag scanner after the tag, in the state of the text type now set.
         self.mode = Mode::Scan;
         self.state = text_state(self.last_text_type);
