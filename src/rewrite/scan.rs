@@ -736,6 +736,22 @@ impl Scanner {
                 | State::ScriptDataDoubleEscaped => memchr::memchr2(b'-', b'<', &chunk[i..]),
                 State::CdataSection => memchr::memchr(b']', &chunk[i..]),
                 State::PlainText => None,
+                State::TagName => {
+                    let rest = &chunk[i..];
+                    let n = rest
+                        .iter()
+                        .position(|&b| is_ws(b) || b == b'/' || b == b'>');
+                    for &b in &rest[..n.unwrap_or(rest.len())] {
+                        self.name_hash = hash_update(self.name_hash, b);
+                    }
+                    n
+                }
+                State::AttributeName => chunk[i..]
+                    .iter()
+                    .position(|&b| is_ws(b) || matches!(b, b'=' | b'/' | b'>')),
+                State::AttributeValueUnquoted => {
+                    chunk[i..].iter().position(|&b| is_ws(b) || b == b'>')
+                }
                 _ => Some(0),
             };
             let Some(skip) = skip else {
