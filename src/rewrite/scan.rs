@@ -658,6 +658,9 @@ impl Scanner {
             chunk,
             base: self.base,
         };
+        // Reserving first lets the buffer the previous output was split from be reused
+        // once that output has been dropped, instead of a fresh allocation per chunk.
+        self.out.reserve(chunk.len() + self.held.len() + 256);
         self.run(input);
         let end = self.base + chunk.len();
         let keep_from = self.hold_from.map_or(end, |h| h.max(self.emitted));
@@ -752,6 +755,13 @@ impl Scanner {
                 State::AttributeValueUnquoted => {
                     chunk[i..].iter().position(|&b| is_ws(b) || b == b'>')
                 }
+                State::BeforeAttributeName if self.mode == Mode::Scan => {
+                    i = self.skip_attributes(chunk, i);
+                    if i == chunk.len() {
+                        break;
+                    }
+                    Some(0)
+                }
                 _ => Some(0),
             };
             let Some(skip) = skip else {
@@ -771,6 +781,86 @@ impl Scanner {
                         };
                     }
                     i = pos - input.base;
+                }
+            }
+        }
+    }
+
+    /// The tag scanner's attribute states in one loop: in scanner mode their actions do
+    /// nothing, so only where they end matters. Returns where a byte needs [`Self::step`]
+    /// (`>`, `/`, or a `>` right after `=`), in the state that byte is read in, or the
+    /// chunk's end with the state to resume in.
+    fn skip_attributes(&mut self, chunk: &[u8], mut i: usize) -> usize {
+        let len = chunk.len();
+        let stop = |b: u8| is_ws(b) || matches!(b, b'=' | b'/' | b'>');
+        loop {
+            // Before the attribute name.
+            while i < len && is_ws(chunk[i]) {
+                i += 1;
+            }
+            if i == len || matches!(chunk[i], b'>' | b'/') {
+                self.state = State::BeforeAttributeName;
+                return i;
+            }
+            // The name: its first byte may be anything else, `=` included.
+            i += 1;
+            loop {
+                while i < len && !stop(chunk[i]) {
+                    i += 1;
+                }
+                if i == len || matches!(chunk[i], b'>' | b'/') {
+                    self.state = State::AttributeName;
+                    return i;
+                }
+                if chunk[i] == b'=' {
+                    break;
+                }
+                // After the name.
+                while i < len && is_ws(chunk[i]) {
+                    i += 1;
+                }
+                if i == len || matches!(chunk[i], b'>' | b'/') {
+                    self.state = State::AfterAttributeName;
+                    return i;
+                }
+                if chunk[i] == b'=' {
+                    break;
+                }
+                // Another attribute's name starts here.
+                i += 1;
+            }
+            // Before the value.
+            i += 1;
+            while i < len && is_ws(chunk[i]) {
+                i += 1;
+            }
+            if i == len || chunk[i] == b'>' {
+                self.state = State::BeforeAttributeValue;
+                return i;
+            }
+            match chunk[i] {
+                quote @ (b'"' | b'\'') => {
+                    self.closing_quote = quote;
+                    match memchr::memchr(quote, &chunk[i + 1..]) {
+                        Some(n) => i += n + 2,
+                        None => {
+                            self.state = if quote == b'"' {
+                                State::AttributeValueDoubleQuoted
+                            } else {
+                                State::AttributeValueSingleQuoted
+                            };
+                            return len;
+                        }
+                    }
+                }
+                _ => {
+                    while i < len && !is_ws(chunk[i]) && chunk[i] != b'>' {
+                        i += 1;
+                    }
+                    if i == len || chunk[i] == b'>' {
+                        self.state = State::AttributeValueUnquoted;
+                        return i;
+                    }
                 }
             }
         }
