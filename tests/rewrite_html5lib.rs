@@ -37,10 +37,10 @@ fn scanned_start_tags(
     input: &[u8],
     initial: TextType,
     last_start_tag: Option<&str>,
+    chunk: usize,
 ) -> Vec<(String, bool)> {
     let mut scanner = Scanner::tokenizer(initial, last_start_tag);
-    // One byte at a time: the hardest chunking, and the corpus is small.
-    for b in input.chunks(1) {
+    for b in input.chunks(chunk) {
         scanner.write(b);
     }
     scanner.end();
@@ -160,7 +160,11 @@ fn scanner_finds_the_start_tags_of_the_html5lib_tokenizer_corpus() {
                 };
                 ran += 1;
                 tags += want.len();
-                let got = scanned_start_tags(input.as_bytes(), initial, last_start_tag);
+                // Whole, and one byte at a time: the hardest chunking.
+                let whole =
+                    scanned_start_tags(input.as_bytes(), initial, last_start_tag, usize::MAX);
+                let bytewise = scanned_start_tags(input.as_bytes(), initial, last_start_tag, 1);
+                let got = if whole == want { bytewise } else { whole };
                 if got != want {
                     failures.push(format!(
                         "{} / {:?} / {state}: input {input:?}: want {want:?}, got {got:?}",

@@ -518,6 +518,8 @@ pub struct Scanner {
     attr: Option<Attr>,
     attrs: Vec<Attr>,
     seq_start: usize,
+    /// Where [`Self::data_tag`] left the chunk.
+    fast_next: usize,
 
     // Output bookkeeping, in absolute stream offsets.
     /// Offset of the next chunk's first byte.
@@ -599,6 +601,7 @@ impl Scanner {
             attr: None,
             attrs: Vec::new(),
             seq_start: 0,
+            fast_next: 0,
             base: 0,
             emitted: 0,
             held: Vec::new(),
@@ -768,22 +771,93 @@ impl Scanner {
                 break;
             };
             i += skip;
+            if self.state == State::Data && self.mode == Mode::Scan {
+                i = match self.data_tag(input, i) {
+                    Flow::Next => self.fast_next,
+                    Flow::Rewind(to) => self.rewind(input, to),
+                };
+                continue;
+            }
             match self.step(input, chunk[i], input.base + i) {
                 Flow::Next => i += 1,
-                Flow::Rewind(to) => {
-                    let mut pos = to;
-                    // A tag that began in an earlier chunk: parse its held bytes again.
-                    while pos < input.base {
-                        let b = self.held[pos - self.emitted];
-                        pos = match self.step(input, b, pos) {
-                            Flow::Next => pos + 1,
-                            Flow::Rewind(to) => to,
-                        };
-                    }
-                    i = pos - input.base;
-                }
+                Flow::Rewind(to) => i = self.rewind(input, to),
             }
         }
+    }
+
+    /// Continues from stream offset `to` after a hand-over to the lexer; returns the
+    /// chunk index to go on from.
+    fn rewind(&mut self, input: Input<'_>, to: usize) -> usize {
+        let mut pos = to;
+        // A tag that began in an earlier chunk: parse its held bytes again.
+        while pos < input.base {
+            let b = self.held[pos - self.emitted];
+            pos = match self.step(input, b, pos) {
+                Flow::Next => pos + 1,
+                Flow::Rewind(to) => to,
+            };
+        }
+        pos - input.base
+    }
+
+    /// The common case in one piece: a tag at `chunk[i] == '<'` in the data state, in
+    /// scanner mode. Does what [`Self::step`] would do byte by byte, as far as the bytes are
+    /// plain; leaves the state for `step` where they are not, with the chunk index to go
+    /// on from in `fast_next` (the indirect jumps of a byte-at-a-time state machine
+    /// cost more than the rest of the scan).
+    fn data_tag(&mut self, input: Input<'_>, i: usize) -> Flow {
+        let (chunk, base) = (input.chunk, input.base);
+        let len = chunk.len();
+        self.mark_tag_start(base + i);
+        let alpha = |k: usize| chunk.get(k).is_some_and(u8::is_ascii_alphabetic);
+        let is_end = if alpha(i + 1) {
+            false
+        } else if chunk.get(i + 1) == Some(&b'/') && alpha(i + 2) {
+            true
+        } else {
+            self.state = State::TagOpen;
+            self.fast_next = i + 1;
+            return Flow::Next;
+        };
+        let name_at = i + 1 + usize::from(is_end);
+        self.create_tag(is_end, base + name_at, chunk[name_at]);
+        let mut j = name_at + 1;
+        while j < len && !(is_ws(chunk[j]) || chunk[j] == b'/' || chunk[j] == b'>') {
+            self.name_hash = hash_update(self.name_hash, chunk[j]);
+            j += 1;
+        }
+        self.state = State::TagName;
+        if j == len {
+            self.fast_next = len;
+            return Flow::Next;
+        }
+        if let Flow::Rewind(to) = self.finish_tag_name(input, base + j) {
+            return Flow::Rewind(to);
+        }
+        match chunk[j] {
+            b'>' => {
+                self.emit_tag(input, base + j, false);
+                self.fast_next = j + 1;
+                return Flow::Next;
+            }
+            b'/' => {
+                self.state = State::SelfClosingStartTag;
+                self.fast_next = j + 1;
+                return Flow::Next;
+            }
+            _ => self.state = State::BeforeAttributeName,
+        }
+        j += 1;
+        if self.mode == Mode::Scan {
+            j = self.skip_attributes(chunk, j);
+            if j < len && chunk[j] == b'>' {
+                let quirk = self.state == State::BeforeAttributeValue;
+                self.emit_tag(input, base + j, quirk);
+                j += 1;
+            }
+        }
+        self.fast_next = j;
+        Flow::Next
     }
 
     /// The tag scanner's attribute states in one loop: in scanner mode their actions do
