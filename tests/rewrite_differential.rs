@@ -3,7 +3,8 @@
 //! boundaries, the fast engine (`rewrite::scan`) writes exactly the bytes lol_html writes
 //! and counts the same rewritten tags.
 //!
-//! `PROPTEST_CASES=1000000 cargo test --release --test rewrite_differential` for a long run.
+//! A long run (release builds skip lol_html's debug assertions, so it is faster too):
+//! `PROPTEST_CASES=1000000 CARGO_TARGET_DIR=target-bench cargo test --release --test rewrite_differential`.
 
 use proptest::prelude::*;
 use released_sidecar::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
@@ -193,7 +194,7 @@ fn document() -> impl Strategy<Value = String> {
     prop::collection::vec(fragment(), 0..40).prop_map(|f| f.concat())
 }
 
-fn run(engine: Engine, input: &[u8], cuts: &[usize], charset: Charset) -> (Vec<u8>, usize) {
+fn run(engine: Engine, input: &[u8], cuts: &[usize], charset: Charset) -> (Vec<u8>, usize, bool) {
     let tags = EmbedTags::new(&TAGS.map(String::from)).unwrap();
     let token = Token::new("T\"0&K");
     let edits = Edits {
@@ -212,7 +213,7 @@ fn run(engine: Engine, input: &[u8], cuts: &[usize], charset: Charset) -> (Vec<u
     }
     out.extend_from_slice(&r.write(&input[start..]));
     out.extend_from_slice(&r.end());
-    (out, r.tags_rewritten())
+    (out, r.tags_rewritten(), r.bailed_out())
 }
 
 fn check(input: &str, cuts: &[usize], sniffed: bool) -> Result<(), TestCaseError> {
@@ -223,16 +224,17 @@ fn check(input: &str, cuts: &[usize], sniffed: bool) -> Result<(), TestCaseError
     };
     let input = input.as_bytes();
     // lol_html debug-asserts (an internal error in release builds, where it stops the
-    // rewrite) on one input shape: after `<style a=>` left its tag scanner in the data
-    // state, a start tag in svg or math hands over to its lexer, which reads that tag as
-    // raw text and then meets an end tag where it expects the start tag's attributes.
-    // There is no reference output to compare with.
+    // rewrite and loses what it held) on one input shape: after `<style a=>` left its tag
+    // scanner in the data state, a start tag in svg or math hands over to its lexer, which
+    // reads that tag as raw text and then meets an end tag where it expects the start
+    // tag's attributes. There is no reference output to compare with.
     let reference = std::panic::catch_unwind(|| run(Engine::Reference, input, &[], charset));
-    prop_assume!(reference.is_ok(), "lol_html panicked");
-    let Ok((want, want_tags)) = reference else {
-        unreachable!()
+    let Ok((want, want_tags, failed)) = reference else {
+        return Err(TestCaseError::reject("lol_html panicked"));
     };
-    let (got, got_tags) = run(Engine::Fast, input, cuts, charset);
+    // These inputs are far below the memory bound and the token budget.
+    prop_assume!(!failed, "lol_html failed");
+    let (got, got_tags, _) = run(Engine::Fast, input, cuts, charset);
     prop_assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(&want),
@@ -244,7 +246,7 @@ fn check(input: &str, cuts: &[usize], sniffed: bool) -> Result<(), TestCaseError
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, max_global_rejects: 100_000, ..ProptestConfig::default() })]
 
     #[test]
     fn fast_engine_writes_what_lol_html_writes_whatever_the_chunking(
