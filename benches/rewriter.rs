@@ -3,20 +3,23 @@
 //! Run: `cargo bench --bench rewriter -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Groups (criterion prints throughput in MiB/s or GiB/s; see benches/README.md):
-//! - `rewrite_100k/<page>/<chunking>`: one whole response through `Rewriter::new`, `write`
-//!   per chunk and `end`, for the page with exactly one `<released-page>` (`one_tag`) and
-//!   the same page without any embed tag (`no_tag`), fed whole or in 16 KiB / 4 KiB chunks
-//!   (pingora hands the body filter chunks of roughly that size).
+//! - `rewrite_100k/<page>/<chunking>`: one whole response through `Rewriter::new` (the fast
+//!   engine, `rewrite::scan`), `write` per chunk and `end`, for the page with exactly one
+//!   `<released-page>` (`one_tag`) and the same page without any embed tag (`no_tag`), fed
+//!   whole or in 16 KiB / 4 KiB chunks (pingora hands the body filter chunks of roughly
+//!   that size).
+//! - `rewrite_100k_lolhtml/<page>/<chunking>`: the same through the reference engine,
+//!   lol_html (`Engine::Reference`), in the same run.
 //! - `baseline_100k/*`: what the bytes cost without lol_html: a plain copy per chunk (what
 //!   a passthrough chunk costs at most) and a memchr pre-scan for a possible embed tag
 //!   (the candidate fast path suggested in the README), to put the rewrite figure in scale.
-//! - `rewriter_setup/new_end_tiny`: fixed cost per rewritten response (settings, selector,
-//!   lol_html state), measured on a 40-byte page.
+//! - `rewriter_setup/new_end_tiny{,_lolhtml}`: fixed cost per rewritten response, measured
+//!   on a 40-byte page, for each engine.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use released_sidecar::rewrite::{Charset, EmbedTags, Rewriter};
+use released_sidecar::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
 use released_sidecar::secret::Token;
 
 /// 1 MiB, the default `embed.memory_limit`.
@@ -178,9 +181,19 @@ pub fn page(target_len: usize, embed_tag: bool) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Rewrites `page` fed in `chunk`-sized pieces; returns the output length.
-fn rewrite_once(tags: &EmbedTags, token: &Token, page: &[u8], chunk: usize) -> usize {
-    let mut r = Rewriter::new(tags, token, Charset::Sniffed, MEMORY_LIMIT);
+/// Rewrites `page` fed in `chunk`-sized pieces on `engine`; returns the output length.
+fn rewrite_once(
+    engine: Engine,
+    tags: &EmbedTags,
+    token: &Token,
+    page: &[u8],
+    chunk: usize,
+) -> usize {
+    let edits = Edits {
+        token: Some(token),
+        inject: None,
+    };
+    let mut r = Rewriter::with_engine(tags, edits, Charset::Sniffed, MEMORY_LIMIT, engine);
     let mut n = 0;
     for c in page.chunks(chunk) {
         n += black_box(r.write(c)).len();
@@ -211,25 +224,43 @@ fn bench_rewrite(c: &mut Criterion) {
     let token = Token::new(TOKEN);
     let with_tag = page(100 * 1024, true);
     let without_tag = page(100 * 1024, false);
-    let mut check = Rewriter::new(&tags, &token, Charset::Sniffed, MEMORY_LIMIT);
-    let out = [check.write(&with_tag), check.end()].concat();
-    assert_eq!(
-        check.tags_rewritten(),
-        1,
-        "the bench page must hold one embed tag"
-    );
-    assert!(out.len() == with_tag.len() + " auth-token=\"\"".len() + TOKEN.len());
-
-    let mut group = c.benchmark_group("rewrite_100k");
-    for (name, page) in [("one_tag", &with_tag), ("no_tag", &without_tag)] {
-        group.throughput(Throughput::Bytes(page.len() as u64));
-        for (label, chunk) in [("whole", usize::MAX), ("16k", 16 * 1024), ("4k", 4 * 1024)] {
-            group.bench_with_input(BenchmarkId::new(name, label), page, |b, page| {
-                b.iter(|| rewrite_once(&tags, &token, page, chunk))
-            });
-        }
+    let mut outputs = Vec::new();
+    for engine in [Engine::Fast, Engine::Reference] {
+        let edits = Edits {
+            token: Some(&token),
+            inject: None,
+        };
+        let mut check = Rewriter::with_engine(&tags, edits, Charset::Sniffed, MEMORY_LIMIT, engine);
+        assert_eq!(check.engine(), engine);
+        let out = [check.write(&with_tag), check.end()].concat();
+        assert_eq!(
+            check.tags_rewritten(),
+            1,
+            "the bench page must hold one embed tag"
+        );
+        assert!(out.len() == with_tag.len() + " auth-token=\"\"".len() + TOKEN.len());
+        outputs.push(out);
     }
-    group.finish();
+    assert!(
+        outputs[0] == outputs[1],
+        "the engines disagree on the bench page"
+    );
+
+    for (group_name, engine) in [
+        ("rewrite_100k", Engine::Fast),
+        ("rewrite_100k_lolhtml", Engine::Reference),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        for (name, page) in [("one_tag", &with_tag), ("no_tag", &without_tag)] {
+            group.throughput(Throughput::Bytes(page.len() as u64));
+            for (label, chunk) in [("whole", usize::MAX), ("16k", 16 * 1024), ("4k", 4 * 1024)] {
+                group.bench_with_input(BenchmarkId::new(name, label), page, |b, page| {
+                    b.iter(|| rewrite_once(engine, &tags, &token, page, chunk))
+                });
+            }
+        }
+        group.finish();
+    }
 
     let mut group = c.benchmark_group("baseline_100k");
     group.throughput(Throughput::Bytes(with_tag.len() as u64));
@@ -257,7 +288,10 @@ fn bench_rewrite(c: &mut Criterion) {
     let mut group = c.benchmark_group("rewriter_setup");
     let tiny = b"<html><body><released-page></released-page></body></html>";
     group.bench_function("new_end_tiny", |b| {
-        b.iter(|| rewrite_once(&tags, &token, tiny, usize::MAX))
+        b.iter(|| rewrite_once(Engine::Fast, &tags, &token, tiny, usize::MAX))
+    });
+    group.bench_function("new_end_tiny_lolhtml", |b| {
+        b.iter(|| rewrite_once(Engine::Reference, &tags, &token, tiny, usize::MAX))
     });
     group.finish();
 }

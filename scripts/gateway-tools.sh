@@ -4,6 +4,8 @@
 #   target/tools/bin/oauth2-proxy       go install github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION
 #   tests/gateway/node_modules          npm ci (oauth2-mock-server, playwright-core; pinned in package-lock.json)
 #   target/tools/venv                   kubernetes-validate (pinned in scripts/kubernetes-validate.txt; ships its schemas)
+#   target/tools/html5lib-tests         the html5lib-tests tokenizer corpus (*.test), from the html5lib 1.1
+#                                       sdist on PyPI, pinned by sha256 (tests/rewrite_html5lib.rs)
 # Needs Go (>= 1.26: oauth2-proxy v7.15.6's go.mod says so), Node.js (>= 20.19, with npm)
 # and python3 with venv. System packages (nginx-light, chromium, ...) come from
 # scripts/deps.sh test.
@@ -55,3 +57,22 @@ if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1 ||
   touch "$venv/bin/kubernetes-validate"
 fi
 echo "==> kubernetes-validate $("$venv/bin/kubernetes-validate" --version 2>&1 | tail -n1)"
+
+# The tokenizer corpus ships inside the html5lib sdist; only its tokenizer/*.test files are
+# kept. Pinned by hash, so a changed file on PyPI fails here instead of in the tests.
+HTML5LIB_URL=https://files.pythonhosted.org/packages/ac/b6/b55c3f49042f1df3dcd422b7f224f939892ee94f22abcf503a9b7339eaf2/html5lib-1.1.tar.gz
+HTML5LIB_SHA256=b2e5b40261e20f354d198eae92afc10d750afb487ed5e50f9c4eaf07c184146f
+corpus="$tools/html5lib-tests"
+if [ ! -f "$corpus/.sha256" ] || [ "$(cat "$corpus/.sha256")" != "$HTML5LIB_SHA256" ]; then
+  echo "==> html5lib-tests tokenizer corpus into $corpus"
+  tmp=$(mktemp -d)
+  curl -sSfL -o "$tmp/html5lib.tar.gz" "$HTML5LIB_URL"
+  echo "$HTML5LIB_SHA256  $tmp/html5lib.tar.gz" | sha256sum -c --quiet -
+  tar -xzf "$tmp/html5lib.tar.gz" -C "$tmp" html5lib-1.1/html5lib/tests/testdata/tokenizer
+  rm -rf "$corpus"
+  mkdir -p "$corpus"
+  mv "$tmp/html5lib-1.1/html5lib/tests/testdata/tokenizer" "$corpus/tokenizer"
+  echo "$HTML5LIB_SHA256" >"$corpus/.sha256"
+  rm -rf "$tmp"
+fi
+echo "==> html5lib-tests tokenizer corpus: $(ls "$corpus/tokenizer"/*.test | wc -l) files"
