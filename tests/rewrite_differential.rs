@@ -10,20 +10,11 @@ use proptest::prelude::*;
 use released_sidecar::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
 use released_sidecar::secret::Token;
 
-const TAGS: [&str; 3] = ["released-page", "released-widget", "released-form"];
+#[path = "support/case.rs"]
+mod case;
+use case::random_case;
 
-fn random_case(name: &str, mask: u32) -> String {
-    name.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            if mask & (1 << (i % 32)) != 0 {
-                c.to_ascii_uppercase()
-            } else {
-                c
-            }
-        })
-        .collect()
-}
+const TAGS: [&str; 3] = ["released-page", "released-widget", "released-form"];
 
 /// Tag names that steer the tokenizer or the tree builder, plus the embed tags.
 const NAMES: &[&str] = &[

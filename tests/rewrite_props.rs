@@ -7,6 +7,10 @@ use proptest::prelude::*;
 use released_sidecar::rewrite::{Charset, EmbedTags, Rewriter};
 use released_sidecar::secret::Token;
 
+#[path = "support/case.rs"]
+mod case;
+use case::random_case;
+
 const TAGS: [&str; 3] = ["released-page", "released-widget", "released-form"];
 
 /// One generated piece of markup: what goes in and what must come out.
@@ -21,19 +25,6 @@ fn same(s: String) -> Piece {
         input: s.clone(),
         expected: s,
     }
-}
-
-fn random_case(name: &str, mask: u32) -> String {
-    name.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            if mask & (1 << (i % 32)) != 0 {
-                c.to_ascii_uppercase()
-            } else {
-                c
-            }
-        })
-        .collect()
 }
 
 fn text() -> impl Strategy<Value = String> {

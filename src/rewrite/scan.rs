@@ -1708,8 +1708,14 @@ impl Scanner {
                     _ if is_ws(b) => {}
                     _ => self.state = State::BogusDoctype,
                 },
-                State::AfterDoctypePublicKeyword | State::AfterDoctypeSystemKeyword => {
-                    let public = self.state == State::AfterDoctypePublicKeyword;
+                State::AfterDoctypePublicKeyword
+                | State::AfterDoctypeSystemKeyword
+                | State::BeforeDoctypePublicIdentifier
+                | State::BeforeDoctypeSystemIdentifier => {
+                    let public = matches!(
+                        self.state,
+                        State::AfterDoctypePublicKeyword | State::BeforeDoctypePublicIdentifier
+                    );
                     match b {
                         b'"' | b'\'' => {
                             self.closing_quote = b;
@@ -1727,22 +1733,6 @@ impl Scanner {
                                 State::BeforeDoctypeSystemIdentifier
                             };
                         }
-                        _ => self.state = State::BogusDoctype,
-                    }
-                }
-                State::BeforeDoctypePublicIdentifier | State::BeforeDoctypeSystemIdentifier => {
-                    let public = self.state == State::BeforeDoctypePublicIdentifier;
-                    match b {
-                        b'"' | b'\'' => {
-                            self.closing_quote = b;
-                            self.state = if public {
-                                State::DoctypePublicIdentifier
-                            } else {
-                                State::DoctypeSystemIdentifier
-                            };
-                        }
-                        b'>' => self.state = State::Data,
-                        _ if is_ws(b) => {}
                         _ => self.state = State::BogusDoctype,
                     }
                 }
