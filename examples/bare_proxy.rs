@@ -17,6 +17,7 @@ use clap::Parser;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
+use released_sidecar::server::worker_address;
 
 /// Command line of the bare proxy.
 #[derive(Parser)]
@@ -85,13 +86,8 @@ fn main() {
         );
         proxy.threads = threads;
         if args.per_worker_services {
-            // Each worker its own SO_REUSEPORT socket; pingora keys sockets by the
-            // address string, so each gets a distinct spelling of the same port.
-            let ip = match args.listen {
-                SocketAddr::V4(a) => a.ip().to_string(),
-                SocketAddr::V6(a) => format!("[{}]", a.ip()),
-            };
-            let addr = format!("{ip}:{}{}", "0".repeat(i), args.listen.port());
+            // Each worker its own SO_REUSEPORT socket, spelled as the sidecar spells it.
+            let addr = worker_address(args.listen, i);
             let mut opts = TcpSocketOptions::default();
             opts.so_reuseport = Some(true);
             proxy.add_tcp_with_settings(&addr, opts);

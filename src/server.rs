@@ -228,7 +228,7 @@ fn live_tls(live: &Arc<Live>, metrics: &Arc<Metrics>) -> Result<TlsSettings, Sta
 /// own key: pingora keys listening sockets by the address text (that is how they are
 /// handed to a `run --upgrade` successor), and sockets sharing a key would share one file
 /// descriptor, closed once per worker. A leading zero in the port is the same port.
-fn worker_address(addr: std::net::SocketAddr, worker: usize) -> String {
+pub fn worker_address(addr: std::net::SocketAddr, worker: usize) -> String {
     let zeros = "0".repeat(worker);
     match addr {
         std::net::SocketAddr::V4(a) => format!("{}:{zeros}{}", a.ip(), a.port()),
