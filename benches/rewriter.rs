@@ -19,8 +19,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use released_sidecar::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
-use released_sidecar::secret::Token;
+use released_sidecar::page::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
+use released_sidecar::token::secret::Token;
 
 /// 1 MiB, the default `embed.memory_limit`.
 const MEMORY_LIMIT: usize = 1 << 20;

@@ -17,7 +17,7 @@ use clap::Parser;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
-use released_sidecar::server::worker_address;
+use released_sidecar::ops::server::worker_address;
 
 /// Command line of the bare proxy.
 #[derive(Parser)]

@@ -3,36 +3,20 @@
 //! headers, asks the Released token API for one token per page load (in parallel with the
 //! app), and writes the token into the page's `<released-*>` tags as the HTML streams by.
 //!
-//! The request path, in the order a request meets it: [`trust`] → [`routes`] →
-//! [`identity`] → [`plan`] → [`released`] → [`rewrite`], wired together by [`proxy`].
-//! [`front`] guards the proxy port's connections before pingora reads a request.
-//! [`live`] holds the hot-reloaded config, [`admin`] and [`metrics`] the operator view,
-//! [`server`] assembles the process.
+//! The folders follow a request through the house: [`ops`] assembles the process and
+//! holds the live config; [`edge`] guards connections; [`request`] decides trust, plans
+//! each request and wires the proxy; [`token`] turns a plan into a token; [`page`]
+//! rewrites and compresses the body. [`config`], [`metrics`] and [`logging`] are read by
+//! every room.
 
-pub mod admin;
-pub mod compress;
 pub mod config;
-pub mod embed_client;
-pub mod explain;
-pub mod front;
-pub mod identity;
-pub mod jwt;
-pub mod keys;
-pub mod live;
+pub mod edge;
 pub mod logging;
 pub mod metrics;
-pub mod mint;
-pub mod plan;
-pub mod proxy;
-pub mod released;
-pub mod rewrite;
-pub mod routes;
-pub mod secret;
-pub mod server;
-pub mod systemd;
-pub mod tls;
-pub mod trim;
-pub mod trust;
+pub mod ops;
+pub mod page;
+pub mod request;
+pub mod token;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share
 /// it; only one provider is compiled in). Idempotent.

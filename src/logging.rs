@@ -161,7 +161,7 @@ mod tests {
     fn only_our_own_targets_pass_below_info() {
         let cases = [
             ("released_sidecar", true),
-            ("released_sidecar::proxy", true),
+            ("released_sidecar::request::proxy", true),
             ("access", true),
             ("released_sidecar_evil", false),
             ("pingora_proxy::proxy_h1", false),

@@ -10,7 +10,7 @@ use http::header::HeaderMap;
 use http::Method;
 
 use released_sidecar::config::{Config, LoadOptions};
-use released_sidecar::explain::{explain, parse_header, read_client_cert, ExplainRequest};
+use released_sidecar::ops::explain::{explain, parse_header, read_client_cert, ExplainRequest};
 
 /// Where the config is looked for when neither --config nor RELEASED_SIDECAR_CONFIG is set.
 const DEFAULT_CONFIG: &str = "/etc/released-sidecar/config.yaml";
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             upgrade,
         } => {
             init_logging(log_format);
-            let err = match released_sidecar::server::run(&config.config, upgrade) {
+            let err = match released_sidecar::ops::server::run(&config.config, upgrade) {
                 Ok(()) => return ExitCode::SUCCESS,
                 Err(e) => e,
             };
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                     // Like `nginx -t`: the certificate and key must load and match (the
                     // key is a secret, so not with --skip-secrets).
                     let tls = c.tls.as_ref().filter(|_| !skip_secrets);
-                    if let Some(Err(e)) = tls.map(released_sidecar::tls::load) {
+                    if let Some(Err(e)) = tls.map(released_sidecar::edge::tls::load) {
                         eprintln!("{}: tls: {e}", config.config.display());
                         return ExitCode::FAILURE;
                     }

@@ -348,7 +348,7 @@ async fn a_page_that_multiplies_into_gigabytes_streams_in_bounded_memory() {
         .await
         .expect("the page streamed within 25 s");
     let input = chunk.len() * 128;
-    let budget = released_sidecar::rewrite::MAX_TOKEN_BYTES_PER_PAGE;
+    let budget = released_sidecar::page::rewrite::MAX_TOKEN_BYTES_PER_PAGE;
     // The whole page, with the page's budget of token copies and no more.
     assert!(total > input + budget / 2, "{total} bytes out of {input}");
     assert!(

@@ -7,8 +7,8 @@
 //! `PROPTEST_CASES=1000000 CARGO_TARGET_DIR=target-bench cargo test --release --test rewrite_differential`.
 
 use proptest::prelude::*;
-use released_sidecar::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
-use released_sidecar::secret::Token;
+use released_sidecar::page::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
+use released_sidecar::token::secret::Token;
 
 #[path = "support/case.rs"]
 mod case;

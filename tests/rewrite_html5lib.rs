@@ -10,7 +10,7 @@ mod support;
 
 use std::path::Path;
 
-use released_sidecar::rewrite::scan::{Scanner, TextType};
+use released_sidecar::page::rewrite::scan::{Scanner, TextType};
 use serde_json::Value;
 use support::tools;
 

@@ -4,8 +4,8 @@
 //! embed start tag, whatever the chunking.
 
 use proptest::prelude::*;
-use released_sidecar::rewrite::{Charset, EmbedTags, Rewriter};
-use released_sidecar::secret::Token;
+use released_sidecar::page::rewrite::{Charset, EmbedTags, Rewriter};
+use released_sidecar::token::secret::Token;
 
 #[path = "support/case.rs"]
 mod case;

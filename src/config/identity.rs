@@ -12,9 +12,9 @@ use jsonwebtoken::Algorithm;
 use super::decode::join;
 use super::yaml::{self, Node};
 use super::{is_loopback_host, Schema};
-use crate::identity::{FieldRule, IdentityRules, Source, Transform};
-use crate::jwt::{JwtSettings, PUBLIC_KEY_ALGORITHMS};
-use crate::keys::{KeySource, KeyStore};
+use crate::request::identity::{FieldRule, IdentityRules, Source, Transform};
+use crate::token::jwt::{JwtSettings, PUBLIC_KEY_ALGORITHMS};
+use crate::token::keys::{KeySource, KeyStore};
 
 const IDENTITY_KEYS: &[&str] = &[
     "preset",

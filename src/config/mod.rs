@@ -21,14 +21,14 @@ use http::header::HeaderName;
 use regex::Regex;
 use url::Url;
 
-use crate::keys::{KeyError, KeySource, KeyStore};
-use crate::released::{
+use crate::page::rewrite::EmbedTags;
+use crate::request::routes::{HostPattern, Route, Routes};
+use crate::request::trust::{parse_net, IdentityHeaders, TrustRule, TrustedProxies};
+use crate::token::keys::{KeyError, KeySource, KeyStore};
+use crate::token::released::{
     CoolDown, CoolDownPolicy, ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT,
 };
-use crate::rewrite::EmbedTags;
-use crate::routes::{HostPattern, Route, Routes};
-use crate::secret::Secret;
-use crate::trust::{parse_net, IdentityHeaders, TrustRule, TrustedProxies};
+use crate::token::secret::Secret;
 pub use decode::parse_duration;
 pub use embed::{ClientEmbed, RateLimit};
 pub use tls::Tls;

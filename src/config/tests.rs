@@ -34,10 +34,10 @@ fn load(text: &str) -> Result<Config, ConfigErrors> {
     )
 }
 
-fn header_of(rule: &crate::identity::FieldRule) -> &str {
+fn header_of(rule: &crate::request::identity::FieldRule) -> &str {
     match &rule.source {
-        crate::identity::Source::Header(h) => h.as_str(),
-        crate::identity::Source::Claim(c) => c,
+        crate::request::identity::Source::Header(h) => h.as_str(),
+        crate::request::identity::Source::Claim(c) => c,
     }
 }
 
@@ -418,7 +418,7 @@ fn load_in(dir: &tempfile::TempDir, text: &str) -> Result<Config, ConfigErrors> 
 
 #[test]
 fn every_preset_expands_to_its_gateway_headers_or_assertion() {
-    use crate::identity::Source;
+    use crate::request::identity::Source;
     use jsonwebtoken::Algorithm;
     let dir = jwks_dir();
     // (preset, extra jwt keys the operator supplies, user_id source, email source, jwt header, algorithms)
@@ -474,7 +474,7 @@ fn every_preset_expands_to_its_gateway_headers_or_assertion() {
     assert_eq!(jwt.issuer, "https://cloud.google.com/iap");
     assert_eq!(
         jwt.keys.source(),
-        &crate::keys::KeySource::JwksUrl(
+        &crate::token::keys::KeySource::JwksUrl(
             "https://www.gstatic.com/iap/verify/public_key-jwk".into()
         )
     );

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::identity::IdentityRules;
 use crate::metrics::Metrics;
-use crate::plan::{verify_assertion, Planned};
-use crate::released::{ReleasedClient, ReleasedSettings, TokenRequest};
-use crate::secret::Token;
+use crate::request::identity::IdentityRules;
+use crate::request::plan::{verify_assertion, Planned};
+use crate::token::released::{ReleasedClient, ReleasedSettings, TokenRequest};
+use crate::token::secret::Token;
 
 /// Why no token came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

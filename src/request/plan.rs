@@ -9,11 +9,11 @@ use http::header::HeaderMap;
 use http::Method;
 
 use crate::config::Config;
-use crate::identity::{Dropped, IdentityError, IdentityRules};
-use crate::jwt::JwtError;
-use crate::released::TokenRequest;
-use crate::routes::{page_load, NotPageLoad, Route};
-use crate::trust::{ClientCert, TrustSource};
+use crate::request::identity::{Dropped, IdentityError, IdentityRules};
+use crate::request::routes::{page_load, NotPageLoad, Route};
+use crate::request::trust::{ClientCert, TrustSource};
+use crate::token::jwt::JwtError;
+use crate::token::released::TokenRequest;
 
 /// What the planner looks at: the TCP peer and the request head.
 pub struct RequestFacts<'a> {
@@ -178,7 +178,7 @@ pub async fn verify_assertion(
     let Some(settings) = &rules.jwt else {
         return Err(NoToken::Assertion(JwtError::Missing));
     };
-    let claims = crate::jwt::verify(raw, settings, http, deadline)
+    let claims = crate::token::jwt::verify(raw, settings, http, deadline)
         .await
         .map_err(NoToken::Assertion)?;
     let extraction = rules.extract_claims(&claims).map_err(NoToken::Identity)?;

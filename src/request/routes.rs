@@ -9,8 +9,8 @@ use http::header::{HeaderMap, ACCEPT, RANGE, UPGRADE};
 use http::Method;
 use regex::Regex;
 
-use crate::identity::IdentityRules;
-use crate::released::ReleasedSettings;
+use crate::request::identity::IdentityRules;
+use crate::token::released::ReleasedSettings;
 
 /// A host to match: exact (`app.example.com`) or any subdomain (`*.example.com`).
 /// Compared case-insensitively, without the port.

@@ -16,8 +16,8 @@ use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::ops::live::Live;
 
 /// How long the proxy port may take to start accepting before startup is declared failed.
 const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -180,7 +180,7 @@ async fn wait_for_proxy(listen: SocketAddr, health: Arc<Health>) {
         if tokio::net::TcpStream::connect(probe).await.is_ok() {
             health.proxy_accepting.store(true, Ordering::Release);
             tracing::info!(listen = %listen, "proxy is accepting connections");
-            crate::systemd::ready();
+            crate::ops::systemd::ready();
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

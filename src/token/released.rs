@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use url::Url;
 
-use crate::identity::Identity;
 use crate::logging::LogGate;
 use crate::metrics::Metrics;
-use crate::secret::{Secret, Token};
+use crate::request::identity::Identity;
+use crate::token::secret::{Secret, Token};
 
 /// The production token endpoint (SPEC §1).
 pub const DEFAULT_API_URL: &str = "https://accounts.releasedhub.com/auth/api/impersonation/token";

@@ -44,9 +44,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
-use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::proxy::Sidecar;
+use crate::ops::live::Live;
+use crate::request::proxy::Sidecar;
 
 /// The largest request head (request line and header fields) accepted, like Envoy's
 /// 60 KiB and above nginx's 32 KiB; a request line that alone exceeds it gets 414, other
@@ -252,7 +252,7 @@ impl Slot {
             other => other,
         };
         gauge.inc();
-        crate::trim::observe(gauge.get());
+        crate::ops::trim::observe(gauge.get());
         Self {
             limit,
             gauge: gauge.clone(),

@@ -23,11 +23,11 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ClientEmbed, Config, RateLimit};
 use crate::metrics::Metrics;
-use crate::mint::{Minter, Refused};
-use crate::plan::{plan_embed_token, NoToken, Planned, RequestFacts};
-use crate::rewrite::escape_attribute;
-use crate::routes::host_without_port;
-use crate::trust::{ClientCert, TrustSource};
+use crate::page::rewrite::escape_attribute;
+use crate::request::plan::{plan_embed_token, NoToken, Planned, RequestFacts};
+use crate::request::routes::host_without_port;
+use crate::request::trust::{ClientCert, TrustSource};
+use crate::token::mint::{Minter, Refused};
 
 /// How long a minted token may be used (SPEC §1: two minutes).
 const TOKEN_LIFETIME_SECS: u64 = 120;
@@ -231,7 +231,7 @@ impl TokenEndpoint {
                 .map(|a| a.ip()),
             headers: &req.headers,
             method: &req.method,
-            client_cert: crate::proxy::client_cert(session),
+            client_cert: crate::request::proxy::client_cert(session),
         };
         let answer = self.token(&request, config, client, minter).await;
         send_json(session, answer, head, metrics).await
@@ -284,7 +284,7 @@ impl TokenEndpoint {
         };
         let deadline = Instant::now() + route.released.timeout;
         let limiter = self.limiter(client.rate_limit);
-        let gate = |token_request: &crate::released::TokenRequest| {
+        let gate = |token_request: &crate::token::released::TokenRequest| {
             let result = limiter.check_key(&token_request.user_id);
             if limiter.len() > MAX_TRACKED_IDENTITIES {
                 // Forget identities whose allowance is whole again: memory stays bounded.

@@ -32,7 +32,7 @@ use lol_html::html_content::{ContentType, EndTag};
 use lol_html::send::{Element, ElementContentHandlers, EndTagHandler, HtmlRewriter, Settings};
 use lol_html::{element, end, AsciiCompatibleEncoding, MemorySettings, Selector};
 
-use crate::secret::Token;
+use crate::token::secret::Token;
 
 pub mod scan;
 

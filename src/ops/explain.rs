@@ -10,12 +10,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use http::Method;
 
 use crate::config::Config;
-use crate::identity::{FieldRule, IdentityRules};
-use crate::jwt::{self, Outcome};
-use crate::plan::{plan, Planned, RequestFacts};
-use crate::released::TokenRequest;
-use crate::routes::{host_without_port, Route};
-use crate::trust::{ClientCert, TrustRule};
+use crate::request::identity::{FieldRule, IdentityRules};
+use crate::request::plan::{plan, Planned, RequestFacts};
+use crate::request::routes::{host_without_port, Route};
+use crate::request::trust::{ClientCert, TrustRule};
+use crate::token::jwt::{self, Outcome};
+use crate::token::released::TokenRequest;
 
 /// The request to explain.
 pub struct ExplainRequest {
@@ -49,11 +49,11 @@ pub fn read_client_cert(config: &Config, path: &std::path::Path) -> Result<Clien
         .and_then(|t| t.client_ca_file.as_ref())
         .ok_or("the config has no tls.client_ca_file: client certificates are not asked for")?;
     let bytes = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-    crate::tls::client_verifier(&bytes, ca)?
+    crate::edge::tls::client_verifier(&bytes, ca)?
         .verify_client_cert(leaf, intermediates, UnixTime::now())
         .map_err(|e| format!("refused at the TLS handshake: {e}"))?;
     Ok(ClientCert {
-        names: crate::tls::certificate_names(leaf),
+        names: crate::edge::tls::certificate_names(leaf),
     })
 }
 

@@ -20,10 +20,10 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::utils::tls::WrappedX509;
 
 use crate::config::{Config, ConfigErrors, LoadOptions};
-use crate::keys::{KeyError, KeySource, KeyStore};
+use crate::edge::tls::TlsMaterial;
 use crate::metrics::Metrics;
-use crate::released::SecretSource;
-use crate::tls::TlsMaterial;
+use crate::token::keys::{KeyError, KeySource, KeyStore};
+use crate::token::released::SecretSource;
 
 /// Quiet time after the last file event before reloading (editors and Kubernetes write in
 /// bursts).
@@ -51,7 +51,11 @@ impl Snapshot {
     pub fn build(config: Config, text: &str, generation: u64) -> Result<Snapshot, String> {
         let upstream = upstream_peer(&config)?;
         // A pair that does not load fails the reload: the old one keeps serving.
-        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::edge::tls::load)
+            .transpose()?;
         let mut fingerprint = fingerprint(&config, text, &upstream);
         if let Some(tls) = &tls {
             fingerprint ^= tls.digest;
@@ -399,7 +403,7 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
                 SecretSource::Env(n) => format!("env {n}"),
             });
         }
-        let matcher = |r: &crate::routes::Route| {
+        let matcher = |r: &crate::request::routes::Route| {
             (
                 r.host.clone(),
                 r.path.as_ref().map(|p| p.as_str().to_string()),

@@ -18,12 +18,12 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::admin::{AdminServer, Health};
-use crate::front::{ConnectionLimit, Front};
-use crate::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
+use crate::edge::front::{ConnectionLimit, Front};
 use crate::metrics::Metrics;
-use crate::proxy::Sidecar;
-use crate::released::ReleasedClient;
+use crate::ops::admin::{AdminServer, Health};
+use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
+use crate::request::proxy::Sidecar;
+use crate::token::released::ReleasedClient;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     // hands accepted connections and pooled upstream connections to random threads, and
     // every read then wakes a task across threads (benches/README.md).
     for worker in 0..config.workers {
-        // pingora's HTTP proxy runs behind the connection guard (crate::front), which
+        // pingora's HTTP proxy runs behind the connection guard (crate::edge::front), which
         // owns the connection loop, the head deadline and the connection cap.
         let mut http = pingora::proxy::HttpProxy::new(
             sidecar.for_worker()?,
@@ -187,7 +187,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     ));
 
     spawn_drain_watcher(&server, Arc::clone(&metrics), grace);
-    crate::trim::spawn(Arc::clone(&metrics));
+    crate::ops::trim::spawn(Arc::clone(&metrics));
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,
@@ -213,10 +213,12 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
 /// at each handshake, so rotations need no restart.
 fn live_tls(live: &Arc<Live>, metrics: &Arc<Metrics>) -> Result<TlsSettings, StartError> {
     let mut tls =
-        TlsSettings::with_callbacks(Box::new(crate::tls::Handshakes(Arc::clone(metrics))))
+        TlsSettings::with_callbacks(Box::new(crate::edge::tls::Handshakes(Arc::clone(metrics))))
             .map_err(|e| StartError::Tls(e.to_string()))?;
-    tls.set_cert_resolver(Arc::new(crate::tls::LiveCertificate(Arc::clone(live))));
-    tls.set_client_cert_verifier(Arc::new(crate::tls::LiveClientVerifier::new(
+    tls.set_cert_resolver(Arc::new(crate::edge::tls::LiveCertificate(Arc::clone(
+        live,
+    ))));
+    tls.set_client_cert_verifier(Arc::new(crate::edge::tls::LiveClientVerifier::new(
         Arc::clone(live),
         Arc::clone(metrics),
     )));

@@ -10,7 +10,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::jwt::JwtSettings;
+use crate::token::jwt::JwtSettings;
 
 /// Released's rule for `user_id`: `^[a-zA-Z0-9:_-]{1,255}$`.
 const USER_ID_MAX: usize = 255;

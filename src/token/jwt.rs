@@ -17,7 +17,7 @@ use http::header::HeaderName;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::keys::{KeyStore, Lookup, PublicKey};
+use crate::token::keys::{KeyStore, Lookup, PublicKey};
 
 /// Largest assertion accepted.
 const MAX_ASSERTION: usize = 16 * 1024;
@@ -359,7 +359,10 @@ pub fn report(raw: &str, settings: &JwtSettings, now: SystemTime) -> Report {
     let key = match settings.keys.cached(&parsed.kid) {
         Some(key) => Key::Found(key),
         None if settings.keys.is_ready()
-            && matches!(settings.keys.source(), crate::keys::KeySource::JwksFile(_)) =>
+            && matches!(
+                settings.keys.source(),
+                crate::token::keys::KeySource::JwksFile(_)
+            ) =>
         {
             Key::Missing(JwtError::UnknownKid)
         }
@@ -467,7 +470,7 @@ fn checks_with_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyFamily, KeySource};
+    use crate::token::keys::{KeyFamily, KeySource};
     use jsonwebtoken::{EncodingKey, Header};
 
     /// A fixed P-256 key pair (PKCS#8) for unit tests.

@@ -26,9 +26,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use crate::config::Tls;
-use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::trust::ClientCert;
+use crate::ops::live::Live;
+use crate::request::trust::ClientCert;
 
 /// What a snapshot loaded from the `tls` block.
 pub struct TlsMaterial {

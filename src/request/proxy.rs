@@ -3,7 +3,7 @@
 //! table of contents of a request:
 //!
 //! 1. `new_ctx`: take one config snapshot for the whole request; `early_request_filter`:
-//!    tell the connection guard ([`crate::front`]) that the head arrived.
+//!    tell the connection guard ([`crate::edge::front`]) that the head arrived.
 //! 2. `request_filter`: plan the token (trust, route, page load, identity) and start the
 //!    call in a task, so it runs while the app works.
 //! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
@@ -28,20 +28,20 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use sync_wrapper::SyncWrapper;
 use tokio::task::JoinHandle;
 
-use crate::admin::Health;
-use crate::compress::{Coding, Compressor};
 use crate::config::Config;
-use crate::embed_client::{self, TokenEndpoint};
-use crate::live::{Live, Snapshot};
 use crate::logging::LogGate;
 use crate::metrics::Metrics;
-use crate::mint::Minter;
-use crate::plan::{plan, NoToken, Planned, RequestFacts};
-use crate::released::ReleasedClient;
-use crate::rewrite::{Charset, Edits, Rewriter};
-use crate::routes::{host_without_port, Route};
-use crate::secret::Token;
-use crate::trust::ClientCert;
+use crate::ops::admin::Health;
+use crate::ops::live::{Live, Snapshot};
+use crate::page::compress::{Coding, Compressor};
+use crate::page::rewrite::{Charset, Edits, Rewriter};
+use crate::request::embed_client::{self, TokenEndpoint};
+use crate::request::plan::{plan, NoToken, Planned, RequestFacts};
+use crate::request::routes::{host_without_port, Route};
+use crate::request::trust::ClientCert;
+use crate::token::mint::Minter;
+use crate::token::released::ReleasedClient;
+use crate::token::secret::Token;
 
 /// The sidecar's proxy logic; each worker has a clone, and the clones share all state.
 #[derive(Clone)]
@@ -213,7 +213,7 @@ impl ProxyHttp for Sidecar {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::front::request_started(session);
+        crate::edge::front::request_started(session);
         Ok(())
     }
 

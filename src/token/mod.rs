@@ -1,0 +1,9 @@
+//! From a planned request to a token: the Released API client ([`released`]), the minter
+//! shared by page loads and the token endpoint ([`mint`]), verified gateway assertions
+//! ([`jwt`], [`keys`]), and the redacted types for secrets and tokens ([`secret`]).
+
+pub mod jwt;
+pub mod keys;
+pub mod mint;
+pub mod released;
+pub mod secret;
