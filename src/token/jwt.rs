@@ -500,15 +500,15 @@ mod tests {
     }
 
     fn settings() -> JwtSettings {
-        let dir = std::env::temp_dir().join(format!("jwt-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("empty.json");
+        // A file of the test's own: tests run concurrently, and a JWKS file is read only
+        // when the store is built, so it can go as soon as the store exists.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("other-key.json");
         std::fs::write(&file, r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"other","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#).unwrap();
+        let keys = KeyStore::new(KeySource::JwksFile(file), Duration::from_secs(3600)).unwrap();
         JwtSettings {
             header: HeaderName::from_static("x-assertion"),
-            keys: Arc::new(
-                KeyStore::new(KeySource::JwksFile(file), Duration::from_secs(3600)).unwrap(),
-            ),
+            keys: Arc::new(keys),
             issuer: "https://issuer.example".into(),
             audience: vec!["aud-1".into()],
             signer: None,
