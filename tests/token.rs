@@ -667,9 +667,15 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
     );
 
     standin.set_behavior(Behavior::Token);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let body = sidecar.page_load("/").await.text().await.unwrap();
-    assert_eq!(tokens_in(&body).len(), 3, "the probe succeeds");
+    // Page loads keep being served without a call until the cool-down ends; the first
+    // one after it is the probe, and it succeeds.
+    let probed = support::eventually(Duration::from_secs(10), || async {
+        let body = sidecar.page_load("/").await.text().await.unwrap();
+        tokens_in(&body).len() == 3
+    })
+    .await;
+    assert!(probed, "the probe succeeds once the cool-down ends");
+    assert_eq!(standin.calls().len(), 3, "exactly one probe call");
     let body = sidecar.page_load("/").await.text().await.unwrap();
     assert_eq!(tokens_in(&body).len(), 3, "calls resume");
     assert!(
