@@ -158,15 +158,22 @@ identity:
     println!("  curl -s http://{admin}/metrics | grep released_sidecar_token");
     println!("  # dry run without network");
     println!(
-        "  target/debug/released-sidecar explain --config {} --url http://{listen}/ -H 'X-Forwarded-User: alice@example.com' -H 'X-Forwarded-Email: alice@example.com'",
+        "  {} explain --config {} --url http://{listen}/ -H 'X-Forwarded-User: alice@example.com' -H 'X-Forwarded-Email: alice@example.com'",
+        sidecar_binary().display(),
         config.display()
     );
 
     println!();
     println!("Press Ctrl+C to stop.");
     stop_signals.recv().await;
+    println!();
+    println!(
+        "Stopping: released-sidecar drains (SIGTERM), then the sample page and the stand-in stop."
+    );
     stop(&mut child);
+    let removed = dir.path().display().to_string();
     drop(dir);
+    println!("Stopped; removed {removed} (the demo's config and secret file).");
 }
 
 /// Ctrl+C, SIGTERM and SIGHUP (a closed terminal), caught so `main` can clean up.

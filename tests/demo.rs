@@ -109,6 +109,12 @@ fn the_interactive_demo_cleans_up_on_sigterm() {
     }
     let text = seen.join("\n");
     assert!(text.contains("curl -s http://127.0.0.1:"), "{text}");
+    // The explain hint names the binary the demo runs, wherever the target dir is.
+    let binary = env!("CARGO_BIN_EXE_released-sidecar");
+    assert!(
+        text.contains(&format!("  {binary} explain --config ")),
+        "{text}"
+    );
     assert!(
         !leftovers(tmp.path()).is_empty(),
         "the demo keeps its files while running"
@@ -128,5 +134,11 @@ fn the_interactive_demo_cleans_up_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+    // It says that it stopped and what it removed, rather than going quiet.
+    let after: Vec<String> = rx.try_iter().collect();
+    assert!(
+        after.iter().any(|l| l.starts_with("Stopped; removed ")),
+        "{after:?}"
+    );
     assert_eq!(leftovers(tmp.path()), Vec::<PathBuf>::new());
 }
