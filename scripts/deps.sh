@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages released-sidecar needs on Debian/Ubuntu, only when missing.
 #   scripts/deps.sh          build: cmake and a C compiler (pingora's zlib-ng is C)
-#   scripts/deps.sh test     + systemd-analyze (unit checks), promtool (metrics lint),
+#   scripts/deps.sh test     + systemd-analyze (unit checks), promtool (metrics lint), curl,
 #                              nginx-light and chromium (gateway tests), python3-venv
 #                              (kubernetes-validate); scripts/gateway-tools.sh does the rest
 #   scripts/deps.sh bench    + nginx-light and wrk (load benchmark)
@@ -26,6 +26,7 @@ case "${1:-}" in
     need nginx nginx-light
     need chromium chromium
     need python3 python3
+    need curl curl
     if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
       want+=(python3-venv)
     fi
