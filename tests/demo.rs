@@ -79,11 +79,14 @@ fn the_demo_injects_a_token_into_the_sample_page() {
 fn the_interactive_demo_cleans_up_on_sigterm() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = demo_command(tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = Demo(
+        demo_command(tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut demo.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -100,11 +103,7 @@ fn the_interactive_demo_cleans_up_on_sigterm() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => seen.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the demo never got ready:\n{}", seen.join("\n"));
-            }
+            Err(_) => panic!("the demo never got ready:\n{}", seen.join("\n")),
         }
     }
     let text = seen.join("\n");
@@ -128,7 +127,6 @@ fn the_interactive_demo_cleans_up_on_sigterm() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("the demo did not stop on SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -141,4 +139,18 @@ fn the_interactive_demo_cleans_up_on_sigterm() {
         "{after:?}"
     );
     assert_eq!(leftovers(tmp.path()), Vec::<PathBuf>::new());
+}
+
+/// The interactive demo, stopped (SIGTERM, so it stops its sidecar too) if a check fails
+/// before the test stops it itself.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
 }
