@@ -685,6 +685,77 @@ async fn repeated_failures_open_a_cooldown_that_closes_when_released_recovers() 
     );
 }
 
+/// Two routes on one account (the second with settings of its own, so the two do not
+/// share one settings block), failing calls, a cool-down that outlasts the test.
+const TWO_ROUTES_ONE_ACCOUNT: &str = "routes:
+  - name: feedback
+    match: { path: \"^/feedback\" }
+  - name: roadmap
+    match: { path: \"^/roadmap\" }
+    released: { timeout: \"1200ms\" }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_of_one_account_share_a_cooldown_that_survives_a_reload() {
+    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
+    let standin = StandIn::start(SECRET).await;
+    let template = support::sidecar::DEFAULT_CONFIG.replace(
+        "  timeout: \"1500ms\"\n",
+        "  timeout: \"1500ms\"\n  cooldown: { after_failures: 2, duration: 5m }\n",
+    );
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .template(&template)
+        .extra(TWO_ROUTES_ONE_ACCOUNT)
+        .start()
+        .await;
+    standin.set_behavior(Behavior::Status(503));
+    for _ in 0..2 {
+        assert_eq!(
+            sidecar.page_load("/feedback").await.text().await.unwrap(),
+            PAGE
+        );
+    }
+    assert_eq!(standin.calls().len(), 2);
+
+    // The other route of the same account is cooling down too: no call.
+    assert_eq!(
+        sidecar.page_load("/roadmap").await.text().await.unwrap(),
+        PAGE
+    );
+    assert_eq!(
+        standin.calls().len(),
+        2,
+        "one breaker per account, not per route"
+    );
+
+    // A reload in the middle of the outage keeps the breaker open.
+    let reloads = r#"released_sidecar_config_reloads_total{result="success"}"#;
+    let before = sidecar.metric(reloads).await;
+    let edited = sidecar.config_text().replace("1500ms", "1400ms");
+    std::fs::write(&sidecar.config_path, edited).unwrap();
+    sidecar.signal(libc::SIGHUP);
+    assert!(
+        sidecar.wait_for_metric(reloads, |n| n > before).await,
+        "{}",
+        sidecar.logs()
+    );
+    assert!(sidecar.wait_for_log("config reloaded").await);
+    for path in ["/feedback", "/roadmap"] {
+        assert_eq!(sidecar.page_load(path).await.text().await.unwrap(), PAGE);
+    }
+    assert_eq!(
+        standin.calls().len(),
+        2,
+        "the outage in progress survives the reload: pages do not wait for Released again"
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_requests_total{result=\"cooldown\"}")
+            .await,
+        3.0
+    );
+}
+
 fn vm_hwm_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

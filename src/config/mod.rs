@@ -24,10 +24,9 @@ use url::Url;
 use crate::page::rewrite::EmbedTags;
 use crate::request::routes::{HostPattern, Route, Routes};
 use crate::request::trust::{parse_net, IdentityHeaders, TrustRule, TrustedProxies};
+use crate::token::cool_down::CoolDownPolicy;
 use crate::token::keys::{KeyError, KeySource, KeyStore};
-use crate::token::released::{
-    CoolDown, CoolDownPolicy, ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT,
-};
+use crate::token::released::{ReleasedSettings, SecretSource, DEFAULT_API_URL, DEFAULT_TIMEOUT};
 use crate::token::secret::Secret;
 pub use decode::parse_duration;
 pub use embed::{ClientEmbed, RateLimit};
@@ -402,7 +401,7 @@ impl PartialReleased {
             secret,
             secret_source,
             timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
-            cooldown: CoolDown::new(self.cooldown.unwrap_or_default()),
+            cooldown: self.cooldown.unwrap_or_default(),
         })
     }
 }

@@ -22,6 +22,7 @@ use pingora::utils::tls::WrappedX509;
 use crate::config::{Config, ConfigErrors, LoadOptions};
 use crate::edge::tls::TlsMaterial;
 use crate::metrics::Metrics;
+use crate::token::cool_down::{CoolDown, CoolDowns};
 use crate::token::keys::{KeyError, KeySource, KeyStore};
 use crate::token::released::SecretSource;
 
@@ -43,12 +44,20 @@ pub struct Snapshot {
     ca_digest: Option<u64>,
     /// The certificate, key and client CA of `tls` (HTTPS on `listen`).
     pub tls: Option<TlsMaterial>,
+    /// The cool-down breaker of each route's account, by route index (shared by the
+    /// routes of one account, and kept across reloads).
+    cool_downs: Vec<Arc<CoolDown>>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from a loaded config; `text` is the config source for change
-    /// detection.
-    pub fn build(config: Config, text: &str, generation: u64) -> Result<Snapshot, String> {
+    /// detection, `cool_downs` where the accounts' breakers live on between snapshots.
+    pub fn build(
+        config: Config,
+        text: &str,
+        generation: u64,
+        cool_downs: &CoolDowns,
+    ) -> Result<Snapshot, String> {
         let upstream = upstream_peer(&config)?;
         // A pair that does not load fails the reload: the old one keeps serving.
         let tls = config
@@ -60,6 +69,19 @@ impl Snapshot {
         if let Some(tls) = &tls {
             fingerprint ^= tls.digest;
         }
+        let cool_downs = config
+            .routes
+            .0
+            .iter()
+            .map(|route| {
+                let account = &route.released;
+                cool_downs.get(
+                    account.api_url.as_str(),
+                    &account.account_id,
+                    account.cooldown,
+                )
+            })
+            .collect();
         Ok(Snapshot {
             config,
             upstream: upstream.peer,
@@ -67,7 +89,13 @@ impl Snapshot {
             fingerprint,
             ca_digest: upstream.ca_digest,
             tls,
+            cool_downs,
         })
+    }
+
+    /// The cool-down breaker of route `route` (an index into `config.routes`).
+    pub fn cool_down(&self, route: usize) -> &Arc<CoolDown> {
+        &self.cool_downs[route]
     }
 }
 
@@ -193,13 +221,15 @@ pub struct Live {
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
     keys: KeyCache,
+    cool_downs: CoolDowns,
 }
 
 impl Live {
     /// Loads the config at `path` for the first time.
     pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Live, ReloadError> {
         let keys = KeyCache::default();
-        let snapshot = build(path, 1, &keys)?;
+        let cool_downs = CoolDowns::default();
+        let snapshot = build(path, 1, &keys, &cool_downs)?;
         metrics.config_last_success.set(unix_now());
         Ok(Live {
             current: ArcSwap::from_pointee(snapshot),
@@ -207,6 +237,7 @@ impl Live {
             metrics,
             reloading: Mutex::new(()),
             keys,
+            cool_downs,
         })
     }
 
@@ -233,7 +264,7 @@ impl Live {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
-        let next = match build(&self.path, old.generation + 1, &self.keys) {
+        let next = match build(&self.path, old.generation + 1, &self.keys, &self.cool_downs) {
             Ok(next) => next,
             Err(e) => {
                 self.metrics
@@ -288,7 +319,12 @@ impl Live {
     }
 }
 
-fn build(path: &Path, generation: u64, keys: &KeyCache) -> Result<Snapshot, ReloadError> {
+fn build(
+    path: &Path,
+    generation: u64,
+    keys: &KeyCache,
+    cool_downs: &CoolDowns,
+) -> Result<Snapshot, ReloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ReloadError::Build(format!(
             "cannot read the config file {}: {e}",
@@ -302,7 +338,7 @@ fn build(path: &Path, generation: u64, keys: &KeyCache) -> Result<Snapshot, Relo
         ..LoadOptions::default()
     };
     let config = Config::parse(&text, &path.display().to_string(), base, &options)?;
-    Snapshot::build(config, &text, generation).map_err(ReloadError::Build)
+    Snapshot::build(config, &text, generation, cool_downs).map_err(ReloadError::Build)
 }
 
 fn unix_now() -> i64 {
@@ -413,7 +449,7 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
             || a.account_id != b.account_id
             || a.api_url != b.api_url
             || a.timeout != b.timeout
-            || a.cooldown.policy() != b.cooldown.policy()
+            || a.cooldown != b.cooldown
             || format!("{:?}", prev.identity) != format!("{:?}", route.identity)
         {
             parts.push(format!("route {} changed", route.name));

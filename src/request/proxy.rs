@@ -37,7 +37,7 @@ use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::{Charset, Edits, Rewriter};
 use crate::request::embed_client::{self, TokenEndpoint};
 use crate::request::plan::{plan, NoToken, Planned, RequestFacts};
-use crate::request::routes::{host_without_port, Route};
+use crate::request::routes::host_without_port;
 use crate::request::trust::ClientCert;
 use crate::token::mint::Minter;
 use crate::token::released::ReleasedClient;
@@ -228,7 +228,7 @@ impl ProxyHttp for Sidecar {
         if let Some(own) = embed_client::own_path(&ctx.snapshot.config, path) {
             // The client-embed endpoint and loader: answered here, never by the app.
             let snapshot = Arc::clone(&ctx.snapshot);
-            let minter = |route: usize| self.minter(&snapshot.config.routes.0[route]);
+            let minter = |route: usize| self.minter(&snapshot, route);
             self.embed
                 .serve(session, own, &snapshot.config, minter, &self.metrics)
                 .await?;
@@ -478,11 +478,13 @@ impl Sidecar {
         }
     }
 
-    /// Mints tokens for `route`.
-    fn minter(&self, route: &Route) -> Minter {
+    /// Mints tokens for route `index` of `snapshot`.
+    fn minter(&self, snapshot: &Snapshot, index: usize) -> Minter {
+        let route = &snapshot.config.routes.0[index];
         Minter {
             identity: Arc::clone(&route.identity),
             settings: Arc::clone(&route.released),
+            cool_down: Arc::clone(snapshot.cool_down(index)),
             client: self.released.clone(),
             metrics: Arc::clone(&self.metrics),
         }
@@ -605,7 +607,10 @@ impl Sidecar {
         if !matches!(ctx.token, TokenState::Planned(_)) {
             return false;
         }
-        let Some(route) = ctx.route.and_then(|i| ctx.snapshot.config.routes.0.get(i)) else {
+        let Some((index, route)) = ctx
+            .route
+            .and_then(|i| Some((i, ctx.snapshot.config.routes.0.get(i)?)))
+        else {
             return false;
         };
         let TokenState::Planned(planned) =
@@ -614,7 +619,7 @@ impl Sidecar {
             return false;
         };
         let deadline = ctx.started + route.released.timeout;
-        let minter = self.minter(route);
+        let minter = self.minter(&ctx.snapshot, index);
         let task = tokio::spawn(async move {
             minter
                 .mint(planned, deadline, |_| Ok(()))

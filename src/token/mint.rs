@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::Metrics;
 use crate::request::identity::IdentityRules;
 use crate::request::plan::{verify_assertion, Planned};
+use crate::token::cool_down::CoolDown;
 use crate::token::released::{ReleasedClient, ReleasedSettings, TokenRequest};
 use crate::token::secret::Token;
 
@@ -40,6 +41,8 @@ pub struct Minter {
     pub identity: Arc<IdentityRules>,
     /// The route's Released account.
     pub settings: Arc<ReleasedSettings>,
+    /// The account's cool-down breaker.
+    pub cool_down: Arc<CoolDown>,
     /// The token API client.
     pub client: ReleasedClient,
     /// Where outcomes are counted.
@@ -74,7 +77,7 @@ impl Minter {
             }
         };
         gate(&request).map_err(Refused::Gate)?;
-        if !self.settings.cooldown.admit() {
+        if !self.cool_down.admit() {
             self.metrics
                 .token_requests
                 .with_label_values(&["cooldown"])
@@ -82,7 +85,7 @@ impl Minter {
             return Err(Refused::Unavailable("cooldown"));
         }
         self.client
-            .fetch(&self.settings, &request, deadline)
+            .fetch(&self.settings, &self.cool_down, &request, deadline)
             .await
             .map_err(|e| Refused::Unavailable(e.label()))
     }

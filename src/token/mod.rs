@@ -1,7 +1,9 @@
 //! From a planned request to a token: the Released API client ([`released`]), the minter
-//! shared by page loads and the token endpoint ([`mint`]), verified gateway assertions
+//! shared by page loads and the token endpoint ([`mint`]), the per-account breaker kept
+//! across reloads ([`cool_down`]), verified gateway assertions
 //! ([`jwt`], [`keys`]), and the redacted types for secrets and tokens ([`secret`]).
 
+pub mod cool_down;
 pub mod jwt;
 pub mod keys;
 pub mod mint;

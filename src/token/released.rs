@@ -1,11 +1,10 @@
 //! The Released token API (SPEC §1): the settings of one API account, the request body,
-//! the HTTP client that asks for one token per page load, response parsing, and the
-//! cool-down that stops every page from waiting the full timeout while Released is down.
+//! the HTTP client that asks for one token per page load, and response parsing. Each
+//! outcome is reported to the account's cool-down breaker (`cool_down.rs`).
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,6 +13,7 @@ use url::Url;
 use crate::logging::LogGate;
 use crate::metrics::Metrics;
 use crate::request::identity::Identity;
+use crate::token::cool_down::{CoolDown, CoolDownPolicy};
 use crate::token::secret::{Secret, Token};
 
 /// The production token endpoint (SPEC §1).
@@ -56,8 +56,9 @@ pub struct ReleasedSettings {
     pub secret_source: SecretSource,
     /// Bound on one token call, and on how long a page waits for it.
     pub timeout: Duration,
-    /// Consecutive-failure breaker for this account.
-    pub cooldown: CoolDown,
+    /// When to stop calling this account's API while it fails (the breaker itself is live
+    /// state: [`crate::token::cool_down::CoolDowns`]).
+    pub cooldown: CoolDownPolicy,
 }
 
 /// The JSON body of a token request.
@@ -122,9 +123,6 @@ pub enum TokenError {
     /// A 2xx whose body carries no usable token.
     #[error("unusable response body: {0}")]
     BadResponse(&'static str),
-    /// Skipped: the cool-down is open after repeated failures.
-    #[error("skipped while the cool-down is open")]
-    CoolingDown,
 }
 
 impl TokenError {
@@ -139,7 +137,6 @@ impl TokenError {
             TokenError::Status(400..=499) => "rejected",
             TokenError::Status(_) => "http_error",
             TokenError::BadResponse(_) => "bad_response",
-            TokenError::CoolingDown => "cooldown",
         }
     }
 
@@ -235,10 +232,11 @@ impl ReleasedClient {
     }
 
     /// Asks for one token, giving up at `deadline`. Records the outcome in the metrics and
-    /// the cool-down; logs failures without any secret, token or user data.
+    /// the account's `cool_down`; logs failures without any secret, token or user data.
     pub async fn fetch(
         &self,
         settings: &ReleasedSettings,
+        cool_down: &CoolDown,
         request: &TokenRequest,
         deadline: Instant,
     ) -> Result<Token, TokenError> {
@@ -257,14 +255,14 @@ impl ReleasedClient {
             .inc();
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
-            Ok(_) => settings.cooldown.record_success(),
+            Ok(_) => cool_down.record_success(),
             Err(e) if e.means_unavailable() => {
                 tracing::warn!(error = %e, api = %settings.api_url, elapsed_ms, "token request failed");
-                settings.cooldown.record_failure();
+                cool_down.record_failure();
             }
             Err(e) => {
                 // Released answered: it is up, whatever it thought of this request.
-                settings.cooldown.record_success();
+                cool_down.record_success();
                 if matches!(e, TokenError::Status(401 | 403)) {
                     self.metrics.token_auth_failures.inc();
                     if let Some(suppressed) = self.auth_log.admit() {
@@ -339,113 +337,6 @@ fn classify(e: reqwest::Error) -> TokenError {
     TokenError::Transport(text)
 }
 
-/// When to stop calling a failing API: after `after_failures` consecutive failures, calls
-/// are skipped for `duration`; then one call probes, and its result closes or reopens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CoolDownPolicy {
-    /// Consecutive failures that open the cool-down.
-    pub after_failures: u32,
-    /// How long calls are skipped.
-    pub duration: Duration,
-}
-
-impl Default for CoolDownPolicy {
-    fn default() -> Self {
-        Self {
-            after_failures: 5,
-            duration: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A lock-free consecutive-failure breaker.
-#[derive(Debug)]
-pub struct CoolDown {
-    policy: CoolDownPolicy,
-    failures: AtomicU32,
-    /// Milliseconds since [`epoch`] until which calls are skipped; 0 when closed.
-    open_until_ms: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    // +1 so that 0 always means "closed".
-    epoch().elapsed().as_millis() as u64 + 1
-}
-
-impl CoolDown {
-    /// A closed breaker with `policy`.
-    pub fn new(policy: CoolDownPolicy) -> Self {
-        epoch();
-        Self {
-            policy,
-            failures: AtomicU32::new(0),
-            open_until_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> CoolDownPolicy {
-        self.policy
-    }
-
-    /// Whether a call may go out now. While open, every caller is refused until the
-    /// cool-down ends; then exactly one caller is let through as a probe (the window is
-    /// pushed forward for everyone else until the probe reports).
-    pub fn admit(&self) -> bool {
-        let until = self.open_until_ms.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        let now = now_ms();
-        if now < until {
-            return false;
-        }
-        let next = now + self.policy.duration.as_millis() as u64;
-        self.open_until_ms
-            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Records a successful call; closes the cool-down if it was open.
-    pub fn record_success(&self) {
-        self.failures.store(0, Ordering::Release);
-        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!("Released token API answered again: cool-down closed, calls resume");
-        }
-    }
-
-    /// Records a failed call; opens (or re-opens) the cool-down at the threshold.
-    pub fn record_failure(&self) {
-        let failures = self
-            .failures
-            .fetch_add(1, Ordering::AcqRel)
-            .saturating_add(1);
-        if failures < self.policy.after_failures {
-            return;
-        }
-        let until = now_ms() + self.policy.duration.as_millis() as u64;
-        let previous = self.open_until_ms.swap(until, Ordering::AcqRel);
-        if previous == 0 {
-            tracing::warn!(
-                consecutive_failures = failures,
-                cooldown_ms = self.policy.duration.as_millis() as u64,
-                "Released token API keeps failing: cool-down opened, pages are served without tokens until it closes"
-            );
-        }
-    }
-
-    /// Whether calls are being skipped right now.
-    pub fn is_open(&self) -> bool {
-        let until = self.open_until_ms.load(Ordering::Acquire);
-        until != 0 && now_ms() < until
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,32 +405,6 @@ mod tests {
     }
 
     #[test]
-    fn cooldown_opens_after_threshold_and_probes_once_when_it_ends() {
-        let c = CoolDown::new(CoolDownPolicy {
-            after_failures: 3,
-            duration: Duration::from_millis(50),
-        });
-        for _ in 0..2 {
-            assert!(c.admit());
-            c.record_failure();
-        }
-        assert!(c.admit(), "below the threshold calls still go out");
-        c.record_failure();
-        assert!(c.is_open());
-        assert!(!c.admit());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(c.admit(), "one probe after the cool-down");
-        assert!(!c.admit(), "only one probe at a time");
-        c.record_failure();
-        assert!(!c.admit(), "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(c.admit());
-        c.record_success();
-        assert!(!c.is_open());
-        assert!(c.admit() && c.admit(), "closed again");
-    }
-
-    #[test]
     fn only_unavailability_counts_toward_the_cooldown() {
         let cases: &[(TokenError, &str, bool)] = &[
             (TokenError::Timeout, "timeout", true),
@@ -562,17 +427,5 @@ mod tests {
             assert_eq!(error.label(), *label, "{error:?}");
             assert_eq!(error.means_unavailable(), *unavailable, "{error:?}");
         }
-    }
-
-    #[test]
-    fn success_resets_the_failure_count() {
-        let c = CoolDown::new(CoolDownPolicy {
-            after_failures: 2,
-            duration: Duration::from_secs(60),
-        });
-        c.record_failure();
-        c.record_success();
-        c.record_failure();
-        assert!(!c.is_open());
     }
 }
