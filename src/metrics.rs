@@ -31,7 +31,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Embed start tags that received an `auth-token`.
     pub tags_rewritten: IntCounter,
-    /// Rewrites that hit the per-response memory bound and passed the rest through.
+    /// Rewrites that stopped early: the per-response memory bound (the rest passed through
+    /// unchanged) or the token budget (later tags got no token).
     pub rewrite_bailouts: IntCounter,
     /// Config reloads, by result.
     pub config_reloads: IntCounterVec,
@@ -187,7 +188,7 @@ impl Metrics {
         );
         let rewrite_bailouts = counter(
             "rewrite_bailouts_total",
-            "Rewrites that hit the per-response memory bound; the rest of the page passed through unchanged.",
+            "Rewrites that stopped early: the per-response memory bound (embed.memory_limit; the rest of the page passed through unchanged) or the 2 MiB token budget (later tags got no token).",
         );
         let client_head_disconnects = counter(
             "client_head_disconnects_total",

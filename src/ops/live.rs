@@ -4,6 +4,12 @@
 //! config and secret files (Kubernetes swaps a `..data` symlink rather than writing the
 //! files, editors write-and-rename, `cp` truncates in place: watching directories sees all
 //! three). `SIGHUP` feeds the same reloader.
+//!
+//! Building a snapshot is where the config meets the world: the upstream host is resolved
+//! (at start and on each reload, never per request), the upstream CA bundle and the `tls`
+//! certificate, key and client CA are loaded, and the state that outlives one config is
+//! handed in — assertion key stores fetched from URLs (refreshed in the background by
+//! [`KeyRefresher`]) and the accounts' cool-down breakers.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeSet;

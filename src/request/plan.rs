@@ -1,6 +1,9 @@
 //! The decision at the heart of SPEC §2: does this request get a token, for whom, and if
-//! not, exactly why. One pure function shared by the proxy and by `explain`, so the dry
-//! run can never disagree with what the proxy does.
+//! not, exactly why. [`plan`] is a pure function of the config and the request head,
+//! shared by the proxy and by `explain`, so the dry run can never disagree with what the
+//! proxy does. When identity comes from a signed gateway assertion, the plan carries the
+//! raw assertion and [`verify_assertion`] (async: it may fetch keys) finishes the job off
+//! the request path, in the token task.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -120,12 +123,7 @@ pub fn plan_embed_token(config: &Config, facts: &RequestFacts<'_>) -> Plan {
 fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) -> Plan {
     let trust = config.trust_rule().decide(facts.peer, facts.client_cert);
     let trusted = trust != TrustSource::None;
-    let Some(route_index) = config
-        .routes
-        .0
-        .iter()
-        .position(|r| r.matches(facts.host, facts.path))
-    else {
+    let Some((route_index, route)) = config.routes.find(facts.host, facts.path) else {
         return Plan {
             route: None,
             trusted,
@@ -134,7 +132,6 @@ fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) ->
             decision: Err(NoToken::NoRoute),
         };
     };
-    let route = &config.routes.0[route_index];
     let mut plan = Plan {
         route: Some(route_index),
         trusted,

@@ -101,9 +101,12 @@ impl Route {
 pub struct Routes(pub Vec<Route>);
 
 impl Routes {
-    /// The first route matching `host` and `path`.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.0.iter().find(|r| r.matches(host, path))
+    /// The first route matching `host` and `path`, with its index.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
+        self.0
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(host, path))
     }
 }
 

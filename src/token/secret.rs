@@ -1,6 +1,8 @@
 //! Types for the two values that must never reach a log line, a metric or an error page:
 //! the Released shared secret and the tokens it mints. Their `Debug` and `Display`
-//! print `[redacted]`; the raw value is only reachable through an explicit `expose()`.
+//! print `[redacted]`; the raw value is only reachable through an explicit `expose()`,
+//! and a token is exposed in exactly two places: the `auth-token` attribute of a page's
+//! embed tags, and the token endpoint's JSON answer to the page's own script.
 
 use std::fmt;
 use std::sync::Arc;
