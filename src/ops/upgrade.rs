@@ -79,7 +79,7 @@ const SUCCESSOR_START: Duration = Duration::from_secs(10);
 /// SIGQUIT: how long to look for a successor started by hand (it should already wait).
 const QUIT_CONNECT: Duration = Duration::from_secs(5);
 /// From sending the sockets until the successor says it serves on them.
-pub const TAKEOVER: Duration = Duration::from_secs(15);
+const TAKEOVER: Duration = Duration::from_secs(15);
 /// Backlog of a freshly bound proxy socket; pingora raises it when it takes the socket.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -186,7 +186,7 @@ fn euid() -> u32 {
 
 /// Whether a process running as `peer_uid` may hand sockets to, or take them from, a
 /// process running as `uid`: the same user, or root (who could read our memory anyway).
-pub fn peer_allowed(peer_uid: u32, uid: u32) -> bool {
+fn peer_allowed(peer_uid: u32, uid: u32) -> bool {
     peer_uid == uid || peer_uid == 0
 }
 
