@@ -59,6 +59,8 @@ pub struct Metrics {
     pub embed_token_responses: IntCounterVec,
     /// Pages that got the embed loader injected, or were left alone for their CSP.
     pub loader_injections: IntCounterVec,
+    /// Binary upgrades this process tried to hand its listening sockets over in, by result.
+    pub upgrades: IntCounterVec,
     /// Log lines dropped because stderr could not keep up (synced at each render).
     log_lines_dropped: IntCounter,
 }
@@ -137,6 +139,11 @@ impl Metrics {
         let config_reloads = counter_vec(
             "config_reloads_total",
             "Config and secret reloads, by result (success or error).",
+            &["result"],
+        );
+        let upgrades = counter_vec(
+            "upgrades_total",
+            "Binary upgrades (SIGUSR2, SIGQUIT) by result: success (the new process took the listening sockets over), refused (a safety check refused the socket path or the process on it), failed (the new process did not start or take over). This process keeps serving unless success.",
             &["result"],
         );
         let upstream_responses = counter_vec(
@@ -256,6 +263,9 @@ impl Metrics {
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        for result in ["success", "refused", "failed"] {
+            upgrades.with_label_values(&[result]);
+        }
         for reason in [
             "not_rewritable",
             "client_gone",
@@ -300,6 +310,7 @@ impl Metrics {
             tls_handshakes,
             requests_by_trust,
             loader_injections,
+            upgrades,
             log_lines_dropped,
         }
     }

@@ -206,19 +206,28 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
             .await
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sidecar.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let ready = client()
-        .get(sidecar.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503, "not ready while draining");
     assert!(
-        std::net::TcpStream::connect(sidecar.listen).is_err(),
-        "no new connections while draining"
+        sidecar
+            .wait_for_metric("released_sidecar_in_flight_requests", |n| n == 1.0)
+            .await,
+        "the request is in flight"
+    );
+    sidecar.signal(libc::SIGTERM);
+
+    let not_ready = support::eventually(Duration::from_secs(5), || async {
+        let ready = client().get(sidecar.admin_url("/readyz")).send().await;
+        ready.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    assert!(not_ready, "not ready while draining");
+    let refused = support::eventually(Duration::from_secs(5), || async {
+        std::net::TcpStream::connect(sidecar.listen).is_err()
+    })
+    .await;
+    assert!(refused, "no new connections while draining");
+    assert!(
+        !in_flight.is_finished(),
+        "all of it while the request is in flight"
     );
     assert_eq!(in_flight.await.unwrap(), "slow but complete");
     let status = sidecar

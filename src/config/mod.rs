@@ -41,8 +41,6 @@ use yaml::Node;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Default admin listener (loopback: metrics are not for the world).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-/// Where `run --upgrade` waits for the running process's sockets unless configured.
-pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/released-sidecar-upgrade.sock";
 /// Default embed tags (SPEC §4).
 pub const DEFAULT_EMBED_TAGS: &[&str] = &["released-page", "released-widget", "released-form"];
 /// Default per-response bound on the rewriter's buffers.
@@ -238,8 +236,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Connection limits.
     pub limits: Limits,
-    /// Where `run --upgrade` receives the listening sockets of the running process.
-    pub upgrade_sock: PathBuf,
+    /// Where `run --upgrade` receives the listening sockets of the running process; `None`:
+    /// the default, a private directory chosen at start (`crate::ops::upgrade`), since it
+    /// depends on the environment and the user rather than on the file.
+    pub upgrade_sock: Option<PathBuf>,
     /// HTTPS on `listen`, and certificate trust (plain HTTP when `None`).
     pub tls: Option<Tls>,
     /// Every identity header named anywhere in the config, and which spellings of them
@@ -476,8 +476,8 @@ impl Schema<'_, '_> {
             Some(n) => self
                 .d
                 .non_empty(n, "upgrade_sock")
-                .map(|p| self.base.join(p.trim())),
-            None => Some(PathBuf::from(DEFAULT_UPGRADE_SOCK)),
+                .map(|p| Some(self.base.join(p.trim()))),
+            None => Some(None),
         };
         let embed = self.embed(&top);
 

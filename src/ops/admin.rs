@@ -1,6 +1,6 @@
 //! The admin listener (SPEC §7), separate from the proxy port: `/healthz`, `/readyz` and
-//! `/metrics`. It keeps answering through the shutdown drain, so `/readyz` can say 503
-//! while in-flight requests finish.
+//! `/metrics`. It shares the shutdown handle ([`crate::ops::shutdown`]) and keeps
+//! answering through the drain, so `/readyz` says 503 while in-flight requests finish.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,37 +18,22 @@ use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
 use crate::ops::live::Live;
+use crate::ops::shutdown::Shutdown;
 
 /// How long the proxy port may take to start accepting before startup is declared failed.
 const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on reading one admin request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Process state shown by `/readyz`.
+/// Whether the proxy port has come up, shown by `/readyz` (with the drain and the keys).
 #[derive(Debug, Default)]
 pub struct Health {
     proxy_accepting: AtomicBool,
-    draining: AtomicBool,
 }
 
 impl Health {
-    /// Marks the start of the shutdown drain (`/readyz` turns 503).
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
-    /// Whether a shutdown or a handover to a new process has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Whether the proxy accepts connections and is not shutting down.
-    pub fn is_ready(&self) -> bool {
-        self.proxy_accepting.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
-    }
-
-    fn readiness(&self, keys_ready: bool) -> (StatusCode, &'static str) {
-        if self.draining.load(Ordering::Acquire) {
+    fn readiness(&self, draining: bool, keys_ready: bool) -> (StatusCode, &'static str) {
+        if draining {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         } else if !self.proxy_accepting.load(Ordering::Acquire) {
             (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
@@ -69,17 +54,19 @@ pub struct AdminServer {
     listener: Mutex<Option<std::net::TcpListener>>,
     proxy_listen: SocketAddr,
     health: Arc<Health>,
+    shutdown: Shutdown,
     metrics: Arc<Metrics>,
     live: Arc<Live>,
 }
 
 impl AdminServer {
     /// An admin server on `listener` that reports ready once `proxy_listen` accepts and
-    /// the config's assertion keys are loaded.
+    /// the config's assertion keys are loaded, until `shutdown` starts draining.
     pub fn new(
         listener: std::net::TcpListener,
         proxy_listen: SocketAddr,
         health: Arc<Health>,
+        shutdown: Shutdown,
         metrics: Arc<Metrics>,
         live: Arc<Live>,
     ) -> Self {
@@ -87,6 +74,7 @@ impl AdminServer {
             listener: Mutex::new(Some(listener)),
             proxy_listen,
             health,
+            shutdown,
             metrics,
             live,
         }
@@ -133,11 +121,12 @@ impl BackgroundService for AdminServer {
                 }
             };
             let health = Arc::clone(&self.health);
+            let shutdown = self.shutdown.clone();
             let metrics = Arc::clone(&self.metrics);
             let live = Arc::clone(&self.live);
             tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(READ_TIMEOUT, serve(tcp, &health, &metrics, &live)).await;
+                let served = serve(tcp, &health, &shutdown, &metrics, &live);
+                let _ = tokio::time::timeout(READ_TIMEOUT, served).await;
             });
         }
     }
@@ -203,6 +192,7 @@ fn probe_address(listen: SocketAddr) -> SocketAddr {
 async fn serve(
     tcp: tokio::net::TcpStream,
     health: &Health,
+    shutdown: &Shutdown,
     metrics: &Metrics,
     live: &Live,
 ) -> pingora::Result<()> {
@@ -219,7 +209,7 @@ async fn serve(
             (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            let (status, text) = health.readiness(live.keys_ready());
+            let (status, text) = health.readiness(shutdown.is_draining(), live.keys_ready());
             (status, "text/plain", Bytes::from_static(text.as_bytes()))
         }
         (&Method::GET | &Method::HEAD, "/metrics") => (
@@ -284,13 +274,12 @@ mod tests {
     #[test]
     fn readiness_follows_start_keys_and_drain() {
         let h = Health::default();
-        assert_eq!(h.readiness(true).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.readiness(false, true).0, StatusCode::SERVICE_UNAVAILABLE);
         h.proxy_accepting.store(true, Ordering::Release);
-        assert_eq!(h.readiness(true).0, StatusCode::OK);
-        assert_eq!(h.readiness(false).0, StatusCode::SERVICE_UNAVAILABLE);
-        h.start_draining();
+        assert_eq!(h.readiness(false, true).0, StatusCode::OK);
+        assert_eq!(h.readiness(false, false).0, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
-            h.readiness(true),
+            h.readiness(true, true),
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         );
     }

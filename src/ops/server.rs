@@ -1,19 +1,18 @@
-//! `released-sidecar run`: assembles the process (live config, token client, proxy and
-//! admin services, reloader, signal handling) and runs it until SIGTERM has drained the
-//! in-flight requests.
+//! `released-sidecar run`: assembles the process (live config, listening sockets, token
+//! client, proxy and admin services, reloader) and handles its signals: SIGHUP reloads,
+//! SIGUSR2/SIGQUIT hand the sockets to a new binary ([`crate::ops::upgrade`]), SIGTERM and
+//! a completed handover drain through the one shutdown handle ([`crate::ops::shutdown`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{
-    L4BufferSettings, ListenerConfig, TcpSocketOptions, DEFAULT_L4_WRITE_BUFFER_SIZE,
-};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,6 +21,8 @@ use crate::edge::front::{ConnectionLimit, Front};
 use crate::metrics::Metrics;
 use crate::ops::admin::{AdminServer, Health};
 use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
+use crate::ops::shutdown::Shutdown;
+use crate::ops::upgrade::{self, ListenSockets, UpgradeError, UpgradeSock, Upgrader, Worker};
 use crate::request::proxy::Sidecar;
 use crate::token::released::ReleasedClient;
 
@@ -50,28 +51,26 @@ pub enum StartError {
     /// The file watcher could not start.
     #[error("cannot watch the config files: {0}")]
     Watch(#[from] notify::Error),
+    /// `upgrade_sock` is unsafe, or `run --upgrade` did not get the listening sockets.
+    #[error("{0}")]
+    Upgrade(#[from] UpgradeError),
 }
 
 /// Runs the sidecar with the config at `path`; returns only on a start error (a normal
 /// shutdown exits the process with status 0). With `upgrade`, the listening sockets come
-/// from the running process (sent when it gets SIGQUIT) instead of being bound anew.
+/// from the running process (sent when it gets SIGQUIT, see [`crate::ops::upgrade`])
+/// instead of being bound anew.
 pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     crate::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let live = Arc::new(Live::start(path, Arc::clone(&metrics))?);
     let snapshot = live.snapshot();
     let config = &snapshot.config;
+    let upgrade_sock = UpgradeSock::resolve(config.upgrade_sock.as_deref());
+    upgrade_sock.check()?;
 
-    // Bind errors must fail the start with a clear message; pingora binds later in a
-    // service thread where a taken port would only panic that thread.
-    let bind = |addr, what| {
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, what, source })
-    };
-    if !upgrade {
-        drop(bind(config.listen, "listen")?);
-    }
     // SO_REUSEPORT: during a binary upgrade the old and the new process both hold the
-    // admin port for a moment (pingora hands over only the proxy's sockets).
+    // admin port for a moment (only the proxy's sockets are handed over).
     let admin_listener = bind_shared(config.admin_listen).map_err(|source| StartError::Bind {
         addr: config.admin_listen,
         what: "admin.listen",
@@ -89,9 +88,30 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let key_http = released.http().clone();
     let reloader = live::spawn_reloader(Arc::clone(&live))?;
     let health = Arc::new(Health::default());
+    let shutdown = Shutdown::default();
+
+    // The proxy's listening sockets are bound (or received) here rather than by pingora:
+    // a taken port fails the start with a clear message instead of panicking a service
+    // thread, and this process keeps a copy of each to hand over in the next upgrade.
+    let keys: Vec<String> = (0..config.workers)
+        .map(|worker| worker_address(config.listen, worker))
+        .collect();
+    let (mut sockets, ack) = if upgrade {
+        let received =
+            upgrade::receive(&upgrade_sock, &keys, config.listen, upgrade::RECEIVE_WAIT)?;
+        (received.sockets, received.ack)
+    } else {
+        (ListenSockets::default(), None)
+    };
+    sockets
+        .bind_missing(config.listen, &keys, config.workers > 1)
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            what: "listen",
+            source,
+        })?;
 
     let grace = config.timeouts.shutdown_grace;
-    let upgrade_sock = config.upgrade_sock.clone();
     let conf = ServerConf {
         threads: config.workers,
         // Each worker thread runs its own runtime: measured faster than tokio's work
@@ -101,42 +121,31 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         upstream_keepalive_pool_size: config.upstream_keepalive,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
-        upgrade_sock: config.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    // Our CLI owns argv: pingora's own Opt parser is never called.
-    let opt = Opt {
-        upgrade,
-        ..Opt::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    if upgrade {
-        tracing::info!(
-            upgrade_sock = %config.upgrade_sock.display(),
-            "waiting for the running process's listening sockets: send it SIGQUIT now"
-        );
-    }
-    // With `upgrade`, this is where the sockets arrive (pingora gives up after a few
-    // seconds and exits 1).
+    // Our CLI owns argv: pingora's own Opt parser is never called, and pingora's own
+    // upgrade (`Opt::upgrade`) is never used: ops::upgrade does the handover.
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
     let sidecar = Sidecar::new(
         Arc::clone(&live),
         released,
         Arc::clone(&metrics),
-        Arc::clone(&health),
+        shutdown.clone(),
     );
     let mut limit = ConnectionLimit::new(config.limits.max_connections);
     if config.tls.is_some() {
         limit = limit.after_handshake();
     }
     let limit = Arc::new(limit);
+    let (started, workers_started) = std::sync::mpsc::channel();
     // One single-threaded proxy service per worker, nginx's layout: each accepts on its
     // own SO_REUSEPORT socket and keeps its own upstream keep-alive pool, so a request
     // never touches another worker's sockets. With one multi-threaded service pingora
     // hands accepted connections and pooled upstream connections to random threads, and
     // every read then wakes a task across threads (benches/README.md).
-    for worker in 0..config.workers {
+    for (worker, key) in keys.iter().enumerate() {
         // pingora's HTTP proxy runs behind the connection guard (crate::edge::front), which
         // owns the connection loop, the head deadline and the connection cap.
         let mut http = pingora::proxy::HttpProxy::new(
@@ -147,13 +156,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         // pingora gives every connection a 64 KiB read buffer by default, most of an idle
         // connection's cost; its HTTP reader and the head guard read into buffers of
         // their own, so the proxy port reads unbuffered.
-        let mut listener = ListenerConfig::tcp(worker_address(config.listen, worker))
+        let mut listener = ListenerConfig::tcp(key)
             .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
-        if config.workers > 1 {
-            let mut options = TcpSocketOptions::default();
-            options.so_reuseport = Some(true);
-            listener = listener.tcp_socket_options(options);
-        }
         if config.tls.is_some() {
             listener = listener.tls(live_tls(&live, &metrics)?);
         }
@@ -169,7 +173,12 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         proxy.threads = Some(1);
         proxy.add_listener(listener);
         proxy.set_connection_filter(Arc::clone(&limit) as _);
-        server.add_service(proxy);
+        let socket = sockets.dup(key).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            what: "listen",
+            source,
+        })?;
+        server.add_service(Worker::new(proxy, key.clone(), socket, started.clone()));
     }
     server.add_service(background_service(
         "released-sidecar admin",
@@ -177,6 +186,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
             admin_listener,
             config.listen,
             Arc::clone(&health),
+            shutdown.clone(),
             Arc::clone(&metrics),
             Arc::clone(&live),
         ),
@@ -185,8 +195,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         "released-sidecar keys",
         KeyRefresher::new(Arc::clone(&live), key_http),
     ));
+    if let Some(ack) = ack {
+        upgrade::confirm_when_started(ack, workers_started, config.workers);
+    }
 
-    spawn_drain_watcher(&server, Arc::clone(&metrics), grace);
     crate::ops::trim::spawn(Arc::clone(&metrics));
     tracing::info!(
         listen = %config.listen,
@@ -199,11 +211,19 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     drop(snapshot);
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
-            health,
+            shutdown: shutdown.clone(),
             reloader,
-            upgrade_sock,
+            upgrader: Upgrader::new(upgrade_sock, sockets, Arc::clone(&metrics)),
         }),
     });
+    // Here only when requests were still running at the end of the grace period, or
+    // after SIGINT (otherwise the drain thread has exited the process already).
+    if shutdown.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = shutdown.in_flight(),
+            "shutdown grace period over; remaining requests are cut"
+        );
+    }
     tracing::info!("shutdown complete");
     crate::logging::flush();
     std::process::exit(0)
@@ -252,12 +272,19 @@ fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListe
 /// SIGTERM: drain and exit; SIGQUIT: hand the listening sockets to a `run --upgrade`
 /// successor, then drain and exit; SIGUSR2: start that successor from this process's own
 /// command line, then as SIGQUIT (nginx's USR2 + QUIT in one, so the successor inherits the
-/// systemd unit, its sandbox and credentials); SIGINT: exit now; SIGHUP: reload.
+/// systemd unit, its sandbox and credentials); SIGINT: exit now; SIGHUP: reload. A failed
+/// handover leaves this process serving.
 struct Signals {
-    health: Arc<Health>,
+    shutdown: Shutdown,
     reloader: Reloader,
-    upgrade_sock: PathBuf,
+    upgrader: Upgrader,
 }
+
+/// After a handover, how long this process still accepts and answers with
+/// `Connection: close` before it stops accepting (pingora's own upgrade waits as long):
+/// keep-alive clients busy on this process's connections move to the successor on their
+/// next request instead of racing the close of an idle connection.
+const HANDOVER_OVERLAP: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -272,127 +299,44 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot install signal handlers");
             return ShutdownSignal::FastShutdown;
         };
-        loop {
+        let handed_over = loop {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
                     self.reloader.trigger(Trigger::Signal);
                 }
-                _ = term.recv() => break,
+                _ = term.recv() => break false,
                 _ = usr2.recv() => {
-                    if !start_successor(&self.upgrade_sock).await {
-                        continue;
+                    if self.upgrader.on_sigusr2().await {
+                        break true;
                     }
-                    self.health.start_draining();
-                    tracing::info!("SIGUSR2: the new process waits; handing the listening sockets over, then finishing in-flight requests");
-                    return ShutdownSignal::GracefulUpgrade;
                 }
                 _ = quit.recv() => {
-                    self.health.start_draining();
-                    tracing::info!("SIGQUIT: handing the listening sockets to the new process, then finishing in-flight requests");
-                    return ShutdownSignal::GracefulUpgrade;
+                    if self.upgrader.on_sigquit().await {
+                        break true;
+                    }
                 }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: exiting without draining");
                     return ShutdownSignal::FastShutdown;
                 }
             }
+        };
+        self.shutdown.start_draining();
+        // The successor holds the sockets now, or nobody should: this process's own
+        // copies must not keep the port open once pingora closes its listeners.
+        self.upgrader.release();
+        if handed_over {
+            tokio::select! {
+                _ = tokio::time::sleep(HANDOVER_OVERLAP) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+            }
+            tracing::info!("handed over: no new connections, finishing in-flight requests");
+        } else {
+            tracing::info!("SIGTERM: not ready, no new connections, finishing in-flight requests");
         }
-        self.health.start_draining();
-        tracing::info!("SIGTERM: not ready, no new connections, finishing in-flight requests");
+        self.shutdown.stop();
         ShutdownSignal::GracefulTerminate
-    }
-}
-
-/// How long a successor may take to start waiting for the sockets.
-const SUCCESSOR_START: Duration = Duration::from_secs(10);
-
-/// Starts this process's own command line again with `--upgrade` and waits until it
-/// listens on `upgrade_sock`. Returns whether it does (otherwise this process keeps
-/// serving, and says why).
-async fn start_successor(upgrade_sock: &Path) -> bool {
-    // argv[0], not current_exe(): after a package upgrade /proc/self/exe is the old,
-    // deleted file, while the path names the new binary.
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.is_empty() {
-        return false;
-    }
-    let program = args.remove(0);
-    if !args.iter().any(|a| a == "--upgrade") {
-        args.push("--upgrade".into());
-    }
-    // A socket file left by an earlier upgrade would look like a waiting successor.
-    let _ = std::fs::remove_file(upgrade_sock);
-    let mut child = match std::process::Command::new(&program)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            tracing::error!(program = ?program, error = %e, "SIGUSR2: cannot start the new process; still serving");
-            return false;
-        }
-    };
-    let started = std::time::Instant::now();
-    while started.elapsed() < SUCCESSOR_START {
-        if upgrade_sock.exists() {
-            tracing::info!(pid = child.id(), "SIGUSR2: new process started");
-            return true;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            tracing::error!(%status, "SIGUSR2: the new process exited before taking over; still serving");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tracing::error!(
-        upgrade_sock = %upgrade_sock.display(),
-        "SIGUSR2: the new process never waited for the sockets; still serving"
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    false
-}
-
-/// pingora waits the full grace period after SIGTERM even when nothing is in flight; exit
-/// as soon as the last request is done instead.
-fn spawn_drain_watcher(server: &Server, metrics: Arc<Metrics>, grace: Duration) {
-    let mut phases = server.watch_execution_phase();
-    let spawned = std::thread::Builder::new()
-        .name("drain-watcher".into())
-        .spawn(move || {
-            loop {
-                match phases.blocking_recv() {
-                    // After SIGTERM; after SIGQUIT once the sockets are handed over and
-                    // this process has stopped accepting.
-                    Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
-                        break
-                    }
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                }
-            }
-            let started = std::time::Instant::now();
-            while started.elapsed() < grace {
-                let in_flight = metrics.in_flight.get();
-                if in_flight <= 0 {
-                    tracing::info!(
-                        waited_ms = started.elapsed().as_millis() as u64,
-                        "all in-flight requests finished; exiting"
-                    );
-                    crate::logging::flush();
-                    std::process::exit(0);
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            tracing::warn!(
-                in_flight = metrics.in_flight.get(),
-                "shutdown grace period over; remaining requests are cut"
-            );
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no drain watcher; shutdown waits the full grace period");
     }
 }

@@ -27,12 +27,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use sync_wrapper::SyncWrapper;
 use tokio::task::JoinHandle;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::Config;
 use crate::logging::LogGate;
 use crate::metrics::Metrics;
-use crate::ops::admin::Health;
 use crate::ops::live::{Live, Snapshot};
+use crate::ops::shutdown::Shutdown;
 use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::{Charset, Edits, Rewriter};
 use crate::request::embed_client::{self, TokenEndpoint};
@@ -50,25 +51,25 @@ pub struct Sidecar {
     released: ReleasedClient,
     metrics: Arc<Metrics>,
     embed: Arc<TokenEndpoint>,
-    health: Arc<Health>,
+    shutdown: Shutdown,
     upstream_warnings: Arc<LogGate>,
 }
 
 impl Sidecar {
-    /// Wires the live config, the token client, the metrics and the process health
+    /// Wires the live config, the token client, the metrics and the shutdown handle
     /// together.
     pub fn new(
         live: Arc<Live>,
         released: ReleasedClient,
         metrics: Arc<Metrics>,
-        health: Arc<Health>,
+        shutdown: Shutdown,
     ) -> Self {
         Self {
             live,
             released,
             metrics,
             embed: Arc::default(),
-            health,
+            shutdown,
             upstream_warnings: Arc::new(LogGate::new(UPSTREAM_WARN_EVERY)),
         }
     }
@@ -172,20 +173,26 @@ impl PageRewrite {
     }
 }
 
-/// Counts a request in `released_sidecar_in_flight_requests` for as long as it lives; the
-/// shutdown drain waits for this gauge to reach zero.
-struct InFlight(prometheus::IntGauge);
+/// A request in flight for as long as it lives: the shutdown drain waits for its token,
+/// and `released_sidecar_in_flight_requests` counts it.
+struct InFlight {
+    gauge: prometheus::IntGauge,
+    _drain: TaskTrackerToken,
+}
 
 impl InFlight {
-    fn new(gauge: &prometheus::IntGauge) -> Self {
+    fn new(gauge: &prometheus::IntGauge, shutdown: &Shutdown) -> Self {
         gauge.inc();
-        Self(gauge.clone())
+        Self {
+            gauge: gauge.clone(),
+            _drain: shutdown.track(),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
     }
 }
 
@@ -204,7 +211,7 @@ impl ProxyHttp for Sidecar {
             token: TokenState::NotNeeded("no_route"),
             rewrite: None,
             upstream_sent: None,
-            _in_flight: InFlight::new(&self.metrics.in_flight),
+            _in_flight: InFlight::new(&self.metrics.in_flight, &self.shutdown),
         }
     }
 
@@ -218,7 +225,7 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.health.is_draining() {
+        if self.shutdown.is_draining() {
             // Shutting down or handing over to a new process: `Connection: close` tells a
             // keep-alive client to open its next request on a fresh connection (to the
             // successor) instead of racing this process's close.

@@ -148,6 +148,14 @@ impl SidecarBuilder {
         panic!("sidecar could not find free ports:\n{last_logs}");
     }
 
+    /// Starts the binary expecting it to refuse to start; returns what it logged.
+    pub async fn start_err(self) -> String {
+        match self.try_start().await {
+            Ok(sidecar) => panic!("the sidecar started:\n{}", sidecar.logs()),
+            Err(logs) => logs,
+        }
+    }
+
     async fn try_start(&self) -> Result<Sidecar, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -262,6 +270,16 @@ impl Sidecar {
     /// `upgrade_sock`, and from then on stands for the successor. Returns the old process's
     /// exit status.
     pub async fn upgrade(&mut self, upgrade_sock: &std::path::Path) -> ExitStatus {
+        self.upgrade_with(upgrade_sock, |_| ()).await
+    }
+
+    /// [`Self::upgrade`], running `meanwhile` once the successor waits on `upgrade_sock`
+    /// and before the running process is told to hand over.
+    pub async fn upgrade_with(
+        &mut self,
+        upgrade_sock: &std::path::Path,
+        meanwhile: impl FnOnce(&std::path::Path),
+    ) -> ExitStatus {
         let generation = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -286,6 +304,7 @@ impl Sidecar {
             "the successor never listened on {}",
             upgrade_sock.display()
         );
+        meanwhile(upgrade_sock);
         self.signal(libc::SIGQUIT);
         let old = self.wait_exit(Duration::from_secs(30)).await;
         let old = old.unwrap_or_else(|| panic!("the old process did not exit:\n{}", self.logs()));
