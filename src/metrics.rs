@@ -110,7 +110,7 @@ impl Metrics {
         );
         let identity_headers_stripped = counter_vec(
             "identity_headers_stripped_total",
-            "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies) or respelled (an _ spelling of one, from any peer).",
+            "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies), respelled (an _ spelling of one, from any peer) or strip_headers (a strip_headers name in any spelling, from any peer).",
             &["reason"],
         );
         let embed_token_responses = counter_vec(
@@ -249,7 +249,7 @@ impl Metrics {
         for result in ["injected", "csp_blocked"] {
             loader_injections.with_label_values(&[result]);
         }
-        for reason in ["untrusted_peer", "respelled"] {
+        for reason in ["untrusted_peer", "respelled", "strip_headers"] {
             identity_headers_stripped.with_label_values(&[reason]);
         }
         for result in ["success", "error"] {

@@ -243,8 +243,8 @@ pub struct Config {
     pub upgrade_sock: PathBuf,
     /// HTTPS on `listen`, and certificate trust (plain HTTP when `None`).
     pub tls: Option<Tls>,
-    /// Every identity header named anywhere in the config, and which spellings of them
-    /// the trust boundary strips.
+    /// Every identity header named anywhere in the config and the `strip_headers`, and
+    /// which spellings of them the trust boundary strips.
     pub identity_headers: IdentityHeaders,
     /// Secret files to watch for rotation.
     pub secret_files: Vec<PathBuf>,
@@ -355,6 +355,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream_keepalive",
     "timeouts",
     "limits",
+    "strip_headers",
 ];
 const RELEASED_KEYS: &[&str] = &[
     "api_url",
@@ -481,6 +482,10 @@ impl Schema<'_, '_> {
             None => Some(PathBuf::from(DEFAULT_UPGRADE_SOCK)),
         };
         let embed = self.embed(&top);
+        let strip_headers = match top.get("strip_headers") {
+            Some(n) => self.strip_headers(n),
+            None => Some(Vec::new()),
+        };
 
         let top_released = match top.get("released") {
             Some(n) => self.released(n, "released"),
@@ -582,7 +587,7 @@ impl Schema<'_, '_> {
             upstream_keepalive: upstream_keepalive?,
             timeouts: timeouts?,
             limits: limits?,
-            identity_headers: IdentityHeaders::new(identity_headers),
+            identity_headers: IdentityHeaders::new(identity_headers).with_stripped(strip_headers?),
             secret_files,
             key_files,
             key_stores,
