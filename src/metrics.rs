@@ -58,6 +58,8 @@ pub struct Metrics {
     pub embed_token_responses: IntCounterVec,
     /// Pages that got the embed loader injected, or were left alone for their CSP.
     pub loader_injections: IntCounterVec,
+    /// `embed.insert` rules applied to a page, by whether their snippet went in.
+    pub embed_insertions: IntCounterVec,
     /// Log lines dropped because stderr could not keep up (synced at each render).
     log_lines_dropped: IntCounter,
 }
@@ -131,6 +133,11 @@ impl Metrics {
         let loader_injections = counter_vec(
             "loader_injections_total",
             "Token-route pages given the embed loader (injected), or left alone because their Content-Security-Policy would block it (csp_blocked).",
+            &["result"],
+        );
+        let embed_insertions = counter_vec(
+            "embed_insertions_total",
+            "embed.insert rules on token page loads: inserted (the snippet went in next to the first element the selector matched) or no_match (nothing matched; the page is unchanged).",
             &["result"],
         );
         let config_reloads = counter_vec(
@@ -249,6 +256,9 @@ impl Metrics {
         for result in ["injected", "csp_blocked"] {
             loader_injections.with_label_values(&[result]);
         }
+        for result in ["inserted", "no_match"] {
+            embed_insertions.with_label_values(&[result]);
+        }
         for reason in ["untrusted_peer", "respelled", "strip_headers"] {
             identity_headers_stripped.with_label_values(&[reason]);
         }
@@ -299,6 +309,7 @@ impl Metrics {
             tls_handshakes,
             requests_by_trust,
             loader_injections,
+            embed_insertions,
             log_lines_dropped,
         }
     }

@@ -415,6 +415,7 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
             || a.timeout != b.timeout
             || a.cooldown.policy() != b.cooldown.policy()
             || format!("{:?}", prev.identity) != format!("{:?}", route.identity)
+            || prev.insert != route.insert
         {
             parts.push(format!("route {} changed", route.name));
         }
@@ -434,6 +435,7 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
     if old.embed.tags.names() != new.embed.tags.names()
         || old.embed.memory_limit != new.embed.memory_limit
         || old.embed.client != new.embed.client
+        || old.embed.insert != new.embed.insert
     {
         parts.push("embed changed".into());
     }
