@@ -563,12 +563,26 @@ impl Nginx {
         let mut cmd = Command::new(nginx_bin);
         cmd.arg("-p").arg(&dir).arg("-c").arg(&conf_path);
         let mut nginx = Process::spawn("nginx", cmd, &dir.join("stderr.log"));
-        let client = support::client();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        wait_until_listening(&mut nginx, &[&url], &conf).await;
+        Ok(Nginx {
+            _nginx: nginx,
+            _auth: auth,
+            sidecar,
+            url,
+        })
+    }
+}
+
+/// Waits (20 s at most) until the gateway `process` answers on each of `bases` (any
+/// HTTP answer to `/oauth2/ping` will do); panics with its logs and `config` otherwise.
+async fn wait_until_listening(process: &mut Process, bases: &[&str], config: &str) {
+    let client = support::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for base in bases {
         loop {
-            nginx.assert_running();
+            process.assert_running();
             if client
-                .get(format!("{url}/oauth2/ping"))
+                .get(format!("{base}/oauth2/ping"))
                 .send()
                 .await
                 .is_ok()
@@ -577,17 +591,12 @@ impl Nginx {
             }
             assert!(
                 Instant::now() < deadline,
-                "nginx did not start:\n{}\n{conf}",
-                nginx.logs()
+                "{} did not start:\n{}\n{config}",
+                process.name,
+                process.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Nginx {
-            _nginx: nginx,
-            _auth: auth,
-            sidecar,
-            url,
-        })
     }
 }
 
@@ -659,27 +668,7 @@ impl Caddy {
             .env("XDG_CONFIG_HOME", dir.join("config"))
             .env("XDG_DATA_HOME", dir.join("data"));
         let mut caddy = Process::spawn("caddy", cmd, &dir.join("caddy.log"));
-        let client = support::client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for base in [&url, &direct] {
-            loop {
-                caddy.assert_running();
-                if client
-                    .get(format!("{base}/oauth2/ping"))
-                    .send()
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "caddy did not start:\n{}\n{conf}",
-                    caddy.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        wait_until_listening(&mut caddy, &[&url, &direct], &conf).await;
         tools::note(&format!(
             "gateway: caddy {} ({})",
             version(&tools::find("caddy").unwrap_or_default()),
