@@ -69,8 +69,8 @@ pub struct InsertRule {
     selector: Selector,
     /// Where the snippet goes.
     pub position: Position,
-    /// The snippet as configured.
-    pub html: String,
+    /// The snippet as configured (shared, not copied, by the pages it goes into as is).
+    pub html: Arc<str>,
 }
 
 impl InsertRule {
@@ -81,7 +81,7 @@ impl InsertRule {
             selector_text: selector.to_string(),
             selector: compiled,
             position,
-            html: html.to_string(),
+            html: Arc::from(html),
         })
     }
 
@@ -103,7 +103,7 @@ impl PartialEq for InsertRule {
 pub struct Insertion<'a> {
     selector: &'a Selector,
     position: Position,
-    html: String,
+    html: Arc<str>,
     tags: usize,
 }
 
@@ -119,7 +119,7 @@ impl<'a> Insertion<'a> {
         let mut insertion = Insertion {
             selector: &rule.selector,
             position: rule.position,
-            html: rule.html.clone(),
+            html: Arc::clone(&rule.html),
             tags: 0,
         };
         if token.is_none() && nonce.is_none() {
@@ -153,7 +153,7 @@ impl<'a> Insertion<'a> {
         // did, it goes in as written rather than not at all.
         match lol_html::rewrite_str(&rule.html, settings) {
             Ok(html) => {
-                insertion.html = html;
+                insertion.html = Arc::from(html);
                 insertion.tags = tagged;
             }
             Err(e) => {
@@ -179,7 +179,7 @@ const INSERTED: u8 = 2;
 /// A snippet and whether it went in, shared by its handlers and the rewriter.
 pub(super) struct Slot {
     position: Position,
-    html: String,
+    html: Arc<str>,
     tags: usize,
     state: AtomicU8,
 }
@@ -200,7 +200,7 @@ impl Slot {
         if self.state.load(Ordering::Relaxed) != PENDING {
             return;
         }
-        let html = self.html.as_str();
+        let html = &*self.html;
         match (self.position, el.can_have_content()) {
             (Position::Before, _) => el.before(html, ContentType::Html),
             (Position::Prepend, true) => el.prepend(html, ContentType::Html),
