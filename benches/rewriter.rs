@@ -191,7 +191,7 @@ fn rewrite_once(
 ) -> usize {
     let edits = Edits {
         token: Some(token),
-        inject: None,
+        ..Edits::default()
     };
     let mut r = Rewriter::with_engine(tags, edits, Charset::Sniffed, MEMORY_LIMIT, engine);
     let mut n = 0;
@@ -228,7 +228,7 @@ fn bench_rewrite(c: &mut Criterion) {
     for engine in [Engine::Fast, Engine::Reference] {
         let edits = Edits {
             token: Some(&token),
-            inject: None,
+            ..Edits::default()
         };
         let mut check = Rewriter::with_engine(&tags, edits, Charset::Sniffed, MEMORY_LIMIT, engine);
         assert_eq!(check.engine(), engine);

@@ -2,17 +2,19 @@
 # Provisions the tools the gateway and deployment tests drive, into ignored directories so
 # reruns are fast (each step is skipped when its result is already there):
 #   target/tools/bin/oauth2-proxy       go install github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION
+#   target/tools/bin/caddy              go install github.com/caddyserver/caddy/v2/cmd/caddy@$CADDY_VERSION
 #   tests/gateway/node_modules          npm ci (oauth2-mock-server, playwright-core; pinned in package-lock.json)
 #   target/tools/venv                   kubernetes-validate (pinned in scripts/kubernetes-validate.txt; ships its schemas)
 #   target/tools/html5lib-tests         the html5lib-tests tokenizer corpus (*.test), from the html5lib 1.1
 #                                       sdist on PyPI, pinned by sha256 (tests/rewrite_html5lib.rs)
-# Needs Go (>= 1.26: oauth2-proxy v7.15.6's go.mod says so), Node.js (>= 20.19, with npm)
+# Needs Go (>= 1.26: the go.mod of oauth2-proxy v7.15.6 and of Caddy v2.11.9 say so), Node.js (>= 20.19, with npm)
 # and python3 with venv. System packages (nginx-light, chromium, ...) come from
 # scripts/deps.sh test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OAUTH2_PROXY_VERSION=v7.15.6
+CADDY_VERSION=v2.11.9
 tools=target/tools
 mkdir -p "$tools/bin"
 
@@ -30,15 +32,30 @@ if ((${#missing[@]})); then
   exit 1
 fi
 
-# oauth2-proxy from source: the Go module proxy serves it; `go version -m` records the
-# module version, which `--version` of a `go install` build does not.
-bin="$tools/bin/oauth2-proxy"
-if ! go version -m "$bin" 2>/dev/null | grep -q "oauth2-proxy/v7[[:space:]]*$OAUTH2_PROXY_VERSION"; then
-  echo "==> building oauth2-proxy $OAUTH2_PROXY_VERSION (first time: a few minutes)"
-  GOBIN="$PWD/$tools/bin" GOFLAGS=-buildvcs=false \
-    go install "github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION"
-fi
-echo "==> $("$bin" --version) [$(go version -m "$bin" | awk '$1 == "mod" {print $2, $3}')]"
+# The module version Go recorded in a binary (`go version -m`): a `go install` build's own
+# `--version` says "undefined", so this is the only trustworthy version line.
+module_version() {
+  go version -m "$1" 2>/dev/null | awk '$1 == "mod" {print $2, $3}'
+}
+
+# Builds `package@version` into $tools/bin unless the binary there already records
+# `module version`. The Go module proxy serves the sources; after `cargo clean` (which
+# removes target/tools) Go's own module and build caches make the rebuild quick.
+go_tool() {
+  local name=$1 module=$2 package=$3 version=$4
+  local bin="$tools/bin/$name"
+  if [ "$(module_version "$bin")" != "$module $version" ]; then
+    echo "==> building $name $version (first time: a few minutes)"
+    GOBIN="$PWD/$tools/bin" GOFLAGS=-buildvcs=false go install "$package@$version"
+  fi
+  echo "==> $name $(module_version "$bin")"
+}
+
+go_tool oauth2-proxy github.com/oauth2-proxy/oauth2-proxy/v7 \
+  github.com/oauth2-proxy/oauth2-proxy/v7 "$OAUTH2_PROXY_VERSION"
+# Caddy for the forward_auth topology of tests/gateway.rs.
+go_tool caddy github.com/caddyserver/caddy/v2 \
+  github.com/caddyserver/caddy/v2/cmd/caddy "$CADDY_VERSION"
 
 # npm ci wipes node_modules; only run it when the lockfile changed since the last install.
 stamp=tests/gateway/node_modules/.package-lock.json

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub loader_injections: IntCounterVec,
     /// Binary upgrades this process tried to hand its listening sockets over in, by result.
     pub upgrades: IntCounterVec,
+    /// `embed.insert` rules applied to a page, by whether their snippet went in.
+    pub embed_insertions: IntCounterVec,
     /// Log lines dropped because stderr could not keep up (synced at each render).
     log_lines_dropped: IntCounter,
 }
@@ -113,7 +115,7 @@ impl Metrics {
         );
         let identity_headers_stripped = counter_vec(
             "identity_headers_stripped_total",
-            "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies) or respelled (an _ spelling of one, from any peer).",
+            "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies), respelled (an _ spelling of one, from any peer) or strip_headers (a strip_headers name in any spelling, from any peer).",
             &["reason"],
         );
         let embed_token_responses = counter_vec(
@@ -134,6 +136,11 @@ impl Metrics {
         let loader_injections = counter_vec(
             "loader_injections_total",
             "Token-route pages given the embed loader (injected), or left alone because their Content-Security-Policy would block it (csp_blocked).",
+            &["result"],
+        );
+        let embed_insertions = counter_vec(
+            "embed_insertions_total",
+            "embed.insert rules on token page loads: inserted (the snippet went in next to the first element the selector matched) or no_match (nothing matched; the page is unchanged).",
             &["result"],
         );
         let config_reloads = counter_vec(
@@ -257,7 +264,10 @@ impl Metrics {
         for result in ["injected", "csp_blocked"] {
             loader_injections.with_label_values(&[result]);
         }
-        for reason in ["untrusted_peer", "respelled"] {
+        for result in ["inserted", "no_match"] {
+            embed_insertions.with_label_values(&[result]);
+        }
+        for reason in ["untrusted_peer", "respelled", "strip_headers"] {
             identity_headers_stripped.with_label_values(&[reason]);
         }
         for result in ["success", "error"] {
@@ -311,6 +321,7 @@ impl Metrics {
             requests_by_trust,
             loader_injections,
             upgrades,
+            embed_insertions,
             log_lines_dropped,
         }
     }

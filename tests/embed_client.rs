@@ -471,3 +471,31 @@ async fn a_real_browser_gets_a_fresh_token_for_each_embed_rendered_after_load() 
     let png = std::fs::read(&screenshot).expect("screenshot saved");
     assert!(png.starts_with(b"\x89PNG"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_says_why_a_page_given_only_the_loader_had_no_token() {
+    let upstream =
+        Upstream::start(|_| Reply::html("<html><head></head><body></body></html>")).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .extra("embed: { client: { inject: true } }\n")
+        .start()
+        .await;
+    let body = client()
+        .get(sidecar.url("/anonymous"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.matches(LOADER).count(), 1, "{body}");
+    let logs = sidecar.settled_logs().await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("/anonymous"))
+        .unwrap_or_else(|| panic!("no access line:\n{logs}"));
+    assert!(line.contains("missing_header"), "{line}");
+    assert!(!line.contains("task_failed"), "{line}");
+}

@@ -1,21 +1,28 @@
 //! Behind the real gateway: the sidecar behind the real oauth2-proxy binary, signed in
-//! through a real OpenID Connect login, in the two topologies users run:
+//! through a real OpenID Connect login, in the three topologies users run:
 //!
 //! 1. oauth2-proxy as the reverse proxy (`--provider=oidc --pass-user-headers`, `--upstream`
 //!    = the sidecar) → released-sidecar (`identity.preset: oauth2-proxy`) → the app;
 //! 2. nginx `auth_request` to oauth2-proxy's `/oauth2/auth` (`--set-xauthrequest`), nginx
 //!    forwarding `X-Auth-Request-User`/`-Email` to the sidecar: the README's recipe, read
 //!    from README.md itself so the recipe users copy is the one tested;
+//! 3. Caddy `forward_auth` to the same `/oauth2/auth` with `copy_headers`, then
+//!    `reverse_proxy` to the sidecar (`preset: oauth2-proxy-auth-request`, `strip_headers`
+//!    for the `X-Forwarded-*` family): the README's Caddyfile and sidecar block, likewise
+//!    read from README.md; a second Caddy site with the same recipe straight to the app
+//!    shows what Caddy itself lets through;
 //!
-//! and a real browser (headless Chromium) signing in through topology 1.
+//! and a real browser (headless Chromium) signing in through topology 1, and through
+//! topology 3 onto a page with no embed tag that `embed.insert` gives one.
 //!
 //! The IdP is `oauth2-mock-server` (tests/gateway/idp.mjs), a mock OpenID provider made for
 //! tests that signs one known user in without a form; the app and the Released stand-in
 //! are tests/support's. Everything listens on 127.0.0.1.
 //!
-//! Tools: `scripts/gateway-tools.sh` builds oauth2-proxy into target/tools/bin and installs
-//! the npm packages (tests/gateway/package-lock.json); `scripts/deps.sh test` installs
-//! nginx-light and chromium. A missing tool is a visible SKIP, and a failure under CI.
+//! Tools: `scripts/gateway-tools.sh` builds oauth2-proxy and Caddy into target/tools/bin and
+//! installs the npm packages (tests/gateway/package-lock.json); `scripts/deps.sh test`
+//! installs nginx-light and chromium. A missing tool is a visible SKIP, and a failure under
+//! CI.
 //!
 //! Each topology is started once, lazily, and shared; the tests take turns (one lock) so
 //! each one counts exactly the token calls it caused.
@@ -64,6 +71,15 @@ document.getElementById('shown').textContent =
 </body></html>
 "#;
 
+/// A legacy page with no embed tag: `embed.insert` gives it one behind Caddy.
+const LEGACY_PAGE: &str = r#"<!doctype html>
+<html><head><title>Legacy app, untouched</title></head>
+<body>
+<h1>A legacy app nobody may edit</h1>
+<p>Its templates have no Released tag; the sidecar inserts one below.</p>
+</body></html>
+"#;
+
 const SIDECAR_PRESET: &str = r#"listen: "{listen}"
 admin: { listen: "{admin}" }
 upstream: "{upstream}"
@@ -75,6 +91,22 @@ released:
   timeout: "1500ms"
 identity:
   preset: oauth2-proxy
+"#;
+
+/// The identity block of [`SIDECAR_PRESET`], for topologies that bring their own.
+const PRESET_IDENTITY: &str = "identity:\n  preset: oauth2-proxy\n";
+
+/// Topology 3's routes: `/legacy` gets an embed inserted, everything else is as usual.
+const CADDY_ROUTES: &str = r#"routes:
+  - name: legacy
+    match: { path: "^/legacy" }
+    embed:
+      insert:
+        - selector: body
+          html: '<released-widget account="gateway-test" widget-id="w1"></released-widget>
+            <p>Inserted by the sidecar; auth-token on its &lt;released-widget&gt;: <code id="inserted">(none)</code></p>
+            <script>document.getElementById("inserted").textContent = document.querySelector("released-widget").getAttribute("auth-token") || "(none)";</script>'
+  - name: default
 "#;
 
 // ---------------------------------------------------------------------------------------
@@ -108,6 +140,7 @@ struct Gateway {
     nginx: OnceLock<Result<Nginx, String>>,
     /// Topology 2 with nginx reaching the sidecar over TLS with a client certificate.
     nginx_tls: OnceLock<Result<Nginx, String>>,
+    caddy: OnceLock<Result<Caddy, String>>,
 }
 
 /// Topology 2: nginx auth_request → oauth2-proxy; nginx → sidecar → app.
@@ -116,6 +149,18 @@ struct Nginx {
     _auth: OAuth2Proxy,
     sidecar: Sidecar,
     url: String,
+}
+
+/// Topology 3: Caddy forward_auth → oauth2-proxy; Caddy → sidecar → app.
+struct Caddy {
+    _caddy: Process,
+    _auth: OAuth2Proxy,
+    _sidecar: Sidecar,
+    /// Caddy → sidecar → app.
+    url: String,
+    /// The same recipe, Caddy → app: what Caddy itself passes on. Signed in by the same
+    /// cookie (cookies do not tell ports apart).
+    direct: String,
 }
 
 static GATEWAY: OnceLock<Result<Gateway, String>> = OnceLock::new();
@@ -199,7 +244,22 @@ impl Gateway {
             direct,
             nginx: OnceLock::new(),
             nginx_tls: OnceLock::new(),
+            caddy: OnceLock::new(),
         })
+    }
+
+    /// Topology 3, started on first use.
+    fn caddy(&self) -> Option<&Caddy> {
+        let caddy = self
+            .caddy
+            .get_or_init(|| self.rt.block_on(Caddy::start(self)));
+        match caddy {
+            Ok(c) => Some(c),
+            Err(missing) => {
+                tools::skip(missing, "scripts/gateway-tools.sh");
+                None
+            }
+        }
     }
 
     /// Topology 2, started on first use.
@@ -234,28 +294,35 @@ impl Gateway {
     }
 }
 
-/// `oauth2-proxy --version` and the module version Go recorded (`go install` builds say
-/// `undefined` in `--version`).
+/// The module version Go recorded in a tool (`go install` builds say `undefined` or
+/// `unknown` in their own `--version`), else what `--version` says.
 fn version(bin: &Path) -> String {
     let run = |cmd: &mut Command| {
         cmd.output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
-    let flag = run(Command::new(bin).arg("--version"));
     let module = run(Command::new("go").args(["version", "-m"]).arg(bin));
-    let module = module
+    module
         .lines()
         .find(|l| l.trim_start().starts_with("mod\t"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    format!("{flag} [{module}]")
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| run(Command::new(bin).arg("--version")))
 }
 
-/// The app: the page with `<released-page>`, a JSON endpoint under /api/.
+/// The app: the page with `<released-page>`, a JSON endpoint under /api/, and under
+/// /legacy a page with no embed tag.
 fn app(seen: &support::upstream::Seen) -> Reply {
     if seen.path.starts_with("/api/") {
         Reply::with(200, "application/json", r#"{"status":"ok"}"#)
+    } else if seen.path.starts_with("/legacy") {
+        Reply::html(LEGACY_PAGE)
     } else {
         Reply::html(PAGE)
     }
@@ -443,12 +510,10 @@ impl Nginx {
             ],
         )
         .await;
-        let identity = readme_block("yaml", "X-Auth-Request-User");
-        let mut builder =
-            SidecarBuilder::new(&gw.upstream.url(), &gw.standin.url()).template(&format!(
-                "{}{identity}",
-                SIDECAR_PRESET.replace("identity:\n  preset: oauth2-proxy\n", "")
-            ));
+        let identity = readme_block("yaml", "preset: oauth2-proxy-auth-request");
+        let mut builder = SidecarBuilder::new(&gw.upstream.url(), &gw.standin.url()).template(
+            &format!("{}{identity}", SIDECAR_PRESET.replace(PRESET_IDENTITY, "")),
+        );
         // With TLS: the sidecar trusts only nginx's client certificate (not its address),
         // and nginx verifies the sidecar's.
         let (server_ca, gateway_ca) = (Ca::new("sidecar CA"), Ca::new("gateway CA"));
@@ -500,12 +565,26 @@ impl Nginx {
         let mut cmd = Command::new(nginx_bin);
         cmd.arg("-p").arg(&dir).arg("-c").arg(&conf_path);
         let mut nginx = Process::spawn("nginx", cmd, &dir.join("stderr.log"));
-        let client = support::client();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        wait_until_listening(&mut nginx, &[&url], &conf).await;
+        Ok(Nginx {
+            _nginx: nginx,
+            _auth: auth,
+            sidecar,
+            url,
+        })
+    }
+}
+
+/// Waits (20 s at most) until the gateway `process` answers on each of `bases` (any
+/// HTTP answer to `/oauth2/ping` will do); panics with its logs and `config` otherwise.
+async fn wait_until_listening(process: &mut Process, bases: &[&str], config: &str) {
+    let client = support::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for base in bases {
         loop {
-            nginx.assert_running();
+            process.assert_running();
             if client
-                .get(format!("{url}/oauth2/ping"))
+                .get(format!("{base}/oauth2/ping"))
                 .send()
                 .await
                 .is_ok()
@@ -514,16 +593,95 @@ impl Nginx {
             }
             assert!(
                 Instant::now() < deadline,
-                "nginx did not start:\n{}\n{conf}",
-                nginx.logs()
+                "{} did not start:\n{}\n{config}",
+                process.name,
+                process.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Nginx {
-            _nginx: nginx,
+    }
+}
+
+impl Caddy {
+    async fn start(gw: &Gateway) -> Result<Caddy, String> {
+        let caddy_bin =
+            tools::find("caddy").ok_or("caddy is not built (target/tools/bin/caddy)")?;
+        let dir = gw.dir.path().join("caddy");
+        std::fs::create_dir_all(&dir).expect("caddy dir");
+        let port = free_port();
+        let direct_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .expect("a second port");
+        let url = format!("http://127.0.0.1:{port}");
+        let direct = format!("http://127.0.0.1:{direct_port}");
+
+        // oauth2-proxy only authenticates and answers /oauth2/auth with X-Auth-Request-*.
+        let auth = OAuth2Proxy::start_at(
+            &gw.oauth2_proxy_bin,
+            gw.dir.path(),
+            "oauth2-proxy-caddy",
+            &gw.idp,
+            free_port(),
+            &url,
+            &[
+                "--upstream=static://202",
+                "--set-xauthrequest=true",
+                "--reverse-proxy=true",
+                "--cookie-name=_oauth2_proxy_caddy",
+                "--silence-ping-logging=true",
+            ],
+        )
+        .await;
+        // The README's sidecar block: the preset and strip_headers.
+        let identity = readme_block("yaml", "strip_headers:");
+        let sidecar = SidecarBuilder::new(&gw.upstream.url(), &gw.standin.url())
+            .template(&format!(
+                "{}{identity}{CADDY_ROUTES}",
+                SIDECAR_PRESET.replace(PRESET_IDENTITY, "")
+            ))
+            .start()
+            .await;
+        tools::kill_at_exit(sidecar.pid() as u32);
+
+        // The README's Caddyfile, served twice: in front of the sidecar, and in front of
+        // the app alone.
+        let recipe = readme_block("caddyfile", "forward_auth");
+        let auth_addr = &auth.url["http://".len()..];
+        let site = |port: u16, to: &str| {
+            recipe
+                .replace("app.example.com {", &format!("http://127.0.0.1:{port} {{"))
+                .replace("127.0.0.1:4180", auth_addr)
+                .replace("127.0.0.1:8080", to)
+        };
+        let d = dir.display();
+        let conf = format!(
+            "{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tstorage file_system {d}/data\n}}\n{}\n{}",
+            site(port, &sidecar.listen.to_string()),
+            site(direct_port, &gw.upstream.addr.to_string()),
+        );
+        let conf_path = dir.join("Caddyfile");
+        std::fs::write(&conf_path, &conf).expect("Caddyfile");
+        let mut cmd = Command::new(caddy_bin);
+        cmd.args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf_path)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &dir)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("XDG_DATA_HOME", dir.join("data"));
+        let mut caddy = Process::spawn("caddy", cmd, &dir.join("caddy.log"));
+        wait_until_listening(&mut caddy, &[&url, &direct], &conf).await;
+        tools::note(&format!(
+            "gateway: caddy {} ({})",
+            version(&tools::find("caddy").unwrap_or_default()),
+            dir.display()
+        ));
+        Ok(Caddy {
+            _caddy: caddy,
             _auth: auth,
-            sidecar,
+            _sidecar: sidecar,
             url,
+            direct,
         })
     }
 }
@@ -627,23 +785,30 @@ fn one_call_for_the_idp_user(calls: &[Call]) -> String {
     call.token.clone().expect("a token was issued")
 }
 
-/// A navigation to `base/page` without a session, with `extra` headers: answered with a
-/// redirect to the IdP's authorize endpoint, and no token call is made.
+/// A navigation to `base/page` without a session, with `extra` headers on every request:
+/// answered with a redirect to the IdP's authorize endpoint (at once, or through the
+/// gateway's own `/oauth2/start`), and no token call is made.
 async fn redirected_to_login_without_a_token(gw: &Gateway, base: &str, extra: &[(&str, &str)]) {
     let before = gw.standin.calls().len();
-    let mut req = cookie_client()
-        .get(format!("{base}/page"))
-        .headers(navigation());
-    for (k, v) in extra {
-        req = req.header(*k, *v);
+    let client = cookie_client();
+    let mut at = format!("{base}/page");
+    let authorize = format!("{}/authorize", gw.idp.issuer);
+    for hop in 0.. {
+        let mut req = client.get(&at).headers(navigation());
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 302, "{at}");
+        at = location(&resp).unwrap();
+        if at.starts_with(&authorize) {
+            break;
+        }
+        assert!(
+            hop < 2 && at.starts_with(&format!("{base}/oauth2/")),
+            "{at} is neither the IdP nor the gateway's sign-in"
+        );
     }
-    let resp = req.send().await.unwrap();
-    assert_eq!(resp.status(), 302);
-    let to = location(&resp).unwrap();
-    assert!(
-        to.starts_with(&format!("{}/authorize", gw.idp.issuer)),
-        "{to}"
-    );
     settle().await;
     assert_eq!(gw.calls_since(before).len(), 0);
 }
@@ -954,6 +1119,125 @@ fn nginx_auth_request_without_a_session_redirects_to_login_and_no_token_is_reque
 }
 
 // ---------------------------------------------------------------------------------------
+// topology 3: Caddy forward_auth → oauth2-proxy; Caddy → sidecar → app
+
+#[test]
+fn caddy_forward_auth_login_flow_ends_on_the_page_with_one_token_for_the_idp_user() {
+    let Some((gw, _turn)) = gateway() else { return };
+    let Some(caddy) = gw.caddy() else { return };
+    gw.rt.block_on(async {
+        let before = gw.standin.calls().len();
+        let (_client, landed) = sign_in(gw, &caddy.url).await;
+        assert_eq!(landed.status, 200, "{}", landed.body);
+        let token = one_call_for_the_idp_user(&gw.calls_since(before));
+        assert_eq!(support::tokens_in(&landed.body), vec![token]);
+    });
+}
+
+/// Forged identity headers of both families in every spelling Caddy might see, each value
+/// carrying `marker`.
+fn forged_through_caddy(marker: &str) -> Vec<(&'static str, String)> {
+    let email = format!("{marker}@example.com");
+    [
+        ("X-Auth-Request-User", marker.to_string()),
+        ("X-Auth-Request-Email", email.clone()),
+        ("X-Auth-Request-Preferred-Username", marker.to_string()),
+        ("X_Auth_Request_User", marker.to_string()),
+        ("X.Auth.Request.Email", email.clone()),
+        ("X-Forwarded-User", marker.to_string()),
+        ("X-Forwarded-Email", email.clone()),
+        ("X-Forwarded-Preferred-Username", marker.to_string()),
+        ("X_Forwarded_User", marker.to_string()),
+        ("X_Forwarded_Email", email),
+    ]
+    .into()
+}
+
+#[test]
+fn forged_headers_of_both_families_through_caddy_never_change_the_identity_or_reach_the_app() {
+    let Some((gw, _turn)) = gateway() else { return };
+    let Some(caddy) = gw.caddy() else { return };
+    gw.rt.block_on(async {
+        let (client, _) = sign_in(gw, &caddy.url).await;
+        // A value that cannot turn up in a request by chance.
+        let marker = format!("forged{:016x}", rand::random::<u64>());
+        let forged = forged_through_caddy(&marker);
+        let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let carrying_marker = |seen: &[support::upstream::Seen]| -> Vec<(String, String)> {
+            seen.iter()
+                .flat_map(|s| s.headers.iter())
+                .filter(|(_, v)| v.contains(&marker))
+                .cloned()
+                .collect()
+        };
+
+        let before = gw.standin.calls().len();
+        let seen_before = gw.upstream.seen().len();
+        let landed = navigate(&client, &format!("{}/page", caddy.url), &forged).await;
+        assert_eq!(landed.status, 200);
+        let token = one_call_for_the_idp_user(&gw.calls_since(before));
+        assert_eq!(support::tokens_in(&landed.body), vec![token]);
+        let seen = gw.upstream.seen().split_off(seen_before);
+        let page = seen
+            .iter()
+            .find(|s| s.path == "/page")
+            .expect("the app saw the page");
+        assert_eq!(
+            page.header("x-auth-request-user"),
+            vec![SUB],
+            "the gateway's own"
+        );
+        assert!(
+            carrying_marker(&seen).is_empty(),
+            "{:?}",
+            carrying_marker(&seen)
+        );
+
+        // What Caddy alone passes (the same recipe, no sidecar): copy_headers names are
+        // replaced by the auth answer, `_` and `.` names dropped, and the other family
+        // passes untouched: what strip_headers is for.
+        let seen_before = gw.upstream.seen().len();
+        let direct = navigate(&client, &format!("{}/page", caddy.direct), &forged).await;
+        assert_eq!(direct.status, 200);
+        let seen = gw.upstream.seen().split_off(seen_before);
+        let page = seen
+            .iter()
+            .find(|s| s.path == "/page")
+            .expect("direct page");
+        assert_eq!(page.header("x-auth-request-user"), vec![SUB]);
+        assert_eq!(page.header("x-auth-request-email"), vec![EMAIL]);
+        let odd: Vec<_> = page
+            .headers
+            .iter()
+            .filter(|(k, _)| k.contains('_') || k.contains('.'))
+            .collect();
+        assert!(odd.is_empty(), "{odd:?}");
+        assert_eq!(page.header("x-forwarded-user"), vec![marker.as_str()]);
+        let mut passed: Vec<String> = carrying_marker(&seen).into_iter().map(|(k, _)| k).collect();
+        passed.sort();
+        assert_eq!(
+            passed,
+            [
+                "x-forwarded-email",
+                "x-forwarded-preferred-username",
+                "x-forwarded-user"
+            ],
+        );
+
+        // Without a session the forgery only earns the way to the IdP.
+        redirected_to_login_without_a_token(gw, &caddy.url, &forged).await;
+    });
+}
+
+#[test]
+fn caddy_forward_auth_without_a_session_redirects_to_login_and_no_token_is_requested() {
+    let Some((gw, _turn)) = gateway() else { return };
+    let Some(caddy) = gw.caddy() else { return };
+    gw.rt
+        .block_on(redirected_to_login_without_a_token(gw, &caddy.url, &[]));
+}
+
+// ---------------------------------------------------------------------------------------
 // a real browser
 
 /// Where the browser test leaves its screenshot: target/gateway/.
@@ -1003,6 +1287,39 @@ fn a_real_browser_signs_in_through_oauth2_proxy_and_reads_the_token() {
     let standin = gw.standin.addr.to_string();
     assert!(!urls.iter().any(|u| u.contains(&standin)), "{urls:#?}");
 
+    let png = std::fs::read(&screenshot).expect("screenshot saved");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    tools::note(&format!(
+        "gateway: browser screenshot at {}",
+        screenshot.display()
+    ));
+}
+
+#[test]
+fn a_real_browser_behind_caddy_finds_the_embed_the_sidecar_inserted_into_a_page_without_one() {
+    let Some((gw, _turn)) = gateway() else { return };
+    let Some(caddy) = gw.caddy() else { return };
+    let Some(chromium) = tools::browser() else {
+        return;
+    };
+    std::fs::create_dir_all(artifacts_dir()).unwrap();
+    let screenshot = artifacts_dir().join("browser-inserted-embed.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let before = gw.standin.calls().len();
+    let page = format!("{}/legacy", caddy.url);
+    let report = tools::run_browser(
+        &chromium,
+        "browser.mjs",
+        &[&page, screenshot.to_str().unwrap(), "released-widget"],
+    );
+    let token = one_call_for_the_idp_user(&gw.calls_since(before));
+    assert_eq!(report["token"], token.as_str(), "{report:#}");
+    assert_eq!(report["url"], page);
+    assert!(
+        !LEGACY_PAGE.contains("released-"),
+        "the app's page has no embed"
+    );
     let png = std::fs::read(&screenshot).expect("screenshot saved");
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     tools::note(&format!(

@@ -193,7 +193,7 @@ fn run(engine: Engine, input: &[u8], cuts: &[usize], charset: Charset) -> (Vec<u
     let token = Token::new("T\"0&K");
     let edits = Edits {
         token: Some(&token),
-        inject: None,
+        ..Edits::default()
     };
     let mut r = Rewriter::with_engine(&tags, edits, charset, 1 << 20, engine);
     assert_eq!(r.engine(), engine);

@@ -212,3 +212,66 @@ async fn top_level_identity_headers_are_stripped_even_when_every_route_overrides
         "an untrusted peer mints nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_headers_never_reach_the_app_in_any_spelling_from_any_peer() {
+    // Behind forward_auth the gateway sets X-Auth-Request-*; a client's own
+    // X-Forwarded-User passes the gateway untouched, and an app reading it is spoofable.
+    let base = &support::sidecar::DEFAULT_CONFIG
+        [..support::sidecar::DEFAULT_CONFIG.find("identity:").unwrap()];
+    let upstream = Upstream::start(|_| Reply::EchoHeaders).await;
+    let standin = StandIn::start(SECRET).await;
+    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
+        .template(&format!(
+            "{base}trusted_proxies: [\"127.0.0.1/32\"]\nidentity: {{ preset: oauth2-proxy-auth-request }}\nstrip_headers: [X-Forwarded-User, X-Forwarded-Email]\n"
+        ))
+        .start()
+        .await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("accept", "application/json".parse().unwrap());
+    headers.insert("x-auth-request-user", "carol".parse().unwrap());
+    for (name, value) in [
+        ("x-forwarded-user", "mallory"),
+        ("x_forwarded_user", "mallory"),
+        ("x-forwarded_email", "mallory@example.com"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ] {
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let untrusted = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    for (peer, client) in [("trusted", client()), ("untrusted", untrusted)] {
+        let seen: HashMap<String, Vec<String>> = client
+            .get(sidecar.url("/echo"))
+            .headers(headers.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let leaked: Vec<_> = seen
+            .iter()
+            .filter(|(_, v)| v.iter().any(|v| v.contains("mallory")))
+            .collect();
+        assert!(leaked.is_empty(), "{peer}: {leaked:?}");
+        assert_eq!(seen["x-forwarded-for"], ["10.1.2.3"], "{peer}: others pass");
+        let auth = seen.get("x-auth-request-user").cloned().unwrap_or_default();
+        match peer {
+            "trusted" => assert_eq!(auth, ["carol"], "the gateway's own family passes"),
+            _ => assert!(auth.is_empty(), "an untrusted peer's identity is stripped"),
+        }
+    }
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_identity_headers_stripped_total{reason=\"strip_headers\"}")
+            .await,
+        6.0
+    );
+}

@@ -1,7 +1,8 @@
 //! The `identity` block: field rules (`header:` or `claim:`), the optional `jwt`
 //! assertion settings, and gateway presets that expand to both. Presets are written in the
 //! same YAML as a config and decoded by the same code, so a preset can never say
-//! something a config could not.
+//! something a config could not. Also the top-level `strip_headers` (SPEC §3c): the other
+//! gateway families' names, which never reach the app.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,12 @@ user_email: { header: X-Forwarded-Email }
 name: { header: X-Forwarded-Preferred-Username }",
     ),
     (
+        "oauth2-proxy-auth-request",
+        "user_id: { header: X-Auth-Request-User, transform: [escape] }
+user_email: { header: X-Auth-Request-Email }
+name: { header: X-Auth-Request-Preferred-Username }",
+    ),
+    (
         "authelia",
         "user_id: { header: Remote-User, transform: [escape] }
 user_email: { header: Remote-Email }
@@ -95,6 +102,19 @@ user_email: { claim: email }
 name: { claim: name }
 avatar_url: { claim: picture }",
     ),
+];
+
+/// Headers that frame or route the request itself: removing them would change how the
+/// request is read, not only what the app is told.
+const UNSTRIPPABLE: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
 ];
 
 /// A value with where it was written (for errors found after merging).
@@ -286,6 +306,37 @@ impl Schema<'_, '_> {
                 _ => expanded.avatar_url.is_some(),
             }));
         expanded
+    }
+
+    /// Decodes the top-level `strip_headers` list.
+    pub(super) fn strip_headers(&mut self, node: &Node) -> Option<Vec<HeaderName>> {
+        const PATH: &str = "strip_headers";
+        let items = self.d.strings(node, PATH)?;
+        let mut names = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, (text, line)) in items.into_iter().enumerate() {
+            let path = format!("{PATH}[{i}]");
+            let text = text.trim();
+            match HeaderName::from_bytes(text.as_bytes()) {
+                Ok(name) if UNSTRIPPABLE.contains(&name.as_str()) => {
+                    self.d.error(
+                        &path,
+                        line,
+                        format!(
+                            "`{text}` frames or routes the request itself and cannot be stripped"
+                        ),
+                    );
+                    ok = false;
+                }
+                Ok(name) => names.push(name),
+                Err(_) => {
+                    self.d
+                        .error(&path, line, format!("`{text}` is not a valid header name"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(names)
     }
 
     pub(super) fn field_rule(&mut self, node: &Node, path: &str) -> Option<FieldRule> {
@@ -660,5 +711,85 @@ impl Schema<'_, '_> {
                 .unwrap_or_else(|| vec![Algorithm::ES256, Algorithm::RS256]),
             leeway: jwt.leeway.unwrap_or(DEFAULT_LEEWAY),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{assert_rejected, load, Expected, MINIMAL};
+
+    #[test]
+    fn the_auth_request_preset_reads_what_oauth2_proxy_auth_answers_like_the_proxy_preset() {
+        let text = MINIMAL.replace(
+            "  user_id: { header: X-Forwarded-User, transform: [escape] }\n  user_email: { header: X-Forwarded-Email }\n",
+            "  preset: oauth2-proxy-auth-request\n",
+        );
+        let c = load(&text).unwrap();
+        let rules = &c.routes.0[0].identity;
+        let plain = load(&MINIMAL.replace(
+            "  user_id: { header: X-Forwarded-User, transform: [escape] }\n  user_email: { header: X-Forwarded-Email }\n",
+            "  preset: oauth2-proxy\n",
+        ))
+        .unwrap();
+        let proxy = &plain.routes.0[0].identity;
+        // The same mapping, another family of names.
+        let shape = |r: &crate::request::identity::IdentityRules| {
+            format!("{r:?}")
+                .replace("x-auth-request-", "FAMILY-")
+                .replace("x-forwarded-", "FAMILY-")
+        };
+        assert_eq!(shape(rules), shape(proxy));
+        let names: Vec<&str> = c
+            .identity_headers
+            .names()
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "x-auth-request-user",
+                "x-auth-request-email",
+                "x-auth-request-preferred-username"
+            ]
+        );
+    }
+
+    #[test]
+    fn strip_headers_load_and_every_bad_name_is_reported_with_path_and_line() {
+        let c = load(&format!(
+            "{MINIMAL}strip_headers: [X-Forwarded-User, x_forwarded_email, X-Forwarded-User]\n"
+        ))
+        .unwrap();
+        let stripped: Vec<&str> = c
+            .identity_headers
+            .stripped()
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(stripped, ["x-forwarded-user", "x_forwarded_email"]);
+        assert!(load(MINIMAL)
+            .unwrap()
+            .identity_headers
+            .stripped()
+            .is_empty());
+
+        let cases: &[(&str, &[Expected])] = &[
+            (
+                "strip_headers:\n  - Host\n  - \"Bad Name\"\n  - Content-Length\n",
+                &[
+                    ("strip_headers[0]", 9, "frames or routes the request"),
+                    ("strip_headers[1]", 10, "not a valid header name"),
+                    ("strip_headers[2]", 11, "frames or routes the request"),
+                ],
+            ),
+            (
+                "strip_headers: X-Forwarded-User\n",
+                &[("strip_headers", 8, "expected a list")],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            assert_rejected(&format!("{MINIMAL}{yaml}"), expected);
+        }
     }
 }

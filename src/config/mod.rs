@@ -21,6 +21,7 @@ use http::header::HeaderName;
 use regex::Regex;
 use url::Url;
 
+use crate::page::rewrite::insert::InsertRule;
 use crate::page::rewrite::EmbedTags;
 use crate::request::routes::{HostPattern, Route, Routes};
 use crate::request::trust::{parse_net, IdentityHeaders, TrustRule, TrustedProxies};
@@ -207,6 +208,8 @@ impl Default for Limits {
 pub struct Embed {
     /// The tags that get `auth-token`, compiled to a selector.
     pub tags: EmbedTags,
+    /// The top-level `embed.insert` rules (each route holds the list in force for it).
+    pub insert: Arc<[InsertRule]>,
     /// Per-response bound on the rewriter's buffers, in bytes.
     pub memory_limit: usize,
     /// The same-origin token endpoint and loader for client-rendered embeds (off if `None`).
@@ -242,8 +245,8 @@ pub struct Config {
     pub upgrade_sock: Option<PathBuf>,
     /// HTTPS on `listen`, and certificate trust (plain HTTP when `None`).
     pub tls: Option<Tls>,
-    /// Every identity header named anywhere in the config, and which spellings of them
-    /// the trust boundary strips.
+    /// Every identity header named anywhere in the config and the `strip_headers`, and
+    /// which spellings of them the trust boundary strips.
     pub identity_headers: IdentityHeaders,
     /// Secret files to watch for rotation.
     pub secret_files: Vec<PathBuf>,
@@ -354,6 +357,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream_keepalive",
     "timeouts",
     "limits",
+    "strip_headers",
 ];
 const RELEASED_KEYS: &[&str] = &[
     "api_url",
@@ -364,7 +368,7 @@ const RELEASED_KEYS: &[&str] = &[
     "timeout",
     "cooldown",
 ];
-const ROUTE_KEYS: &[&str] = &["name", "match", "identity", "released"];
+const ROUTE_KEYS: &[&str] = &["name", "match", "identity", "released", "embed"];
 
 /// A `released` block as written, before merging a route's override with the top level.
 /// A key that is written but invalid is `None` here and listed in `written`, so it is
@@ -413,6 +417,8 @@ struct PartialRoute {
     path: Option<Regex>,
     identity: Option<PartialIdentity>,
     released: Option<PartialReleased>,
+    /// The route's own `embed.insert` (replaces the top-level list).
+    insert: Option<Vec<InsertRule>>,
 }
 
 /// Keys whose absence makes a route unusable, with what they are checked on.
@@ -480,6 +486,10 @@ impl Schema<'_, '_> {
             None => Some(None),
         };
         let embed = self.embed(&top);
+        let strip_headers = match top.get("strip_headers") {
+            Some(n) => self.strip_headers(n),
+            None => Some(Vec::new()),
+        };
 
         let top_released = match top.get("released") {
             Some(n) => self.released(n, "released"),
@@ -532,12 +542,17 @@ impl Schema<'_, '_> {
                 Some(own) => Arc::new(own.or(&top_released).finish()?),
             };
             let identity = identity?;
+            let insert = match route.insert {
+                Some(own) => Arc::from(own),
+                None => Arc::clone(&embed.as_ref()?.insert),
+            };
             compiled.push(Route {
                 name: route.name?,
                 host: route.host,
                 path: route.path,
                 identity,
                 released,
+                insert,
             });
         }
 
@@ -581,7 +596,7 @@ impl Schema<'_, '_> {
             upstream_keepalive: upstream_keepalive?,
             timeouts: timeouts?,
             limits: limits?,
-            identity_headers: IdentityHeaders::new(identity_headers),
+            identity_headers: IdentityHeaders::new(identity_headers).with_stripped(strip_headers?),
             secret_files,
             key_files,
             key_stores,
@@ -873,11 +888,12 @@ impl Schema<'_, '_> {
         let mut tags: Vec<String> = DEFAULT_EMBED_TAGS.iter().map(|s| s.to_string()).collect();
         let mut memory_limit = DEFAULT_REWRITE_MEMORY;
         let mut client = None;
+        let mut insert = Vec::new();
         let (line, ok) = match top.get("embed") {
             None => (top.line, true),
             Some(node) => (
                 node.line,
-                self.embed_fields(node, &mut tags, &mut memory_limit, &mut client)?,
+                self.embed_fields(node, &mut tags, &mut memory_limit, &mut client, &mut insert)?,
             ),
         };
         if !ok {
@@ -886,6 +902,7 @@ impl Schema<'_, '_> {
         match EmbedTags::new(&tags) {
             Ok(tags) => Some(Embed {
                 tags,
+                insert: Arc::from(insert),
                 memory_limit,
                 client,
             }),
@@ -902,11 +919,18 @@ impl Schema<'_, '_> {
         tags: &mut Vec<String>,
         memory_limit: &mut usize,
         client: &mut Option<ClientEmbed>,
+        insert: &mut Vec<InsertRule>,
     ) -> Option<bool> {
         let fields = self
             .d
-            .map(node, "embed", &["tags", "memory_limit", "client"])?;
+            .map(node, "embed", &["tags", "memory_limit", "client", "insert"])?;
         let mut ok = true;
+        if let Some(n) = fields.get("insert") {
+            match self.embed_insert(n, "embed.insert") {
+                Some(rules) => *insert = rules,
+                None => ok = false,
+            }
+        }
         if let Some(n) = fields.get("client") {
             *client = self.embed_client(n);
             ok &= client.is_some();
@@ -976,6 +1000,7 @@ impl Schema<'_, '_> {
                 path: None,
                 identity: None,
                 released: None,
+                insert: None,
             }]);
         };
         let items = self.d.list(node, "routes")?;
@@ -1044,12 +1069,22 @@ impl Schema<'_, '_> {
         let released = fields
             .get("released")
             .map(|n| self.released(n, &join(path, "released")));
+        let mut insert = None;
+        if let Some(n) = fields.get("embed") {
+            let embed_path = join(path, "embed");
+            if let Some(ef) = self.d.map(n, &embed_path, &["insert"]) {
+                if let Some(list) = ef.get("insert") {
+                    insert = self.embed_insert(list, &join(&embed_path, "insert"));
+                }
+            }
+        }
         Some(PartialRoute {
             name,
             host,
             path: path_re,
             identity,
             released,
+            insert,
         })
     }
 

@@ -21,7 +21,7 @@ fn secret_dir() -> tempfile::TempDir {
     dir
 }
 
-fn load(text: &str) -> Result<Config, ConfigErrors> {
+pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
     let dir = secret_dir();
     Config::parse(
         text,
@@ -41,7 +41,7 @@ fn header_of(rule: &crate::request::identity::FieldRule) -> &str {
     }
 }
 
-const MINIMAL: &str = "\
+pub(super) const MINIMAL: &str = "\
 upstream: http://127.0.0.1:3000
 released:
   account_id: acc
@@ -160,7 +160,30 @@ fn route_identity_override_replaces_single_fields() {
 }
 
 /// An expected error: YAML path, line, and a fragment of the message.
-type Expected = (&'static str, usize, &'static str);
+pub(super) type Expected = (&'static str, usize, &'static str);
+
+/// Asserts `text` is rejected with exactly the `expected` errors.
+pub(super) fn assert_rejected(text: &str, expected: &[Expected]) {
+    let errors = match load(text) {
+        Ok(_) => panic!("config should be rejected:\n{text}"),
+        Err(e) => e,
+    };
+    for (path, line, fragment) in expected {
+        let found = errors
+            .errors
+            .iter()
+            .any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(fragment));
+        assert!(
+            found,
+            "expected `{path}` at line {line} containing {fragment:?}; got:\n{errors}\nfor:\n{text}"
+        );
+    }
+    assert_eq!(
+        errors.errors.len(),
+        expected.len(),
+        "unexpected extra errors:\n{errors}\nfor:\n{text}"
+    );
+}
 
 /// Each bad input and every error it must produce.
 fn error_cases() -> Vec<(String, Vec<Expected>)> {
@@ -310,25 +333,7 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
 #[test]
 fn every_bad_input_reports_every_error_with_path_and_line() {
     for (text, expected) in error_cases() {
-        let errors = match load(&text) {
-            Ok(_) => panic!("config should be rejected:\n{text}"),
-            Err(e) => e,
-        };
-        for (path, line, fragment) in &expected {
-            let found = errors
-                .errors
-                .iter()
-                .any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(fragment));
-            assert!(
-                found,
-                "expected `{path}` at line {line} containing {fragment:?}; got:\n{errors}\nfor:\n{text}"
-            );
-        }
-        assert_eq!(
-            errors.errors.len(),
-            expected.len(),
-            "unexpected extra errors:\n{errors}\nfor:\n{text}"
-        );
+        assert_rejected(&text, &expected);
     }
 }
 
@@ -433,6 +438,7 @@ fn every_preset_expands_to_its_gateway_headers_or_assertion() {
     );
     let cases: &[PresetCase] = &[
         ("oauth2-proxy", "", "x-forwarded-user", "x-forwarded-email", None, &[]),
+        ("oauth2-proxy-auth-request", "", "x-auth-request-user", "x-auth-request-email", None, &[]),
         ("authelia", "", "remote-user", "remote-email", None, &[]),
         ("authentik", "", "x-authentik-uid", "x-authentik-email", None, &[]),
         ("pomerium", "jwks_file: jwks.json, issuer: https://authenticate.example.com, audience: app.example.com", "sub", "email", Some("x-pomerium-jwt-assertion"), &[Algorithm::ES256]),

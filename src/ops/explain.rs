@@ -1,6 +1,7 @@
 //! `released-sidecar explain`: a dry run of the planner for one request, with no network.
-//! Prints the route, the trust and page-load verdicts, the identity extracted and the
-//! exact token request that would be sent (secret redacted), or why none would be.
+//! Prints the route, the trust and page-load verdicts, the headers that would not reach the
+//! app, the identity extracted and the exact token request that would be sent (secret
+//! redacted), or why none would be, and the `embed.insert` rules the page would get.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -206,10 +207,17 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> String {
                     "rewrite:    if the app answers 200 text/html, every <{}> start tag gets auth-token",
                     config.embed.tags.names().join(">, <")
                 );
+                describe_insert(&mut out, r);
             }
         }
-        (Err(reason), _) => {
+        (Err(reason), route) => {
             let _ = writeln!(out, "token:      none: {reason}");
+            if route.is_some_and(|r| !r.insert.is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "insert:     none: embed.insert applies only to signed-in page loads"
+                );
+            }
         }
         (Ok(_), None) => {}
     }
@@ -250,6 +258,35 @@ fn explain_assertion(out: &mut String, raw: &str, route: &Route) -> Option<Token
             let _ = writeln!(out, "token:      none: no valid identity: {e}");
             None
         }
+    }
+}
+
+/// The route's `embed.insert` rules, as they would apply to a 200 text/html answer.
+fn describe_insert(out: &mut String, route: &Route) {
+    if route.insert.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "insert:     if the app answers 200 text/html, each snippet once, at the first match (its embed tags get the token too):"
+    );
+    for rule in route.insert.iter() {
+        let _ = writeln!(
+            out,
+            "  {} `{}`: {}",
+            rule.position.name(),
+            rule.selector(),
+            shortened(&rule.html, 100)
+        );
+    }
+}
+
+/// `text` on one line (whitespace runs as one space), cut to `max` characters.
+fn shortened(text: &str, max: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
     }
 }
 

@@ -457,6 +457,7 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
             || a.timeout != b.timeout
             || a.cooldown != b.cooldown
             || format!("{:?}", prev.identity) != format!("{:?}", route.identity)
+            || prev.insert != route.insert
         {
             parts.push(format!("route {} changed", route.name));
         }
@@ -470,9 +471,13 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
     if old.trusted_proxies != new.trusted_proxies {
         parts.push("trusted_proxies changed".into());
     }
+    if old.identity_headers.stripped() != new.identity_headers.stripped() {
+        parts.push("strip_headers changed".into());
+    }
     if old.embed.tags.names() != new.embed.tags.names()
         || old.embed.memory_limit != new.embed.memory_limit
         || old.embed.client != new.embed.client
+        || old.embed.insert != new.embed.insert
     {
         parts.push("embed changed".into());
     }

@@ -93,6 +93,15 @@ pub fn loader_tag(client: &ClientEmbed, response: &HeaderMap) -> Option<String> 
     })
 }
 
+/// The nonce a `<script>` added to this page must carry, when its CSP uses one
+/// (`embed.insert` snippets carry it like the loader does).
+pub fn script_nonce(response: &HeaderMap) -> Option<String> {
+    match script_policy(response) {
+        ScriptPolicy::Allowed(nonce) => nonce,
+        ScriptPolicy::Blocked => None,
+    }
+}
+
 /// Whether a same-origin external script may run under a response's CSP, and the nonce it
 /// must carry.
 #[derive(Debug, PartialEq, Eq)]

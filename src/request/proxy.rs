@@ -9,8 +9,9 @@
 //! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
 //!    for an uncompressed, unconditional page when a token is coming.
 //! 4. `adjust_upstream_modules` / `response_filter`: once the app's header shows a
-//!    rewritable page, wait (within the deadline) for the token and set up the rewrite;
-//!    otherwise drop the token task and leave the response untouched.
+//!    rewritable page, wait (within the deadline) for the token and set up the rewrite
+//!    (token, loader, `embed.insert` snippets); otherwise drop the token task and leave
+//!    the response untouched.
 //! 5. `response_body_filter`: rewrite (and recompress) chunk by chunk.
 //! 6. `logging`: one access-log line and the request metrics.
 
@@ -35,12 +36,13 @@ use crate::metrics::Metrics;
 use crate::ops::live::{Live, Snapshot};
 use crate::ops::shutdown::Shutdown;
 use crate::page::compress::{Coding, Compressor};
-use crate::page::rewrite::{Charset, Edits, Rewriter};
+use crate::page::rewrite::insert::Insertion;
+use crate::page::rewrite::{Charset, Edits, EmbedTags, Rewriter};
 use crate::request::embed_client::{self, TokenEndpoint};
 use crate::request::plan::{plan, NoToken, Planned, RequestFacts};
-use crate::request::routes::host_without_port;
+use crate::request::routes::{host_without_port, Route};
 use crate::request::trust::ClientCert;
-use crate::token::mint::Minter;
+use crate::token::mint::{Minter, Refused};
 use crate::token::released::ReleasedClient;
 use crate::token::secret::Token;
 
@@ -103,7 +105,27 @@ enum TokenState {
 /// The token task of one request. Dropping it aborts the task: a token call never
 /// outlives the request that wanted it (SPEC §3), even when pingora drops the request
 /// without reaching `logging` (shutdown, a cancelled connection task).
-struct TokenTask(Option<JoinHandle<Result<Token, &'static str>>>);
+struct TokenTask(Option<JoinHandle<Result<Token, Refused>>>);
+
+/// What a page load's token came to, which decides what the page gets.
+enum PageToken {
+    /// Not a signed-in page load: no token was planned (untrusted peer, no valid
+    /// identity…), or the gateway's assertion was not believed.
+    Anonymous,
+    /// Signed in, but without a token: the call failed, timed out or was skipped.
+    Missing,
+    /// Signed in, with the token.
+    Token(Token),
+}
+
+impl PageToken {
+    fn token(&self) -> Option<&Token> {
+        match self {
+            PageToken::Token(token) => Some(token),
+            PageToken::Anonymous | PageToken::Missing => None,
+        }
+    }
+}
 
 impl TokenTask {
     fn is_finished(&self) -> bool {
@@ -439,6 +461,18 @@ impl ProxyHttp for Sidecar {
             if rewriter.bailed_out() {
                 self.metrics.rewrite_bailouts.inc();
             }
+            let insertions = rewriter.insertions();
+            for (result, n) in [
+                ("inserted", insertions.inserted),
+                ("no_match", insertions.no_match),
+            ] {
+                if n > 0 {
+                    self.metrics
+                        .embed_insertions
+                        .with_label_values(&[result])
+                        .inc_by(n as u64);
+                }
+            }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_name();
@@ -524,17 +558,21 @@ impl Sidecar {
         };
         let token = self.await_token(ctx).await;
         let inject = self.loader_tag(ctx, response);
-        if token.is_none() && inject.is_none() {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let embed = &snapshot.config.embed;
+        let route = ctx.route.and_then(|i| snapshot.config.routes.0.get(i));
+        let insert = insertions(route, &embed.tags, &token, response);
+        if token.token().is_none() && inject.is_none() && insert.is_empty() {
             return Ok(());
         }
         let accept = session.req_header().headers.get(header::ACCEPT_ENCODING);
         let coding = Coding::negotiate(accept.map(|v| v.as_bytes()));
         let http10 = session.req_header().version < http::Version::HTTP_11;
         prepare_rewritten_headers(response, coding, !http10)?;
-        let embed = &ctx.snapshot.config.embed;
         let edits = Edits {
-            token: token.as_ref(),
+            token: token.token(),
             inject,
+            insert,
         };
         ctx.rewrite = Some(SyncWrapper::new(PageRewrite {
             rewriter: Rewriter::with_edits(&embed.tags, edits, charset, embed.memory_limit),
@@ -627,12 +665,7 @@ impl Sidecar {
         };
         let deadline = ctx.started + route.released.timeout;
         let minter = self.minter(&ctx.snapshot, index);
-        let task = tokio::spawn(async move {
-            minter
-                .mint(planned, deadline, |_| Ok(()))
-                .await
-                .map_err(|r| r.label())
-        });
+        let task = tokio::spawn(async move { minter.mint(planned, deadline, |_| Ok(())).await });
         ctx.token = TokenState::Pending {
             task: TokenTask(Some(task)),
             deadline,
@@ -640,29 +673,34 @@ impl Sidecar {
         true
     }
 
-    /// Waits for the token until the deadline; `None` if it failed or came too late.
-    async fn await_token(&self, ctx: &mut RequestCtx) -> Option<Token> {
+    /// Waits for the token until the deadline.
+    async fn await_token(&self, ctx: &mut RequestCtx) -> PageToken {
+        // Without a call (a loader-only page) the reason stays for the access log.
+        if !matches!(ctx.token, TokenState::Pending { .. }) {
+            return PageToken::Anonymous;
+        }
         let TokenState::Pending { mut task, deadline } =
             std::mem::replace(&mut ctx.token, TokenState::Settled("task_failed"))
         else {
-            return None;
+            return PageToken::Anonymous;
         };
         let outcome = match task.0.as_mut() {
             Some(handle) => tokio::time::timeout_at(deadline.into(), handle).await,
-            None => return None,
+            None => return PageToken::Missing,
         };
         let (state, token) = match outcome {
-            Ok(Ok(Ok(token))) => ("used", Some(token)),
-            Ok(Ok(Err(label))) => (label, None),
+            Ok(Ok(Ok(token))) => ("used", PageToken::Token(token)),
+            Ok(Ok(Err(refused @ Refused::Identity(_)))) => (refused.label(), PageToken::Anonymous),
+            Ok(Ok(Err(refused))) => (refused.label(), PageToken::Missing),
             Ok(Err(join_error)) => {
                 tracing::error!(error = %join_error, "token task failed");
-                ("task_failed", None)
+                ("task_failed", PageToken::Missing)
             }
             // The task ends at its own (identical) deadline and records the timeout
             // itself, so it is left to finish.
             Err(_elapsed) => {
                 task.detach();
-                ("timeout", None)
+                ("timeout", PageToken::Missing)
             }
         };
         ctx.token = TokenState::Settled(state);
@@ -698,6 +736,29 @@ pub fn client_cert(session: &Session) -> Option<&ClientCert> {
         .as_ref()?
         .extension
         .get::<ClientCert>()
+}
+
+/// The route's `embed.insert` snippets made ready for this page: only a signed-in page
+/// load gets them (SPEC §3b), with its token (if the call gave one) and the page's CSP
+/// nonce.
+fn insertions<'a>(
+    route: Option<&'a Route>,
+    tags: &EmbedTags,
+    token: &PageToken,
+    response: &ResponseHeader,
+) -> Vec<Insertion<'a>> {
+    let Some(route) = route.filter(|r| !r.insert.is_empty()) else {
+        return Vec::new();
+    };
+    if matches!(token, PageToken::Anonymous) {
+        return Vec::new();
+    }
+    let nonce = embed_client::script_nonce(&response.headers);
+    route
+        .insert
+        .iter()
+        .map(|rule| Insertion::prepare(rule, tags, token.token(), nonce.as_deref()))
+        .collect()
 }
 
 /// Why a token still in flight when the request ends will never be used.

@@ -9,6 +9,7 @@ use http::header::{HeaderMap, ACCEPT, RANGE, UPGRADE};
 use http::Method;
 use regex::Regex;
 
+use crate::page::rewrite::insert::InsertRule;
 use crate::request::identity::IdentityRules;
 use crate::token::released::ReleasedSettings;
 
@@ -82,6 +83,8 @@ pub struct Route {
     pub identity: Arc<IdentityRules>,
     /// Released settings in force (likewise merged).
     pub released: Arc<ReleasedSettings>,
+    /// `embed.insert` rules in force: the route's own list, else the top-level one.
+    pub insert: Arc<[InsertRule]>,
 }
 
 impl Route {

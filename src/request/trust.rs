@@ -2,7 +2,8 @@
 //! count only when the TCP peer is one of the `trusted_proxies` (the peer address is the
 //! only input; `X-Forwarded-For` and friends are written by clients too and never grant
 //! trust), and which request headers never reach the app — the identity headers from an
-//! untrusted peer, and every `_` spelling of them from any peer.
+//! untrusted peer, every `_` spelling of them from any peer, and the `strip_headers` (SPEC
+//! §3c) in every spelling from any peer.
 
 use std::net::IpAddr;
 
@@ -100,10 +101,13 @@ impl TrustRule<'_> {
 }
 
 /// Every identity header named anywhere in the config (top level, routes, presets,
-/// `jwt.header`), and the rule for which spellings of them are removed.
+/// `jwt.header`), the `strip_headers`, and the rule for which spellings of them are
+/// removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdentityHeaders {
     names: Vec<HeaderName>,
+    /// `strip_headers`: another gateway family's names, never passed to the app.
+    stripped: Vec<HeaderName>,
     /// Whether a configured name itself has `_` (then `-` spellings need a look too).
     underscored: bool,
 }
@@ -115,6 +119,8 @@ pub enum Strip {
     UntrustedPeer,
     /// Another spelling (`_` for `-`) of an identity header, from any peer.
     Respelled,
+    /// A `strip_headers` name, in any spelling, from any peer.
+    Configured,
 }
 
 impl Strip {
@@ -123,6 +129,7 @@ impl Strip {
         match self {
             Strip::UntrustedPeer => "untrusted_peer",
             Strip::Respelled => "respelled",
+            Strip::Configured => "strip_headers",
         }
     }
 }
@@ -139,8 +146,21 @@ impl IdentityHeaders {
         let underscored = out.iter().any(|h| h.as_str().contains('_'));
         Self {
             names: out,
+            stripped: Vec::new(),
             underscored,
         }
+    }
+
+    /// The same, with `names` (`strip_headers`) removed from every request in every
+    /// spelling.
+    pub fn with_stripped(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        for name in names {
+            if !self.stripped.contains(&name) {
+                self.underscored |= name.as_str().contains('_');
+                self.stripped.push(name);
+            }
+        }
+        self
     }
 
     /// The headers as configured.
@@ -148,16 +168,27 @@ impl IdentityHeaders {
         &self.names
     }
 
+    /// The `strip_headers` as configured.
+    pub fn stripped(&self) -> &[HeaderName] {
+        &self.stripped
+    }
+
     /// The request headers that must not reach the app, and why: every header whose name,
     /// with `_` read as `-`, equals an identity header's but is spelled differently (CGI,
     /// Rack and WSGI servers fold the two spellings into one variable, so a client behind
     /// the gateway could otherwise set the identity the app sees — Puma CVE-2024-45614),
-    /// from every peer; and from an untrusted peer, the identity headers themselves.
+    /// from every peer; from an untrusted peer, the identity headers themselves; and the
+    /// `strip_headers` in every spelling, from every peer. Each header once.
     pub fn to_strip(&self, headers: &HeaderMap, trusted: bool) -> Vec<(HeaderName, Strip)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(HeaderName, Strip)> = Vec::new();
+        for name in self.stripped.iter().filter(|h| headers.contains_key(*h)) {
+            out.push((name.clone(), Strip::Configured));
+        }
         if !trusted {
             for name in self.names.iter().filter(|h| headers.contains_key(*h)) {
-                out.push((name.clone(), Strip::UntrustedPeer));
+                if !out.iter().any(|(n, _)| n == name) {
+                    out.push((name.clone(), Strip::UntrustedPeer));
+                }
             }
         }
         // Header names are stored lower-case; only names with `_` can be a second
@@ -166,12 +197,19 @@ impl IdentityHeaders {
             if !self.underscored && !name.as_str().contains('_') {
                 continue;
             }
-            let respelled = self
-                .names
-                .iter()
-                .any(|h| h != name && same_when_folded(name.as_str(), h.as_str()));
-            if respelled {
-                out.push((name.clone(), Strip::Respelled));
+            let folds_into = |list: &[HeaderName]| {
+                list.iter()
+                    .any(|h| h != name && same_when_folded(name.as_str(), h.as_str()))
+            };
+            let why = if folds_into(&self.stripped) {
+                Strip::Configured
+            } else if folds_into(&self.names) {
+                Strip::Respelled
+            } else {
+                continue;
+            };
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.clone(), why));
             }
         }
         out
@@ -287,6 +325,48 @@ mod tests {
             stripped,
             [(HeaderName::from_static("x-remote-user"), Strip::Respelled)]
         );
+    }
+
+    #[test]
+    fn strip_headers_go_in_every_spelling_from_every_peer_each_once() {
+        let ids = IdentityHeaders::new([HeaderName::from_static("x-auth-request-user")])
+            .with_stripped([
+                HeaderName::from_static("x-forwarded-user"),
+                HeaderName::from_static("x-forwarded-email"),
+                HeaderName::from_static("x-auth-request-user"),
+            ]);
+        let request = headers(&[
+            ("X-Auth-Request-User", "carol"),
+            ("X-Forwarded-User", "mallory"),
+            ("X_Forwarded_User", "mallory"),
+            ("x-forwarded_EMAIL", "m@example.com"),
+            ("X-Forwarded-Users", "kept: a different name"),
+            ("X_Forwarded_Host", "kept"),
+            ("Accept", "text/html"),
+        ]);
+        for trusted in [true, false] {
+            let mut got: Vec<String> = ids
+                .to_strip(&request, trusted)
+                .iter()
+                .map(|(h, why)| format!("{h} {}", why.label()))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    "x-auth-request-user strip_headers",
+                    "x-forwarded-user strip_headers",
+                    "x-forwarded_email strip_headers",
+                    "x_forwarded_user strip_headers",
+                ],
+                "trusted: {trusted}"
+            );
+        }
+        let plain = IdentityHeaders::new([HeaderName::from_static("x-auth-request-user")]);
+        assert!(plain
+            .to_strip(&request, true)
+            .iter()
+            .all(|(h, _)| h != "x-forwarded-user"));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 // Headless Chromium (Debian's, at $CHROMIUM or /usr/bin/chromium) driven by playwright-core
-// for tests/gateway.rs: opens URL (oauth2-proxy in front of the sidecar), which sends an
+// for tests/gateway.rs: opens URL (a gateway in front of the sidecar), which sends an
 // unsigned-in browser through the mock IdP and /oauth2/callback back to the page; then
-// reads the page's <released-page auth-token>, saves a screenshot to SCREENSHOT, and prints
-// one JSON line: {"url", "token", "title", "requests": [{"method","url","type","status"}]}.
-//   node browser.mjs URL SCREENSHOT
+// reads the auth-token of the page's first TAG (default released-page), saves a screenshot
+// to SCREENSHOT, and prints one JSON line:
+//   {"url", "token", "title", "requests": [{"method","url","type","status"}]}.
+//   node browser.mjs URL SCREENSHOT [TAG]
 import { chromium } from 'playwright-core';
 
-const [url, screenshot] = process.argv.slice(2);
+const [url, screenshot, tag = 'released-page'] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -27,8 +28,8 @@ try {
     });
   });
   await page.goto(url, { waitUntil: 'load', timeout: 30000 });
-  const token = await page.evaluate(() =>
-    document.querySelector('released-page')?.getAttribute('auth-token') ?? null);
+  const token = await page.evaluate((t) =>
+    document.querySelector(t)?.getAttribute('auth-token') ?? null, tag);
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({ url: page.url(), token, title: await page.title(), requests }));
 } finally {

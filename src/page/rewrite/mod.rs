@@ -34,7 +34,10 @@ use lol_html::{element, end, AsciiCompatibleEncoding, MemorySettings, Selector};
 
 use crate::token::secret::Token;
 
+pub mod insert;
 pub mod scan;
+
+use insert::{Insertion, Slot};
 
 /// The attribute the Released embed reads.
 pub const TOKEN_ATTRIBUTE: &str = "auth-token";
@@ -199,6 +202,8 @@ enum Inner {
 struct Reference {
     html: Option<HtmlRewriter<'static, Sink>>,
     shared: Arc<Shared>,
+    /// One per `embed.insert` rule.
+    slots: Vec<Arc<Slot>>,
     bailed_out: bool,
 }
 
@@ -210,6 +215,17 @@ pub struct Edits<'a> {
     /// Markup inserted once: before `</head>`; else (a head closed implicitly, or none)
     /// before `<body>`; else before the first embed tag; else at the end of the document.
     pub inject: Option<String>,
+    /// `embed.insert` snippets, each put next to the first element its selector matches.
+    pub insert: Vec<Insertion<'a>>,
+}
+
+/// What became of a page's `embed.insert` rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Insertions {
+    /// Snippets that went in.
+    pub inserted: usize,
+    /// Rules whose selector matched nothing (or not before the rewrite stopped).
+    pub no_match: usize,
 }
 
 impl Rewriter {
@@ -218,7 +234,7 @@ impl Rewriter {
     pub fn new(tags: &EmbedTags, token: &Token, charset: Charset, memory_limit: usize) -> Self {
         let edits = Edits {
             token: Some(token),
-            inject: None,
+            ..Edits::default()
         };
         Self::with_edits(tags, edits, charset, memory_limit)
     }
@@ -242,7 +258,10 @@ impl Rewriter {
         engine: Engine,
     ) -> Self {
         let value = edits.token.map(|t| escape_attribute(t.expose()));
-        let exact = edits.inject.is_none() && value.as_deref().is_none_or(str::is_ascii);
+        // The scanner only writes tokens; the loader and `embed.insert` need lol_html.
+        let exact = edits.inject.is_none()
+            && edits.insert.is_empty()
+            && value.as_deref().is_none_or(str::is_ascii);
         if engine == Engine::Fast && exact {
             // lol_html lexes `<meta>` for its charset sniffing, which changes how it
             // parses in one quirky case; the scanner copies that too.
@@ -263,16 +282,17 @@ impl Rewriter {
                 injects: false,
             };
         }
-        Self::reference(tags, value, edits.inject, charset, memory_limit)
+        Self::reference(tags, value, edits, charset, memory_limit)
     }
 
     fn reference(
         tags: &EmbedTags,
         value: Option<String>,
-        inject: Option<String>,
+        edits: Edits<'_>,
         charset: Charset,
         memory_limit: usize,
     ) -> Self {
+        let Edits { inject, insert, .. } = edits;
         let shared = Arc::new(Shared {
             token_budget: AtomicUsize::new(MAX_TOKEN_BYTES_PER_PAGE),
             ..Shared::default()
@@ -318,6 +338,7 @@ impl Rewriter {
         if let Some(script) = inject {
             settings = with_injection(settings, &shared, script);
         }
+        let (settings, slots) = insert::with_insertions(settings, insert);
         let settings = settings
             .with_encoding(encoding)
             .with_adjust_charset_on_meta_tag(charset == Charset::Sniffed)
@@ -335,6 +356,7 @@ impl Rewriter {
             inner: Inner::Reference(Box::new(Reference {
                 html: Some(HtmlRewriter::new(settings, sink)),
                 shared,
+                slots,
                 bailed_out: false,
             })),
             injects,
@@ -381,11 +403,32 @@ impl Rewriter {
         }
     }
 
-    /// Start tags that received the token so far.
+    /// Start tags that received the token so far (those of inserted snippets included).
     pub fn tags_rewritten(&self) -> usize {
         match &self.inner {
             Inner::Fast(scanner) => scanner.tags_rewritten(),
-            Inner::Reference(r) => r.shared.tags.load(Ordering::Relaxed),
+            Inner::Reference(r) => {
+                let inserted: usize = r
+                    .slots
+                    .iter()
+                    .filter(|s| s.inserted())
+                    .map(|s| s.tags())
+                    .sum();
+                r.shared.tags.load(Ordering::Relaxed) + inserted
+            }
+        }
+    }
+
+    /// How many `embed.insert` snippets went in, and how many rules matched nothing; final
+    /// after [`Rewriter::end`].
+    pub fn insertions(&self) -> Insertions {
+        let Inner::Reference(r) = &self.inner else {
+            return Insertions::default();
+        };
+        let inserted = r.slots.iter().filter(|s| s.inserted()).count();
+        Insertions {
+            inserted,
+            no_match: r.slots.len() - inserted,
         }
     }
 
@@ -648,6 +691,7 @@ mod tests {
         let edits = Edits {
             token: token.as_ref(),
             inject: Some(SCRIPT.to_string()),
+            ..Edits::default()
         };
         let mut r = Rewriter::with_edits(&tags(), edits, Charset::Sniffed, 1 << 20);
         let mut out = Vec::new();
