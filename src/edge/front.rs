@@ -356,6 +356,8 @@ pub struct HeadGuard {
     generation: u64,
     /// Head bytes read but not yet given to pingora.
     held: BytesMut,
+    /// How much of `held` was searched for the end of the head.
+    scan: HeadScan,
     /// Bytes let through since the head was expected (to bound a `Watching` head).
     watched: usize,
     /// The head deadline, or the lingering deadline while refusing.
@@ -384,6 +386,7 @@ impl HeadGuard {
             phase: Phase::Holding,
             generation: 0,
             held: BytesMut::new(),
+            scan: HeadScan::default(),
             watched: 0,
             timer: Some(Box::pin(tokio::time::sleep(limit))),
             started: Instant::now(),
@@ -424,6 +427,7 @@ impl HeadGuard {
                 Phase::Passing | Phase::Watching | Phase::Holding
             ) {
                 self.phase = Phase::Holding;
+                self.scan = HeadScan::default();
                 self.watched = 0;
                 self.timer = None;
                 self.started = Instant::now();
@@ -512,7 +516,7 @@ impl HeadGuard {
                 return Poll::Ready(Ok(()));
             }
             self.start_clock();
-            match head_state(&self.held) {
+            match self.scan.state(&self.held) {
                 HeadState::Partial if self.held.len() > MAX_HEAD_BYTES => {
                     self.refuse(oversize(&self.held));
                     return Poll::Ready(Ok(()));
@@ -606,20 +610,37 @@ enum HeadState {
     Tail,
 }
 
-fn head_state(held: &[u8]) -> HeadState {
-    if matches!(held.first(), Some(b'\r' | b'\n')) {
-        return HeadState::Tail;
-    }
-    let ends = memchr::memmem::find(held, b"\n\r\n").is_some()
-        || memchr::memmem::find(held, b"\n\n").is_some();
-    if !ends {
-        return HeadState::Partial;
-    }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut fields).parse(held) {
-        Err(httparse::Error::TooManyHeaders) => HeadState::TooManyFields,
-        // Anything else, valid or not, is pingora's to judge and answer.
-        _ => HeadState::Complete,
+/// Where the search for the end of a held head resumes: a head trickled in tiny reads must
+/// cost linear time, not a rescan of everything held after each read.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes of `held` already searched for a line break that ends the head.
+    scanned: usize,
+}
+
+impl HeadScan {
+    /// How far `held` has come, looking only at bytes added since the last call (and the
+    /// last two before them: an end of head may be split across reads, `\n` | `\r\n`).
+    /// Asked again only while it answers `Partial`, with `held` grown at its end.
+    fn state(&mut self, held: &[u8]) -> HeadState {
+        if matches!(held.first(), Some(b'\r' | b'\n')) {
+            return HeadState::Tail;
+        }
+        let from = self.scanned.saturating_sub(2).min(held.len());
+        self.scanned = held.len();
+        let ends = memchr::memchr_iter(b'\n', &held[from..]).any(|i| {
+            let after = &held[from + i + 1..];
+            after.starts_with(b"\n") || after.starts_with(b"\r\n")
+        });
+        if !ends {
+            return HeadState::Partial;
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Request::new(&mut fields).parse(held) {
+            Err(httparse::Error::TooManyHeaders) => HeadState::TooManyFields,
+            // Anything else, valid or not, is pingora's to judge and answer.
+            _ => HeadState::Complete,
+        }
     }
 }
 
@@ -801,11 +822,54 @@ mod tests {
         ];
         for (head, want) in cases {
             assert_eq!(
-                head_state(head),
+                HeadScan::default().state(head),
                 *want,
                 "{:?}",
                 String::from_utf8_lossy(head)
             );
+        }
+    }
+
+    /// What a fresh scanner says of `held` in one go.
+    fn at_once(held: &[u8]) -> HeadState {
+        HeadScan::default().state(held)
+    }
+
+    #[test]
+    fn a_head_read_in_pieces_is_judged_as_if_read_whole() {
+        let many: String = (0..300).map(|i| format!("x{i}: y\r\n")).collect();
+        let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA: \n\r\r\nB: c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+            too_many.as_bytes(),
+        ];
+        for head in heads {
+            let name = String::from_utf8_lossy(head);
+            // One byte per read: every prefix gets the answer it would get whole, until
+            // the first answer that ends the holding.
+            let mut scan = HeadScan::default();
+            for end in 0..=head.len() {
+                let got = scan.state(&head[..end]);
+                assert_eq!(got, at_once(&head[..end]), "{name:?} at {end}");
+                if got != HeadState::Partial {
+                    break;
+                }
+            }
+            // Two reads, split at every point (a line break split from what follows).
+            for split in 0..=head.len() {
+                let mut scan = HeadScan::default();
+                let first = scan.state(&head[..split]);
+                assert_eq!(first, at_once(&head[..split]), "{name:?} split at {split}");
+                if first == HeadState::Partial {
+                    assert_eq!(scan.state(head), at_once(head), "{name:?} split at {split}");
+                }
+            }
         }
     }
 
