@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rcgen::SanType;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::pki::{Ca, Leaf};
@@ -175,6 +176,37 @@ async fn with_a_client_ca_only_a_trusted_gateway_certificate_mints_a_token() {
             assert!(v >= at_least, "{series} = {v}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_name_in_the_cn_does_not_count_beside_a_uri_or_ip_san() {
+    let (server_ca, gateway_ca) = (Ca::new("server CA"), Ca::new("gateway CA"));
+    let (_upstream, standin, sidecar) = https_sidecar(
+        &server_ca,
+        "  client_ca_file: gateway-ca.pem\n  trusted_client_names: [oauth2-proxy.gateway.internal]\n",
+        &[("gateway-ca.pem", &gateway_ca.pem)],
+    )
+    .await;
+    let name = "oauth2-proxy.gateway.internal";
+    // RFC 6125 §6.4.4: a certificate with any subject alternative name is named by those
+    // alone; these name a workload and a host, not the gateway in their CN.
+    let uri = SanType::URI("spiffe://gateway.internal/laptop".try_into().unwrap());
+    let ip = SanType::IpAddress("10.1.2.3".parse().unwrap());
+    for (why, sans) in [("a URI SAN", vec![uri]), ("an IP SAN", vec![ip])] {
+        let leaf = gateway_ca.client_with_sans(sans, name);
+        let (page, echo) = load(&https_client(&server_ca, Some(&leaf)), &sidecar)
+            .await
+            .unwrap();
+        assert_eq!(page, PAGE, "{why}: served, untrusted");
+        assert!(!echo.contains("x-forwarded-user"), "{why}: {echo}");
+    }
+    assert!(standin.calls().is_empty());
+    // With no subject alternative name at all, the CN names the certificate.
+    let cn_only = gateway_ca.client(&[], name);
+    let (page, _) = load(&https_client(&server_ca, Some(&cn_only)), &sidecar)
+        .await
+        .unwrap();
+    assert_eq!(tokens_in(&page).len(), 1, "{page}");
 }
 
 /// The certificate the server presents to a new connection.

@@ -17,8 +17,8 @@ pub struct Tls {
     /// When set: client certificates are requested and verified against this CA bundle,
     /// and only a verified certificate makes a peer trusted.
     pub client_ca_file: Option<PathBuf>,
-    /// DNS names (SAN, else CN) a verified certificate must carry to be trusted; empty:
-    /// any certificate the CA signed.
+    /// DNS names a verified certificate must carry to be trusted (its DNS SANs; its CN only
+    /// without any SAN); empty: any certificate the CA signed.
     pub trusted_client_names: Vec<String>,
 }
 

@@ -115,35 +115,35 @@ pub fn client_verifier(bytes: &[u8], path: &Path) -> Result<Arc<dyn ClientCertVe
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The DNS names of a certificate: its DNS subject alternative names, else its CN.
+/// The DNS names a client certificate is trusted by (lowercase, no trailing dot): its DNS
+/// subject alternative names; its CN only when it has no subject alternative name of any
+/// kind (RFC 6125 §6.4.4: a certificate that names itself by URI, IP address or email
+/// must not be taken for the host in its CN). A certificate that does not parse, or whose
+/// SAN extension does not, has none.
 pub fn certificate_names(der: &[u8]) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
     };
-    let sans: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if !sans.is_empty() {
-        return sans;
+    let normal = |name: &str| name.trim_end_matches('.').to_ascii_lowercase();
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(normal(d)),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(normal)
+            .collect(),
+        Err(_) => Vec::new(),
     }
-    cert.subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok())
-        .map(str::to_ascii_lowercase)
-        .collect()
 }
 
 /// Serves the active snapshot's certificate to every handshake.
@@ -268,5 +268,69 @@ impl TlsAccept for Handshakes {
         Some(Arc::new(ClientCert {
             names: certificate_names(der),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(cn: &str, sans: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn dns(name: &str) -> SanType {
+        SanType::DnsName(name.try_into().unwrap())
+    }
+
+    #[test]
+    fn the_cn_names_a_certificate_only_when_it_has_no_subject_alternative_name() {
+        let gw = "gw.example.internal";
+        let uri = SanType::URI("spiffe://example.internal/gw".try_into().unwrap());
+        let ip = SanType::IpAddress("10.0.0.7".parse().unwrap());
+        let email = SanType::Rfc822Name("gw@example.internal".try_into().unwrap());
+        let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+            ("no SAN: the CN", cert(gw, vec![]), vec![gw]),
+            (
+                "a DNS SAN: it, not the CN",
+                cert(gw, vec![dns("a.example")]),
+                vec!["a.example"],
+            ),
+            (
+                "only a URI SAN: nothing",
+                cert(gw, vec![uri.clone()]),
+                vec![],
+            ),
+            (
+                "only an IP SAN: nothing",
+                cert(gw, vec![ip.clone()]),
+                vec![],
+            ),
+            ("only an email SAN: nothing", cert(gw, vec![email]), vec![]),
+            (
+                "DNS beside URI and IP: the DNS names",
+                cert(gw, vec![uri, dns("b.example"), ip]),
+                vec!["b.example"],
+            ),
+            (
+                "case and a trailing dot do not count",
+                cert("GW.Example.", vec![dns("A.Example."), dns("c.example")]),
+                vec!["a.example", "c.example"],
+            ),
+            (
+                "no SAN, upper-case CN",
+                cert("GW.Example.", vec![]),
+                vec!["gw.example"],
+            ),
+            ("not a certificate", b"garbage".to_vec(), vec![]),
+        ];
+        for (why, der, want) in cases {
+            assert_eq!(certificate_names(&der), want, "{why}");
+        }
     }
 }
