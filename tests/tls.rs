@@ -388,8 +388,10 @@ fn explain_shows_the_trust_decision_for_a_client_certificate() {
     let out = check();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Like every config error: the file, the line and the key that names the key file.
     assert!(
-        stderr.contains("does not match the certificate"),
+        stderr.contains("config.yaml:6: tls.key_file: ")
+            && stderr.contains("does not match the certificate"),
         "{stderr}"
     );
 }

@@ -25,7 +25,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use crate::config::Tls;
+use crate::config::{ConfigError, Tls};
 use crate::metrics::Metrics;
 use crate::ops::live::Live;
 use crate::request::trust::ClientCert;
@@ -48,9 +48,39 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
-fn read(path: &Path, what: &str, h: &mut DefaultHasher) -> Result<Vec<u8>, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+/// A `tls` file that does not load or does not fit: the key naming it, that key's line in
+/// the config, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} (line {line}): {message}")]
+pub struct TlsLoadError {
+    /// `tls.cert_file`, `tls.key_file` or `tls.client_ca_file`.
+    pub key: &'static str,
+    /// Its 1-based line in the config file.
+    pub line: usize,
+    /// What is wrong, with the file's path.
+    pub message: String,
+}
+
+impl From<TlsLoadError> for ConfigError {
+    fn from(e: TlsLoadError) -> Self {
+        ConfigError {
+            path: e.key.to_string(),
+            line: Some(e.line),
+            message: e.message,
+        }
+    }
+}
+
+// A snapshot that cannot load its TLS files fails to build, with this text (`Snapshot::build`
+// reports errors as text).
+impl From<TlsLoadError> for String {
+    fn from(e: TlsLoadError) -> Self {
+        e.to_string()
+    }
+}
+
+fn read(path: &Path, h: &mut DefaultHasher) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     bytes.hash(h);
     Ok(bytes)
 }
@@ -66,32 +96,43 @@ fn certificates(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>
 }
 
 /// Loads and checks the certificate, the key (they must match) and the client CA.
-pub fn load(tls: &Tls) -> Result<TlsMaterial, String> {
+pub fn load(tls: &Tls) -> Result<TlsMaterial, TlsLoadError> {
     crate::install_crypto_provider();
+    let at = |key: &'static str, line: usize| move |message| TlsLoadError { key, line, message };
+    let cert_error = at("tls.cert_file", tls.lines.cert_file);
+    let key_error = at("tls.key_file", tls.lines.key_file);
     let mut h = DefaultHasher::new();
-    let chain = certificates(
-        &read(&tls.cert_file, "tls.cert_file", &mut h)?,
-        &tls.cert_file,
-    )?;
-    let key_bytes = read(&tls.key_file, "tls.key_file", &mut h)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_bytes)
-        .map_err(|e| format!("{} holds no PEM private key: {e}", tls.key_file.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("{}: unusable private key: {e}", tls.key_file.display()))?;
+    let chain = read(&tls.cert_file, &mut h)
+        .and_then(|bytes| certificates(&bytes, &tls.cert_file))
+        .map_err(cert_error)?;
+    let key_bytes = read(&tls.key_file, &mut h).map_err(key_error)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+        key_error(format!(
+            "{} holds no PEM private key: {e}",
+            tls.key_file.display()
+        ))
+    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
+        key_error(format!(
+            "{}: unusable private key: {e}",
+            tls.key_file.display()
+        ))
+    })?;
     let key = CertifiedKey::new(chain, signing);
     key.keys_match().map_err(|e| {
-        format!(
-            "{} does not match the certificate in {}: {e}",
+        key_error(format!(
+            "{} does not match the certificate in {} (tls.cert_file): {e}",
             tls.key_file.display(),
             tls.cert_file.display()
-        )
+        ))
     })?;
     let client_verifier = match &tls.client_ca_file {
+        Some(path) => Some(
+            read(path, &mut h)
+                .and_then(|bytes| client_verifier(&bytes, path))
+                .map_err(at("tls.client_ca_file", tls.lines.client_ca_file))?,
+        ),
         None => None,
-        Some(path) => Some(client_verifier(
-            &read(path, "tls.client_ca_file", &mut h)?,
-            path,
-        )?),
     };
     Ok(TlsMaterial {
         key: Arc::new(key),
@@ -286,6 +327,74 @@ mod tests {
 
     fn dns(name: &str) -> SanType {
         SanType::DnsName(name.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_file_that_does_not_load_is_reported_at_its_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |names: &[&str]| {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = pem(&["localhost"]);
+        let (_, other_key) = pem(&["localhost"]);
+        /// The certificate, key and CA files, by name and content.
+        type Files<'a> = [(&'a str, &'a str); 3];
+        let tls = |files: Files| {
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            Tls {
+                cert_file: dir.path().join("tls.crt"),
+                key_file: dir.path().join("tls.key"),
+                client_ca_file: Some(dir.path().join("ca.pem")),
+                trusted_client_names: Vec::new(),
+                lines: crate::config::TlsLines {
+                    cert_file: 11,
+                    key_file: 12,
+                    client_ca_file: 13,
+                },
+            }
+        };
+        let ok = [("tls.crt", &*cert), ("tls.key", &*key), ("ca.pem", &*cert)];
+        let material = load(&tls(ok)).unwrap();
+        assert!(material.client_verifier.is_some());
+        let cases: &[(Files, &str, usize, &str)] = &[
+            (
+                [ok[0], ("tls.key", &other_key), ok[2]],
+                "tls.key_file",
+                12,
+                "does not match the certificate",
+            ),
+            (
+                [ok[0], ("tls.key", "junk"), ok[2]],
+                "tls.key_file",
+                12,
+                "no PEM private key",
+            ),
+            (
+                [("tls.crt", ""), ok[1], ok[2]],
+                "tls.cert_file",
+                11,
+                "holds no certificate",
+            ),
+            (
+                [ok[0], ok[1], ("ca.pem", "junk")],
+                "tls.client_ca_file",
+                13,
+                "holds no certificate",
+            ),
+        ];
+        for (files, key, line, message) in cases {
+            let e = load(&tls(*files)).unwrap_err();
+            assert_eq!((e.key, e.line), (*key, *line), "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
     }
 
     #[test]
