@@ -17,6 +17,17 @@ const PAGE: &str = "<released-page></released-page>";
 
 /// An HTTPS client trusting `ca`, presenting `identity` if given.
 fn https_client(ca: &Ca, identity: Option<&Leaf>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(client_config(ca, identity))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// TLS for a client trusting `ca`, presenting `identity` if given; it keeps the sessions
+/// it is given for resumption (rustls' default in-memory store).
+fn client_config(ca: &Ca, identity: Option<&Leaf>) -> rustls::ClientConfig {
     released_sidecar::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
@@ -34,12 +45,7 @@ fn https_client(ca: &Ca, identity: Option<&Leaf>) -> reqwest::Client {
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    reqwest::Client::builder()
-        .no_proxy()
-        .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    config
 }
 
 /// The page (with the identity headers of `navigation`) and the headers the app saw.
@@ -207,6 +213,92 @@ async fn a_trusted_name_in_the_cn_does_not_count_beside_a_uri_or_ip_san() {
         .await
         .unwrap();
     assert_eq!(tokens_in(&page).len(), 1, "{page}");
+}
+
+/// A page load with identity headers over a new TLS connection made with `config`: how
+/// the handshake went (`None`: it failed) and everything read before the server closed.
+async fn page_over(
+    config: &Arc<rustls::ClientConfig>,
+    sidecar: &Sidecar,
+) -> (Option<rustls::HandshakeKind>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let tcp = tokio::net::TcpStream::connect(sidecar.listen)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return (None, String::new());
+    };
+    let kind = tls.get_ref().1.handshake_kind();
+    let request = "GET /page HTTP/1.1\r\nhost: localhost\r\naccept: text/html\r\n\
+                   sec-fetch-dest: document\r\nx-forwarded-user: alice\r\n\
+                   x-forwarded-email: alice@example.com\r\nconnection: close\r\n\r\n";
+    let mut out = Vec::new();
+    if tls.write_all(request.as_bytes()).await.is_ok() {
+        let mut buf = [0u8; 4096];
+        // Reading also takes in the session tickets the server sends after the handshake.
+        let read_all = async {
+            while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), read_all).await;
+    }
+    (kind, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_does_not_outlive_the_client_ca_it_was_verified_under() {
+    let (server_ca, ca_a, ca_b) = (Ca::new("server CA"), Ca::new("CA A"), Ca::new("CA B"));
+    let name = "oauth2-proxy.gateway.internal";
+    let (_upstream, standin, sidecar) = https_sidecar(
+        &server_ca,
+        &format!("  client_ca_file: gateway-ca.pem\n  trusted_client_names: [{name}]\n"),
+        &[("gateway-ca.pem", &ca_a.pem)],
+    )
+    .await;
+    // One client (one session store) with a certificate from CA A.
+    let gateway_a = Arc::new(client_config(&server_ca, Some(&ca_a.client(&[name], "gw"))));
+    let (kind, page) = page_over(&gateway_a, &sidecar).await;
+    assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+    assert_eq!(tokens_in(&page).len(), 1, "{page}");
+    let (kind, page) = page_over(&gateway_a, &sidecar).await;
+    assert_eq!(
+        kind,
+        Some(rustls::HandshakeKind::Resumed),
+        "resumption is on while the CA stays"
+    );
+    assert_eq!(
+        tokens_in(&page).len(),
+        1,
+        "a resumed session keeps its trust: {page}"
+    );
+    assert_eq!(standin.calls().len(), 2);
+
+    // The gateway CA is rotated: CA A's certificates are no longer trusted.
+    std::fs::write(sidecar.dir.path().join("gateway-ca.pem"), &ca_b.pem).unwrap();
+    let gateway_b = Arc::new(client_config(&server_ca, Some(&ca_b.client(&[name], "gw"))));
+    let rotated = eventually(Duration::from_secs(10), || async {
+        tokens_in(&page_over(&gateway_b, &sidecar).await.1).len() == 1
+    })
+    .await;
+    assert!(rotated, "CA B not in use:\n{}", sidecar.logs());
+    let calls = standin.calls().len();
+
+    // The client still holds a session from CA A's time and offers it: it must not
+    // resume, so CA A's certificate is checked again, and refused.
+    let (kind, page) = page_over(&gateway_a, &sidecar).await;
+    assert!(
+        tokens_in(&page).is_empty(),
+        "CA A's session still mints: {page}"
+    );
+    assert_eq!(standin.calls().len(), calls, "no call for CA A's session");
+    assert_ne!(
+        kind,
+        Some(rustls::HandshakeKind::Resumed),
+        "a session from before the rotation resumed"
+    );
 }
 
 /// The certificate the server presents to a new connection.

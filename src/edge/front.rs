@@ -1,4 +1,5 @@
-//! The client side of the proxy port before pingora's HTTP layer: the connection cap
+//! The client side of the proxy port before pingora's HTTP layer: the TLS handshake (with
+//! `tls`, through [`crate::edge::tls::accept`]), the connection cap
 //! (`limits.max_connections`), the request-head deadline (`timeouts.client_header`), the
 //! head size limits (414/431), and an access-log line plus a count for every request
 //! refused before the proxy logic runs.
@@ -47,6 +48,7 @@ use tokio::time::Sleep;
 use crate::metrics::Metrics;
 use crate::ops::live::Live;
 use crate::request::proxy::Sidecar;
+use crate::request::trust::ClientCert;
 
 /// The largest request head (request line and header fields) accepted, like Envoy's
 /// 60 KiB and above nginx's 32 KiB; a request line that alone exceeds it gets 414, other
@@ -61,29 +63,49 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// pingora's keep-alive idle limit between requests (the same as pingora's own loop).
 const KEEPALIVE_SECS: u64 = 60;
 
-/// The proxy service's application: pingora's HTTP proxy behind the head guard.
+/// The proxy service's application: the TLS handshake (with `tls`), then pingora's HTTP
+/// proxy behind the head guard.
 pub struct Front {
     proxy: Arc<HttpProxy<Sidecar>>,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     limit: Option<Arc<ConnectionLimit>>,
+    /// The port speaks HTTPS: fixed at start, like the listener (adding or removing `tls`
+    /// needs a restart).
+    tls: bool,
 }
 
 impl Front {
     /// Puts the guard in front of `proxy`; `limit` is the connection cap's filter, whose
-    /// slots are given back here when a connection ends.
+    /// slots are given back here when a connection ends. Connections are TLS when the
+    /// config at start has `tls`.
     pub fn new(
         proxy: Arc<HttpProxy<Sidecar>>,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
         limit: Option<Arc<ConnectionLimit>>,
     ) -> Self {
+        let tls = live.snapshot().tls.is_some();
         Self {
             proxy,
             live,
             metrics,
             limit,
+            tls,
         }
+    }
+
+    /// The TLS handshake with the material of the snapshot current now, within the head
+    /// deadline. `None`: it failed (counted and logged by `accept`), or `tls` was removed
+    /// by a reload and the port can serve nobody until a restart.
+    async fn handshake(&self, stream: Stream) -> Option<(Stream, Option<ClientCert>)> {
+        let snapshot = self.live.snapshot();
+        let Some(material) = snapshot.tls.as_ref() else {
+            tracing::debug!("closing a connection: `tls` was removed and needs a restart");
+            return None;
+        };
+        let limit = snapshot.config.timeouts.client_header;
+        crate::edge::tls::accept(material, stream, limit, &self.metrics).await
     }
 
     /// Logs and counts a head that pingora itself refused (its parser answered before any
@@ -112,6 +134,11 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (stream, client_cert) = if self.tls {
+            self.handshake(stream).await?
+        } else {
+            (stream, None)
+        };
         let _slot = Slot::take(self.limit.clone(), &self.metrics.connections).await;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 frames its own heads; pingora's connection loop serves it.
@@ -125,6 +152,7 @@ impl ServerApp for Front {
             Arc::clone(&self.metrics),
             deadline,
         );
+        guard.client_cert = client_cert;
         if !guard.first_head().await {
             return None;
         }
@@ -160,6 +188,16 @@ pub fn request_started(session: &mut Session) {
             guard.shared.claimed.store(true, Ordering::Release);
         }
     }
+}
+
+/// The verified client certificate of the connection `session` came on (HTTPS with
+/// `tls.client_ca_file`).
+pub fn client_cert(session: &Session) -> Option<&ClientCert> {
+    let ServerSession::H1(h1) = session.as_downstream() else {
+        return None;
+    };
+    let guard = (**h1.stream()).as_any().downcast_ref::<HeadGuard>()?;
+    guard.client_cert.as_ref()
 }
 
 /// One access-log line and the counters for a request answered before the proxy ran.
@@ -200,10 +238,10 @@ impl ConnectionLimit {
         }
     }
 
-    /// For a TLS listener: a connection whose handshake fails never reaches `Front`, so a
-    /// slot taken at accept would never come back. Slots are taken once the handshake is
-    /// done instead (connections still in their handshake are bounded by pingora's 60 s
-    /// handshake timeout, not by the cap).
+    /// For a TLS listener: slots are taken once the handshake is done (connections still
+    /// in their handshake are bounded by the handshake's deadline, `timeouts.client_header`,
+    /// not by the cap), so that clients stuck in or failing their handshake never keep
+    /// served ones waiting.
     pub fn after_handshake(mut self) -> Self {
         self.after_handshake = true;
         self
@@ -363,6 +401,8 @@ pub struct HeadGuard {
     /// The head deadline, or the lingering deadline while refusing.
     timer: Option<Pin<Box<Sleep>>>,
     started: Instant,
+    /// The client certificate verified in the connection's TLS handshake.
+    client_cert: Option<ClientCert>,
 }
 
 impl std::fmt::Debug for HeadGuard {
@@ -390,6 +430,7 @@ impl HeadGuard {
             watched: 0,
             timer: Some(Box::pin(tokio::time::sleep(limit))),
             started: Instant::now(),
+            client_cert: None,
         }
     }
 

@@ -1,41 +1,67 @@
-//! HTTPS on `listen` (the `tls` block): the certificate and key, loaded with each snapshot
-//! (so a rotated pair, a Kubernetes `..data` swap included, is used for new connections
-//! without a restart, and a broken pair keeps the old one), and client certificates,
-//! verified against `tls.client_ca_file` and turned into a [`ClientCert`] the trust
-//! boundary reads.
+//! HTTPS on `listen` (the `tls` block): the certificate, key and client CA, loaded with
+//! each snapshot into one rustls server config (so a rotated pair, a Kubernetes `..data`
+//! swap included, is used for new connections without a restart, and a broken pair keeps
+//! the old one); [`accept`], the handshake of each connection with the config of the
+//! snapshot current when it arrives; and [`certificate_names`], what a verified client
+//! certificate is called, for the trust boundary.
 //!
 //! A connection without a certificate is served (the app may have public pages) but is
 //! untrusted; a certificate that does not verify against the CA is refused at the
 //! handshake.
+//!
+//! Sessions resume (TLS 1.3 tickets, TLS 1.2 session IDs) only within one generation of
+//! material: each distinct set of certificate, key and CA bytes gets a session cache of its
+//! own, and a resumed session carries the client certificate that was verified under that
+//! same material. After a rotation of `tls.client_ca_file`, a session made under the old CA
+//! finds nothing to resume: the client makes a full handshake, and its certificate is
+//! verified against the new CA. pingora's TLS listener builds its rustls config itself,
+//! with one session cache for the life of the process that no reload can reach, so the
+//! proxy port listens in plain TCP and the handshake happens here.
 
-use std::any::Any;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
-use rustls::client::danger::HandshakeSignatureValid;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::{ConfigError, Tls};
 use crate::metrics::Metrics;
-use crate::ops::live::Live;
 use crate::request::trust::ClientCert;
+
+/// Sessions kept for resumption per generation of material (rustls' default is 256 per
+/// config; this one config serves every worker). An entry is a few hundred bytes plus the
+/// client's certificate chain.
+const SESSION_CACHE_ENTRIES: usize = 1024;
+/// The only protocol offered: the head guard and the proxy speak HTTP/1.1.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// What a snapshot loaded from the `tls` block.
 pub struct TlsMaterial {
-    /// The certificate chain and key served.
-    pub key: Arc<CertifiedKey>,
-    /// Verifies client certificates (only with `tls.client_ca_file`).
-    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The rustls config every handshake under this snapshot uses: certificate, key,
+    /// client verifier and this material's session cache.
+    pub server: Arc<ServerConfig>,
+    /// Whether client certificates are asked for (`tls.client_ca_file`).
+    pub client_certificates: bool,
     /// A digest of every byte loaded (for reload change detection).
     pub digest: u64,
 }
@@ -43,7 +69,7 @@ pub struct TlsMaterial {
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsMaterial")
-            .field("client_certificates", &self.client_verifier.is_some())
+            .field("client_certificates", &self.client_certificates)
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +121,8 @@ fn certificates(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
-/// Loads and checks the certificate, the key (they must match) and the client CA.
+/// Loads and checks the certificate, the key (they must match) and the client CA, and
+/// builds the server config for them.
 pub fn load(tls: &Tls) -> Result<TlsMaterial, TlsLoadError> {
     crate::install_crypto_provider();
     let at = |key: &'static str, line: usize| move |message| TlsLoadError { key, line, message };
@@ -126,7 +153,7 @@ pub fn load(tls: &Tls) -> Result<TlsMaterial, TlsLoadError> {
             tls.cert_file.display()
         ))
     })?;
-    let client_verifier = match &tls.client_ca_file {
+    let verifier = match &tls.client_ca_file {
         Some(path) => Some(
             read(path, &mut h)
                 .and_then(|bytes| client_verifier(&bytes, path))
@@ -134,11 +161,39 @@ pub fn load(tls: &Tls) -> Result<TlsMaterial, TlsLoadError> {
         ),
         None => None,
     };
+    let digest = h.finish();
+    let builder = ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ]);
+    let builder = match &verifier {
+        Some(v) => builder.with_client_cert_verifier(Arc::clone(v)),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(FixedCertificate(Arc::new(key))));
+    server.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    server.session_storage = sessions_for(digest);
     Ok(TlsMaterial {
-        key: Arc::new(key),
-        client_verifier,
-        digest: h.finish(),
+        server: Arc::new(server),
+        client_certificates: verifier.is_some(),
+        digest,
     })
+}
+
+/// The session cache of the material with `digest`: the one already in use when a reload
+/// left the material as it was (sessions survive config changes elsewhere), a new one
+/// when anything in it changed (no session outlives the CA or key it was made under).
+fn sessions_for(digest: u64) -> Arc<ServerSessionMemoryCache> {
+    static CURRENT: Mutex<Option<(u64, Arc<ServerSessionMemoryCache>)>> = Mutex::new(None);
+    let mut current = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
+    match current.as_ref() {
+        Some((d, cache)) if *d == digest => Arc::clone(cache),
+        _ => {
+            let cache = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+            *current = Some((digest, Arc::clone(&cache)));
+            cache
+        }
+    }
 }
 
 /// A verifier for certificates signed by the CA bundle in `bytes`; connections without a
@@ -187,129 +242,201 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     }
 }
 
-/// Serves the active snapshot's certificate to every handshake.
-pub struct LiveCertificate(pub Arc<Live>);
+/// Serves one certificate to every handshake, whatever the SNI.
+#[derive(Debug)]
+struct FixedCertificate(Arc<CertifiedKey>);
 
-impl std::fmt::Debug for LiveCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveCertificate")
-    }
-}
-
-impl ResolvesServerCert for LiveCertificate {
+impl ResolvesServerCert for FixedCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.snapshot().tls.as_ref().map(|t| Arc::clone(&t.key))
+        Some(Arc::clone(&self.0))
     }
 }
 
-/// Asks for and verifies client certificates with the active snapshot's CA (asks for none
-/// when the config has no `tls.client_ca_file`), counting refusals.
-pub struct LiveClientVerifier {
-    live: Arc<Live>,
-    metrics: Arc<Metrics>,
-}
-
-impl LiveClientVerifier {
-    /// A verifier following `live`.
-    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>) -> Self {
-        Self { live, metrics }
-    }
-}
-
-impl std::fmt::Debug for LiveClientVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveClientVerifier")
-    }
-}
-
-fn algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
-}
-
-impl ClientCertVerifier for LiveClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        let snapshot = self.live.snapshot();
-        snapshot
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_verifier.is_some())
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // The CA can change with a reload; clients with one certificate send it anyway.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let snapshot = self.live.snapshot();
-        let verifier = snapshot
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_verifier.as_ref());
-        let result = match verifier {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::General(
-                "client certificates are not configured".into(),
-            )),
-        };
-        if let Err(e) = &result {
-            self.metrics
-                .tls_handshakes
-                .with_label_values(&["bad_certificate"])
-                .inc();
-            tracing::info!(error = %e, "client certificate refused");
+/// Runs the TLS handshake of a new connection on `listen` with `material`, within `limit`,
+/// counting it. Returns the encrypted stream and its verified client certificate, or `None`
+/// when the handshake failed (logged; a refused certificate at info, the rest at debug:
+/// scanners and impatient clients are not an operator matter).
+pub async fn accept(
+    material: &TlsMaterial,
+    stream: Stream,
+    limit: Duration,
+    metrics: &Metrics,
+) -> Option<(Stream, Option<ClientCert>)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&material.server));
+    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let rustls_error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+            if let Some(e @ rustls::Error::InvalidCertificate(_)) = rustls_error {
+                metrics
+                    .tls_handshakes
+                    .with_label_values(&["bad_certificate"])
+                    .inc();
+                tracing::info!(error = %e, "client certificate refused");
+            } else {
+                tracing::debug!(error = %e, "TLS handshake failed");
+            }
+            return None;
         }
-        result
+        Err(_elapsed) => {
+            tracing::debug!(
+                limit_ms = limit.as_millis() as u64,
+                "TLS handshake not done in time"
+            );
+            return None;
+        }
+    };
+    metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+    let connection = TlsConnection::new(tls);
+    let cert = connection.leaf().map(|der| ClientCert {
+        names: certificate_names(der),
+    });
+    Some((Box::new(connection), cert))
+}
+
+/// A connection on `listen` after its handshake, as pingora's HTTP layer reads it.
+pub struct TlsConnection {
+    inner: tokio_rustls::server::TlsStream<Stream>,
+    digest: Arc<SslDigest>,
+}
+
+impl TlsConnection {
+    fn new(inner: tokio_rustls::server::TlsStream<Stream>) -> Self {
+        let session = inner.get_ref().1;
+        let name = |s: Option<&'static str>| s.unwrap_or_default();
+        let cert_digest = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|leaf| Sha256::digest(leaf).to_vec())
+            .unwrap_or_default();
+        let digest = SslDigest::new(
+            name(
+                session
+                    .negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str()),
+            ),
+            name(session.protocol_version().and_then(|v| v.as_str())),
+            None,
+            None,
+            cert_digest,
+        );
+        Self {
+            inner,
+            digest: Arc::new(digest),
+        }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
+    /// The client's certificate, verified under this connection's material (in a full
+    /// handshake, or in the one its resumed session started with).
+    fn leaf(&self) -> Option<&[u8]> {
+        let certs = self.inner.get_ref().1.peer_certificates()?;
+        certs.first().map(|c| c.as_ref())
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+    fn l4(&self) -> &Stream {
+        self.inner.get_ref().0
     }
 }
 
-/// After each handshake: counts it and hands the verified client certificate's names to
-/// the request path (in the connection's TLS digest).
-pub struct Handshakes(pub Arc<Metrics>);
+impl std::fmt::Debug for TlsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnection")
+            .field("l4", self.l4())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 #[async_trait]
-impl TlsAccept for Handshakes {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
-        self.0.tls_handshakes.with_label_values(&["ok"]).inc();
-        let der = tls.peer_certificate_der()?;
-        Some(Arc::new(ClientCert {
-            names: certificate_names(der),
-        }))
+impl Shutdown for TlsConnection {
+    async fn shutdown(&mut self) {
+        // close_notify, then the TCP write side.
+        if let Err(e) = AsyncWriteExt::shutdown(&mut self.inner).await {
+            tracing::debug!(error = %e, "TLS shutdown failed");
+        }
     }
+}
+
+impl UniqueID for TlsConnection {
+    fn id(&self) -> UniqueIDType {
+        self.l4().id()
+    }
+}
+
+impl Ssl for TlsConnection {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        Some(Arc::clone(&self.digest))
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        (self.inner.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1)).then_some(ALPN::H1)
+    }
+}
+
+impl GetTimingDigest for TlsConnection {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.l4().get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.l4().get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.l4().get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for TlsConnection {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.l4().get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.get_mut().0.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for TlsConnection {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.l4().get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.get_mut().0.set_socket_digest(socket_digest);
+    }
+}
+
+#[async_trait]
+impl Peek for TlsConnection {
+    // Peeking would see ciphertext; pingora falls back to reading.
 }
 
 #[cfg(test)]
@@ -363,7 +490,7 @@ mod tests {
         };
         let ok = [("tls.crt", &*cert), ("tls.key", &*key), ("ca.pem", &*cert)];
         let material = load(&tls(ok)).unwrap();
-        assert!(material.client_verifier.is_some());
+        assert!(material.client_certificates);
         let cases: &[(Files, &str, usize, &str)] = &[
             (
                 [ok[0], ("tls.key", &other_key), ok[2]],

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{
     L4BufferSettings, ListenerConfig, TcpSocketOptions, DEFAULT_L4_WRITE_BUFFER_SIZE,
 };
-use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -154,9 +152,6 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
             options.so_reuseport = Some(true);
             listener = listener.tcp_socket_options(options);
         }
-        if config.tls.is_some() {
-            listener = listener.tls(live_tls(&live, &metrics)?);
-        }
         let mut proxy = Service::new(
             format!("released-sidecar proxy {worker}"),
             Front::new(
@@ -207,23 +202,6 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     tracing::info!("shutdown complete");
     crate::logging::flush();
     std::process::exit(0)
-}
-
-/// TLS for the proxy port: the certificate and the client CA come from the live snapshot
-/// at each handshake, so rotations need no restart.
-fn live_tls(live: &Arc<Live>, metrics: &Arc<Metrics>) -> Result<TlsSettings, StartError> {
-    let mut tls =
-        TlsSettings::with_callbacks(Box::new(crate::edge::tls::Handshakes(Arc::clone(metrics))))
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    tls.set_cert_resolver(Arc::new(crate::edge::tls::LiveCertificate(Arc::clone(
-        live,
-    ))));
-    tls.set_client_cert_verifier(Arc::new(crate::edge::tls::LiveClientVerifier::new(
-        Arc::clone(live),
-        Arc::clone(metrics),
-    )));
-    tls.set_alpn(ALPN::H1);
-    Ok(tls)
 }
 
 /// The address worker `worker` listens on, spelled so that each worker's socket has its

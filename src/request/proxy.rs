@@ -680,12 +680,7 @@ impl Sidecar {
 
 /// The verified client certificate of the connection (HTTPS with `tls.client_ca_file`).
 pub fn client_cert(session: &Session) -> Option<&ClientCert> {
-    session
-        .digest()?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<ClientCert>()
+    crate::edge::front::client_cert(session)
 }
 
 /// Why a token still in flight when the request ends will never be used.
