@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http::header::HeaderMap;
 use http::Method;
 
-use released_sidecar::config::{Config, LoadOptions};
+use released_sidecar::config::{Config, ConfigErrors, LoadOptions};
 use released_sidecar::ops::explain::{explain, parse_header, read_client_cert, ExplainRequest};
 
 /// Where the config is looked for when neither --config nor RELEASED_SIDECAR_CONFIG is set.
@@ -117,7 +117,11 @@ fn main() -> ExitCode {
                     // key is a secret, so not with --skip-secrets).
                     let tls = c.tls.as_ref().filter(|_| !skip_secrets);
                     if let Some(Err(e)) = tls.map(released_sidecar::edge::tls::load) {
-                        eprintln!("{}: tls: {e}", config.config.display());
+                        let errors = ConfigErrors {
+                            source: config.config.display().to_string(),
+                            errors: vec![e.into()],
+                        };
+                        eprint!("{errors}");
                         return ExitCode::FAILURE;
                     }
                     println!("{}", c.summary());

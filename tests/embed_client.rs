@@ -37,6 +37,13 @@ fn with(mut headers: HeaderMap, name: &'static str, value: &str) -> HeaderMap {
     headers
 }
 
+fn without(mut headers: HeaderMap, names: &[&'static str]) -> HeaderMap {
+    for name in names {
+        headers.remove(*name);
+    }
+    headers
+}
+
 struct Answer {
     status: u16,
     headers: HeaderMap,
@@ -157,6 +164,52 @@ async fn refusals_make_no_released_call() {
     assert!(upstream.seen().is_empty());
     // The page's route decides, not the endpoint's own path.
     assert_eq!(call(&sidecar, Method::GET, ok()).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_provably_same_origin_script_mints() {
+    let (_u, standin, sidecar) = start(ON).await;
+    let fetch_metadata = ["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"];
+    // A browser without Fetch Metadata (Safari before 16.4, Chrome before 76, Firefox
+    // before 90) sends only what it always sent.
+    let old_browser = without(script_fetch(&sidecar, "alice"), &fetch_metadata);
+    let refused: Vec<(&str, HeaderMap)> = vec![
+        (
+            "an old browser's <img> on another site: a foreign Referer only",
+            with(
+                without(old_browser.clone(), &["origin"]),
+                "referer",
+                "http://evil.example/page",
+            ),
+        ),
+        (
+            "a same-origin Referer alone proves nothing",
+            without(old_browser.clone(), &["origin"]),
+        ),
+        (
+            "curl: no Origin, no Sec-Fetch-Site, no Referer",
+            without(old_browser.clone(), &["origin", "referer"]),
+        ),
+    ];
+    for (why, headers) in refused {
+        let r = call(&sidecar, Method::GET, headers).await;
+        assert_eq!(r.status, 403, "{why}: {}", r.json);
+        assert!(r.json["error"].is_string(), "{why}");
+    }
+    assert!(standin.calls().is_empty(), "no call for any refusal");
+
+    let minted: Vec<(&str, HeaderMap)> = vec![
+        ("an old browser's fetch carrying our Origin", old_browser),
+        (
+            "a current browser's same-origin GET (no Origin)",
+            without(script_fetch(&sidecar, "alice"), &["origin"]),
+        ),
+    ];
+    for (n, (why, headers)) in minted.into_iter().enumerate() {
+        let r = call(&sidecar, Method::GET, headers).await;
+        assert_eq!(r.status, 200, "{why}: {}", r.json);
+        assert_eq!(standin.calls().len(), n + 1, "{why}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

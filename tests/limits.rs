@@ -364,3 +364,74 @@ async fn a_page_that_multiplies_into_gigabytes_streams_in_bounded_memory() {
             .await
     );
 }
+
+/// A head of `size` bytes (request line, 1 KiB fields, the blank line) that the sidecar
+/// accepts whole.
+fn head_of(size: usize) -> Vec<u8> {
+    let mut head = b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n".to_vec();
+    let mut i = 0;
+    while size - head.len() - 2 > 1024 + 16 {
+        head.extend_from_slice(format!("x-pad-{i:03}: {}\r\n", "p".repeat(1024)).as_bytes());
+        i += 1;
+    }
+    let last = size - head.len() - 2 - "x-last: \r\n".len();
+    head.extend_from_slice(format!("x-last: {}\r\n\r\n", "l".repeat(last)).as_bytes());
+    assert_eq!(head.len(), size);
+    head
+}
+
+#[tokio::test]
+async fn a_maximum_size_head_trickled_byte_by_byte_costs_cpu_linear_in_its_size() {
+    let size = released_sidecar::edge::front::MAX_HEAD_BYTES;
+    let head = head_of(size);
+    let (upstream, _standin, sidecar) =
+        support::start(|_| Reply::with(200, "text/plain", "ok")).await;
+    let mut tcp = connect(sidecar.listen).await;
+    tcp.set_nodelay(true).unwrap();
+    // The readiness probes are done: what the sidecar uses from here is this client's.
+    assert!(
+        sidecar
+            .wait_for_metric("released_sidecar_client_connections", |v| v == 1.0)
+            .await
+    );
+    let idle = {
+        let (cpu, wall) = (sidecar.cpu_seconds(), std::time::Instant::now());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (sidecar.cpu_seconds() - cpu) / wall.elapsed().as_secs_f64()
+    };
+
+    // One TCP segment per byte, in bursts with a pause after each, so that the sidecar
+    // reads the head a few bytes at a time, as it would from a slow client. The CPU it
+    // uses is measured for each half of the head (above what it uses idle): the second
+    // half costs what the first did when each read is scanned once, three times the scan
+    // of the first when every read rescans all that is held.
+    const BURST: usize = 32;
+    let (body, end) = head.split_at(size - BURST);
+    let mut halves = Vec::new();
+    for half in body.chunks(body.len().div_ceil(2)) {
+        let (cpu, wall) = (sidecar.cpu_seconds(), std::time::Instant::now());
+        for burst in half.chunks(BURST) {
+            for byte in burst {
+                tcp.write_all(std::slice::from_ref(byte)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        halves.push(sidecar.cpu_seconds() - cpu - idle * wall.elapsed().as_secs_f64());
+    }
+    tcp.write_all(end).await.unwrap();
+    let text = read_until_close(&mut tcp, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&text), [200], "{text}");
+    assert_eq!(upstream.seen().len(), 1);
+
+    let (first, second) = (halves[0], halves[1]);
+    eprintln!(
+        "{size}-byte head in 1-byte writes: first half {first:.3} s of CPU, second half \
+         {second:.3} s (idle: {idle:.3} s/s)"
+    );
+    // 20 ms: the clock-tick granularity of /proc/<pid>/stat, twice.
+    assert!(
+        second < first * 1.5 + 0.02,
+        "the second half of the head cost {second:.3} s of CPU, the first {first:.3} s: \
+         the head guard rescans what it holds"
+    );
+}

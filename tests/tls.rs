@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rcgen::SanType;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::pki::{Ca, Leaf};
@@ -16,6 +17,17 @@ const PAGE: &str = "<released-page></released-page>";
 
 /// An HTTPS client trusting `ca`, presenting `identity` if given.
 fn https_client(ca: &Ca, identity: Option<&Leaf>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(client_config(ca, identity))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// TLS for a client trusting `ca`, presenting `identity` if given; it keeps the sessions
+/// it is given for resumption (rustls' default in-memory store).
+fn client_config(ca: &Ca, identity: Option<&Leaf>) -> rustls::ClientConfig {
     released_sidecar::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
@@ -33,12 +45,7 @@ fn https_client(ca: &Ca, identity: Option<&Leaf>) -> reqwest::Client {
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    reqwest::Client::builder()
-        .no_proxy()
-        .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    config
 }
 
 /// The page (with the identity headers of `navigation`) and the headers the app saw.
@@ -175,6 +182,123 @@ async fn with_a_client_ca_only_a_trusted_gateway_certificate_mints_a_token() {
             assert!(v >= at_least, "{series} = {v}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_name_in_the_cn_does_not_count_beside_a_uri_or_ip_san() {
+    let (server_ca, gateway_ca) = (Ca::new("server CA"), Ca::new("gateway CA"));
+    let (_upstream, standin, sidecar) = https_sidecar(
+        &server_ca,
+        "  client_ca_file: gateway-ca.pem\n  trusted_client_names: [oauth2-proxy.gateway.internal]\n",
+        &[("gateway-ca.pem", &gateway_ca.pem)],
+    )
+    .await;
+    let name = "oauth2-proxy.gateway.internal";
+    // RFC 6125 §6.4.4: a certificate with any subject alternative name is named by those
+    // alone; these name a workload and a host, not the gateway in their CN.
+    let uri = SanType::URI("spiffe://gateway.internal/laptop".try_into().unwrap());
+    let ip = SanType::IpAddress("10.1.2.3".parse().unwrap());
+    for (why, sans) in [("a URI SAN", vec![uri]), ("an IP SAN", vec![ip])] {
+        let leaf = gateway_ca.client_with_sans(sans, name);
+        let (page, echo) = load(&https_client(&server_ca, Some(&leaf)), &sidecar)
+            .await
+            .unwrap();
+        assert_eq!(page, PAGE, "{why}: served, untrusted");
+        assert!(!echo.contains("x-forwarded-user"), "{why}: {echo}");
+    }
+    assert!(standin.calls().is_empty());
+    // With no subject alternative name at all, the CN names the certificate.
+    let cn_only = gateway_ca.client(&[], name);
+    let (page, _) = load(&https_client(&server_ca, Some(&cn_only)), &sidecar)
+        .await
+        .unwrap();
+    assert_eq!(tokens_in(&page).len(), 1, "{page}");
+}
+
+/// A page load with identity headers over a new TLS connection made with `config`: how
+/// the handshake went (`None`: it failed) and everything read before the server closed.
+async fn page_over(
+    config: &Arc<rustls::ClientConfig>,
+    sidecar: &Sidecar,
+) -> (Option<rustls::HandshakeKind>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let tcp = tokio::net::TcpStream::connect(sidecar.listen)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return (None, String::new());
+    };
+    let kind = tls.get_ref().1.handshake_kind();
+    let request = "GET /page HTTP/1.1\r\nhost: localhost\r\naccept: text/html\r\n\
+                   sec-fetch-dest: document\r\nx-forwarded-user: alice\r\n\
+                   x-forwarded-email: alice@example.com\r\nconnection: close\r\n\r\n";
+    let mut out = Vec::new();
+    if tls.write_all(request.as_bytes()).await.is_ok() {
+        let mut buf = [0u8; 4096];
+        // Reading also takes in the session tickets the server sends after the handshake.
+        let read_all = async {
+            while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), read_all).await;
+    }
+    (kind, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_does_not_outlive_the_client_ca_it_was_verified_under() {
+    let (server_ca, ca_a, ca_b) = (Ca::new("server CA"), Ca::new("CA A"), Ca::new("CA B"));
+    let name = "oauth2-proxy.gateway.internal";
+    let (_upstream, standin, sidecar) = https_sidecar(
+        &server_ca,
+        &format!("  client_ca_file: gateway-ca.pem\n  trusted_client_names: [{name}]\n"),
+        &[("gateway-ca.pem", &ca_a.pem)],
+    )
+    .await;
+    // One client (one session store) with a certificate from CA A.
+    let gateway_a = Arc::new(client_config(&server_ca, Some(&ca_a.client(&[name], "gw"))));
+    let (kind, page) = page_over(&gateway_a, &sidecar).await;
+    assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+    assert_eq!(tokens_in(&page).len(), 1, "{page}");
+    let (kind, page) = page_over(&gateway_a, &sidecar).await;
+    assert_eq!(
+        kind,
+        Some(rustls::HandshakeKind::Resumed),
+        "resumption is on while the CA stays"
+    );
+    assert_eq!(
+        tokens_in(&page).len(),
+        1,
+        "a resumed session keeps its trust: {page}"
+    );
+    assert_eq!(standin.calls().len(), 2);
+
+    // The gateway CA is rotated: CA A's certificates are no longer trusted.
+    std::fs::write(sidecar.dir.path().join("gateway-ca.pem"), &ca_b.pem).unwrap();
+    let gateway_b = Arc::new(client_config(&server_ca, Some(&ca_b.client(&[name], "gw"))));
+    let rotated = eventually(Duration::from_secs(10), || async {
+        tokens_in(&page_over(&gateway_b, &sidecar).await.1).len() == 1
+    })
+    .await;
+    assert!(rotated, "CA B not in use:\n{}", sidecar.logs());
+    let calls = standin.calls().len();
+
+    // The client still holds a session from CA A's time and offers it: it must not
+    // resume, so CA A's certificate is checked again, and refused.
+    let (kind, page) = page_over(&gateway_a, &sidecar).await;
+    assert!(
+        tokens_in(&page).is_empty(),
+        "CA A's session still mints: {page}"
+    );
+    assert_eq!(standin.calls().len(), calls, "no call for CA A's session");
+    assert_ne!(
+        kind,
+        Some(rustls::HandshakeKind::Resumed),
+        "a session from before the rotation resumed"
+    );
 }
 
 /// The certificate the server presents to a new connection.
@@ -356,8 +480,10 @@ fn explain_shows_the_trust_decision_for_a_client_certificate() {
     let out = check();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Like every config error: the file, the line and the key that names the key file.
     assert!(
-        stderr.contains("does not match the certificate"),
+        stderr.contains("config.yaml:6: tls.key_file: ")
+            && stderr.contains("does not match the certificate"),
         "{stderr}"
     );
 }

@@ -31,7 +31,7 @@ use crate::token::released::{ReleasedSettings, SecretSource, DEFAULT_API_URL, DE
 use crate::token::secret::Secret;
 pub use decode::parse_duration;
 pub use embed::{ClientEmbed, RateLimit};
-pub use tls::Tls;
+pub use tls::{Tls, TlsLines};
 
 use decode::{join, Decoder, Fields};
 use identity::PartialIdentity;

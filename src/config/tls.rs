@@ -17,9 +17,22 @@ pub struct Tls {
     /// When set: client certificates are requested and verified against this CA bundle,
     /// and only a verified certificate makes a peer trusted.
     pub client_ca_file: Option<PathBuf>,
-    /// DNS names (SAN, else CN) a verified certificate must carry to be trusted; empty:
-    /// any certificate the CA signed.
+    /// DNS names a verified certificate must carry to be trusted (its DNS SANs; its CN only
+    /// without any SAN); empty: any certificate the CA signed.
     pub trusted_client_names: Vec<String>,
+    /// Where each file is named in the config, for errors found when the files are loaded.
+    pub lines: TlsLines,
+}
+
+/// The YAML lines of the `tls` file keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsLines {
+    /// `tls.cert_file`.
+    pub cert_file: usize,
+    /// `tls.key_file`.
+    pub key_file: usize,
+    /// `tls.client_ca_file` (the `tls` block's line when it is not set).
+    pub client_ca_file: usize,
 }
 
 impl Schema<'_, '_> {
@@ -74,9 +87,15 @@ impl Schema<'_, '_> {
             }
             None => Vec::new(),
         };
+        let line = |key: &str| fields.get(key).map_or(fields.line, |n| n.line);
         Some(Tls {
             cert_file: cert_file?,
             key_file: key_file?,
+            lines: TlsLines {
+                cert_file: line("cert_file"),
+                key_file: line("key_file"),
+                client_ca_file: line("client_ca_file"),
+            },
             client_ca_file,
             trusted_client_names,
         })

@@ -1,4 +1,5 @@
-//! The client side of the proxy port before pingora's HTTP layer: the connection cap
+//! The client side of the proxy port before pingora's HTTP layer: the TLS handshake (with
+//! `tls`, through [`crate::edge::tls::accept`]), the connection cap
 //! (`limits.max_connections`), the request-head deadline (`timeouts.client_header`), the
 //! head size limits (414/431), and an access-log line plus a count for every request
 //! refused before the proxy logic runs.
@@ -47,6 +48,7 @@ use tokio::time::Sleep;
 use crate::metrics::Metrics;
 use crate::ops::live::Live;
 use crate::request::proxy::Sidecar;
+use crate::request::trust::ClientCert;
 
 /// The largest request head (request line and header fields) accepted, like Envoy's
 /// 60 KiB and above nginx's 32 KiB; a request line that alone exceeds it gets 414, other
@@ -61,29 +63,49 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// pingora's keep-alive idle limit between requests (the same as pingora's own loop).
 const KEEPALIVE_SECS: u64 = 60;
 
-/// The proxy service's application: pingora's HTTP proxy behind the head guard.
+/// The proxy service's application: the TLS handshake (with `tls`), then pingora's HTTP
+/// proxy behind the head guard.
 pub struct Front {
     proxy: Arc<HttpProxy<Sidecar>>,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     limit: Option<Arc<ConnectionLimit>>,
+    /// The port speaks HTTPS: fixed at start, like the listener (adding or removing `tls`
+    /// needs a restart).
+    tls: bool,
 }
 
 impl Front {
     /// Puts the guard in front of `proxy`; `limit` is the connection cap's filter, whose
-    /// slots are given back here when a connection ends.
+    /// slots are given back here when a connection ends. Connections are TLS when the
+    /// config at start has `tls`.
     pub fn new(
         proxy: Arc<HttpProxy<Sidecar>>,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
         limit: Option<Arc<ConnectionLimit>>,
     ) -> Self {
+        let tls = live.snapshot().tls.is_some();
         Self {
             proxy,
             live,
             metrics,
             limit,
+            tls,
         }
+    }
+
+    /// The TLS handshake with the material of the snapshot current now, within the head
+    /// deadline. `None`: it failed (counted and logged by `accept`), or `tls` was removed
+    /// by a reload and the port can serve nobody until a restart.
+    async fn handshake(&self, stream: Stream) -> Option<(Stream, Option<ClientCert>)> {
+        let snapshot = self.live.snapshot();
+        let Some(material) = snapshot.tls.as_ref() else {
+            tracing::debug!("closing a connection: `tls` was removed and needs a restart");
+            return None;
+        };
+        let limit = snapshot.config.timeouts.client_header;
+        crate::edge::tls::accept(material, stream, limit, &self.metrics).await
     }
 
     /// Logs and counts a head that pingora itself refused (its parser answered before any
@@ -112,6 +134,11 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (stream, client_cert) = if self.tls {
+            self.handshake(stream).await?
+        } else {
+            (stream, None)
+        };
         let _slot = Slot::take(self.limit.clone(), &self.metrics.connections).await;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 frames its own heads; pingora's connection loop serves it.
@@ -125,6 +152,7 @@ impl ServerApp for Front {
             Arc::clone(&self.metrics),
             deadline,
         );
+        guard.client_cert = client_cert;
         if !guard.first_head().await {
             return None;
         }
@@ -160,6 +188,16 @@ pub fn request_started(session: &mut Session) {
             guard.shared.claimed.store(true, Ordering::Release);
         }
     }
+}
+
+/// The verified client certificate of the connection `session` came on (HTTPS with
+/// `tls.client_ca_file`).
+pub fn client_cert(session: &Session) -> Option<&ClientCert> {
+    let ServerSession::H1(h1) = session.as_downstream() else {
+        return None;
+    };
+    let guard = (**h1.stream()).as_any().downcast_ref::<HeadGuard>()?;
+    guard.client_cert.as_ref()
 }
 
 /// One access-log line and the counters for a request answered before the proxy ran.
@@ -200,10 +238,10 @@ impl ConnectionLimit {
         }
     }
 
-    /// For a TLS listener: a connection whose handshake fails never reaches `Front`, so a
-    /// slot taken at accept would never come back. Slots are taken once the handshake is
-    /// done instead (connections still in their handshake are bounded by pingora's 60 s
-    /// handshake timeout, not by the cap).
+    /// For a TLS listener: slots are taken once the handshake is done (connections still
+    /// in their handshake are bounded by the handshake's deadline, `timeouts.client_header`,
+    /// not by the cap), so that clients stuck in or failing their handshake never keep
+    /// served ones waiting.
     pub fn after_handshake(mut self) -> Self {
         self.after_handshake = true;
         self
@@ -356,11 +394,15 @@ pub struct HeadGuard {
     generation: u64,
     /// Head bytes read but not yet given to pingora.
     held: BytesMut,
+    /// How much of `held` was searched for the end of the head.
+    scan: HeadScan,
     /// Bytes let through since the head was expected (to bound a `Watching` head).
     watched: usize,
     /// The head deadline, or the lingering deadline while refusing.
     timer: Option<Pin<Box<Sleep>>>,
     started: Instant,
+    /// The client certificate verified in the connection's TLS handshake.
+    client_cert: Option<ClientCert>,
 }
 
 impl std::fmt::Debug for HeadGuard {
@@ -384,9 +426,11 @@ impl HeadGuard {
             phase: Phase::Holding,
             generation: 0,
             held: BytesMut::new(),
+            scan: HeadScan::default(),
             watched: 0,
             timer: Some(Box::pin(tokio::time::sleep(limit))),
             started: Instant::now(),
+            client_cert: None,
         }
     }
 
@@ -424,6 +468,7 @@ impl HeadGuard {
                 Phase::Passing | Phase::Watching | Phase::Holding
             ) {
                 self.phase = Phase::Holding;
+                self.scan = HeadScan::default();
                 self.watched = 0;
                 self.timer = None;
                 self.started = Instant::now();
@@ -512,7 +557,7 @@ impl HeadGuard {
                 return Poll::Ready(Ok(()));
             }
             self.start_clock();
-            match head_state(&self.held) {
+            match self.scan.state(&self.held) {
                 HeadState::Partial if self.held.len() > MAX_HEAD_BYTES => {
                     self.refuse(oversize(&self.held));
                     return Poll::Ready(Ok(()));
@@ -606,20 +651,37 @@ enum HeadState {
     Tail,
 }
 
-fn head_state(held: &[u8]) -> HeadState {
-    if matches!(held.first(), Some(b'\r' | b'\n')) {
-        return HeadState::Tail;
-    }
-    let ends = memchr::memmem::find(held, b"\n\r\n").is_some()
-        || memchr::memmem::find(held, b"\n\n").is_some();
-    if !ends {
-        return HeadState::Partial;
-    }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut fields).parse(held) {
-        Err(httparse::Error::TooManyHeaders) => HeadState::TooManyFields,
-        // Anything else, valid or not, is pingora's to judge and answer.
-        _ => HeadState::Complete,
+/// Where the search for the end of a held head resumes: a head trickled in tiny reads must
+/// cost linear time, not a rescan of everything held after each read.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes of `held` already searched for a line break that ends the head.
+    scanned: usize,
+}
+
+impl HeadScan {
+    /// How far `held` has come, looking only at bytes added since the last call (and the
+    /// last two before them: an end of head may be split across reads, `\n` | `\r\n`).
+    /// Asked again only while it answers `Partial`, with `held` grown at its end.
+    fn state(&mut self, held: &[u8]) -> HeadState {
+        if matches!(held.first(), Some(b'\r' | b'\n')) {
+            return HeadState::Tail;
+        }
+        let from = self.scanned.saturating_sub(2).min(held.len());
+        self.scanned = held.len();
+        let ends = memchr::memchr_iter(b'\n', &held[from..]).any(|i| {
+            let after = &held[from + i + 1..];
+            after.starts_with(b"\n") || after.starts_with(b"\r\n")
+        });
+        if !ends {
+            return HeadState::Partial;
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Request::new(&mut fields).parse(held) {
+            Err(httparse::Error::TooManyHeaders) => HeadState::TooManyFields,
+            // Anything else, valid or not, is pingora's to judge and answer.
+            _ => HeadState::Complete,
+        }
     }
 }
 
@@ -801,11 +863,54 @@ mod tests {
         ];
         for (head, want) in cases {
             assert_eq!(
-                head_state(head),
+                HeadScan::default().state(head),
                 *want,
                 "{:?}",
                 String::from_utf8_lossy(head)
             );
+        }
+    }
+
+    /// What a fresh scanner says of `held` in one go.
+    fn at_once(held: &[u8]) -> HeadState {
+        HeadScan::default().state(held)
+    }
+
+    #[test]
+    fn a_head_read_in_pieces_is_judged_as_if_read_whole() {
+        let many: String = (0..300).map(|i| format!("x{i}: y\r\n")).collect();
+        let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA: \n\r\r\nB: c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+            too_many.as_bytes(),
+        ];
+        for head in heads {
+            let name = String::from_utf8_lossy(head);
+            // One byte per read: every prefix gets the answer it would get whole, until
+            // the first answer that ends the holding.
+            let mut scan = HeadScan::default();
+            for end in 0..=head.len() {
+                let got = scan.state(&head[..end]);
+                assert_eq!(got, at_once(&head[..end]), "{name:?} at {end}");
+                if got != HeadState::Partial {
+                    break;
+                }
+            }
+            // Two reads, split at every point (a line break split from what follows).
+            for split in 0..=head.len() {
+                let mut scan = HeadScan::default();
+                let first = scan.state(&head[..split]);
+                assert_eq!(first, at_once(&head[..split]), "{name:?} split at {split}");
+                if first == HeadState::Partial {
+                    assert_eq!(scan.state(head), at_once(head), "{name:?} split at {split}");
+                }
+            }
         }
     }
 

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -45,9 +43,6 @@ pub enum StartError {
     /// The token client could not be built.
     #[error("cannot build the token API client: {0}")]
     Client(#[from] reqwest::Error),
-    /// The TLS listener could not be set up.
-    #[error("cannot set up TLS on listen: {0}")]
-    Tls(String),
     /// The file watcher could not start.
     #[error("cannot watch the config files: {0}")]
     Watch(#[from] notify::Error),
@@ -156,11 +151,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         // pingora gives every connection a 64 KiB read buffer by default, most of an idle
         // connection's cost; its HTTP reader and the head guard read into buffers of
         // their own, so the proxy port reads unbuffered.
-        let mut listener = ListenerConfig::tcp(key)
+        let listener = ListenerConfig::tcp(key)
             .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
-        if config.tls.is_some() {
-            listener = listener.tls(live_tls(&live, &metrics)?);
-        }
         let mut proxy = Service::new(
             format!("released-sidecar proxy {worker}"),
             Front::new(
@@ -227,23 +219,6 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     tracing::info!("shutdown complete");
     crate::logging::flush();
     std::process::exit(0)
-}
-
-/// TLS for the proxy port: the certificate and the client CA come from the live snapshot
-/// at each handshake, so rotations need no restart.
-fn live_tls(live: &Arc<Live>, metrics: &Arc<Metrics>) -> Result<TlsSettings, StartError> {
-    let mut tls =
-        TlsSettings::with_callbacks(Box::new(crate::edge::tls::Handshakes(Arc::clone(metrics))))
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    tls.set_cert_resolver(Arc::new(crate::edge::tls::LiveCertificate(Arc::clone(
-        live,
-    ))));
-    tls.set_client_cert_verifier(Arc::new(crate::edge::tls::LiveClientVerifier::new(
-        Arc::clone(live),
-        Arc::clone(metrics),
-    )));
-    tls.set_alpn(ALPN::H1);
-    Ok(tls)
 }
 
 /// The address worker `worker` listens on, spelled so that each worker's socket has its

@@ -351,21 +351,29 @@ fn own_origin(
     Some(format!("{scheme}://{host}"))
 }
 
-/// Refuses what a browser marks as cross-site or as a navigation (a typed-in URL), and an
-/// `Origin` other than our own. A request with neither header (curl, an old browser's
-/// plain GET) passes: it cannot read the answer across origins anyway.
+/// Lets through only what is provably a same-origin script: `Sec-Fetch-Site:
+/// same-origin`, or, from a browser that sends no `Sec-Fetch-Site`, an `Origin` equal to our
+/// own. A navigation (a typed-in URL) and an `Origin` other than our own are refused even
+/// then. A request with neither header (curl, an older browser's `<img>` or `<script>` on
+/// another site) is refused too: it cannot read the answer, but it would cost a Released
+/// call and the user's rate budget.
 fn same_origin_request(headers: &HeaderMap, origin: Option<&str>) -> Result<(), &'static str> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if value("sec-fetch-mode").is_some_and(|m| m.eq_ignore_ascii_case("navigate")) {
         return Err("the token endpoint is for scripts, not for navigation");
     }
-    if value("sec-fetch-site").is_some_and(|s| !s.eq_ignore_ascii_case("same-origin")) {
+    let site = value("sec-fetch-site");
+    if site.is_some_and(|s| !s.eq_ignore_ascii_case("same-origin")) {
         return Err("cross-site request");
     }
-    if let Some(sent) = value("origin") {
+    let sent = value("origin");
+    if let Some(sent) = sent {
         if Some(sent.trim().to_ascii_lowercase()).as_deref() != origin {
             return Err("cross-origin request");
         }
+    }
+    if site.is_none() && sent.is_none() {
+        return Err("neither Sec-Fetch-Site nor Origin: not a same-origin script");
     }
     Ok(())
 }
@@ -464,7 +472,6 @@ mod tests {
     fn cross_site_and_navigation_requests_are_refused() {
         let own = Some("https://app.example.com");
         let cases: &[(&[(&str, &str)], bool)] = &[
-            (&[], true),
             (
                 &[
                     ("sec-fetch-site", "same-origin"),
@@ -472,8 +479,28 @@ mod tests {
                 ],
                 true,
             ),
+            (&[("sec-fetch-site", "SAME-ORIGIN")], true),
+            (
+                &[
+                    ("sec-fetch-site", "same-origin"),
+                    ("origin", "https://app.example.com"),
+                ],
+                true,
+            ),
+            // A browser without Fetch Metadata: its Origin decides.
             (&[("origin", "https://app.example.com")], true),
             (&[("origin", "HTTPS://APP.EXAMPLE.COM")], true),
+            // Neither header: curl, or an old browser's <img> on another site.
+            (&[], false),
+            (&[("referer", "https://evil.example/page")], false),
+            (&[("referer", "https://app.example.com/page")], false),
+            (
+                &[
+                    ("sec-fetch-site", "same-origin"),
+                    ("origin", "https://evil.example"),
+                ],
+                false,
+            ),
             (&[("sec-fetch-site", "same-site")], false),
             (&[("sec-fetch-site", "cross-site")], false),
             (&[("sec-fetch-site", "none")], false),

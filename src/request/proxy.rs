@@ -730,12 +730,7 @@ impl Sidecar {
 
 /// The verified client certificate of the connection (HTTPS with `tls.client_ca_file`).
 pub fn client_cert(session: &Session) -> Option<&ClientCert> {
-    session
-        .digest()?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<ClientCert>()
+    crate::edge::front::client_cert(session)
 }
 
 /// The route's `embed.insert` snippets made ready for this page: only a signed-in page

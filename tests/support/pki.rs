@@ -3,7 +3,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 
 /// A CA made for one test.
@@ -38,7 +38,15 @@ impl Ca {
 
     fn issue(&self, names: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        self.issue_params(CertificateParams::new(names).unwrap(), cn, usage)
+    }
+
+    fn issue_params(
+        &self,
+        mut params: CertificateParams,
+        cn: &str,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Leaf {
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().unwrap();
@@ -61,5 +69,13 @@ impl Ca {
     /// A client certificate whose DNS names are `names` (none: only the CN `cn`).
     pub fn client(&self, names: &[&str], cn: &str) -> Leaf {
         self.issue(names, cn, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A client certificate with the CN `cn` and exactly the subject alternative names
+    /// `sans` (URIs, IP addresses, emails…).
+    pub fn client_with_sans(&self, sans: Vec<SanType>, cn: &str) -> Leaf {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        self.issue_params(params, cn, ExtendedKeyUsagePurpose::ClientAuth)
     }
 }
