@@ -250,6 +250,10 @@ fn the_unit_checks_before_starting_reloads_on_sighup_and_outlasts_the_drain() {
         upgrade_sock.starts_with(&runtime),
         "systemd/config.yaml puts upgrade_sock ({upgrade_sock}) in {runtime}"
     );
+    // No other local user may see, or make first, the upgrade socket's directory or a
+    // file in the unit's /tmp (README "Local users").
+    assert_eq!(unit_value(&unit, "RuntimeDirectoryMode"), "0700");
+    assert_eq!(unit_value(&unit, "PrivateTmp"), "yes");
     assert_eq!(unit_value(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(unit_value(&unit, "DynamicUser"), "yes");
     assert_eq!(unit_value(&unit, "KillSignal"), "SIGTERM");
