@@ -4,12 +4,14 @@
 #
 #   benches/load/bundle.sh [DIR]      # DIR defaults to target/benchkit (ignored by git)
 #
-#   DIR/bin/NAME   runs NAME (nginx, wrk, curl, taskset, released-sidecar, bare_proxy) through
-#                  the bundled dynamic loader with the bundled shared libraries
+#   DIR/bin/NAME   runs NAME (nginx, wrk, curl, taskset, released-sidecar, bare_proxy,
+#                  lean_proxy) through the bundled dynamic loader with the bundled shared
+#                  libraries
 #   DIR/www/       the origin's files (data.json, app.js, page.html), generated here
 #
-# It builds the release sidecar and examples/bare_proxy.rs (or takes SIDECAR_BIN, BARE_BIN),
-# installs nginx and wrk here if missing (scripts/deps.sh bench) and strips the copies.
+# It builds the release sidecar, examples/bare_proxy.rs and examples/lean_proxy.rs (or takes
+# SIDECAR_BIN, BARE_BIN, LEAN_BIN), installs nginx and wrk here if missing (scripts/deps.sh
+# bench) and strips the copies.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -18,17 +20,18 @@ DIR=${1:-target/benchkit}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 "$REPO/scripts/deps.sh" bench
-if [ -z "${SIDECAR_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
-  cargo build --release --locked --bin released-sidecar --example bare_proxy
+if [ -z "${SIDECAR_BIN:-}" ] || [ -z "${BARE_BIN:-}" ] || [ -z "${LEAN_BIN:-}" ]; then
+  cargo build --release --locked --bin released-sidecar --example bare_proxy --example lean_proxy
 fi
 SIDECAR_BIN=${SIDECAR_BIN:-$TARGET_DIR/release/released-sidecar}
 BARE_BIN=${BARE_BIN:-$TARGET_DIR/release/examples/bare_proxy}
+LEAN_BIN=${LEAN_BIN:-$TARGET_DIR/release/examples/lean_proxy}
 
 rm -rf "$DIR"
 mkdir -p "$DIR/lib" "$DIR/real" "$DIR/bin" "$DIR/www"
 # The same packing as /work/shared/tools/bundle-binaries.sh: each program with every
 # shared library ldd names, started through the bundled loader.
-for prog in nginx wrk curl taskset "$SIDECAR_BIN" "$BARE_BIN"; do
+for prog in nginx wrk curl taskset "$SIDECAR_BIN" "$BARE_BIN" "$LEAN_BIN"; do
   path=$(command -v "$prog" || echo "$prog")
   [ -x "$path" ] || { echo "not an executable: $prog" >&2; exit 1; }
   name=$(basename "$path")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Load benchmark: released-sidecar against nginx doing the same job, and against a bare
-# pingora proxy (the framework floor), all on 127.0.0.1.
+# Load benchmark: released-sidecar against nginx doing the same job, against a bare
+# pingora proxy (the framework floor) and against a lean loop on pingora-core (what the
+# floor could be), all on 127.0.0.1.
 #
-#   benches/load/run.sh                        # ~6 minutes at the defaults (+ first build)
+#   benches/load/run.sh                        # ~7 minutes at the defaults (+ first build)
 #   benches/load/run.sh --workers 2            # every proxy gets 2 workers on 2 pinned cores
 #   DURATION=5 ROUNDS=1 benches/load/run.sh    # quick look, ~2 minutes
 #   PROFILE=1 benches/load/run.sh              # also perf-record the sidecar (see README)
@@ -19,6 +20,8 @@
 #   sidecar  the release build, `workers: WORKERS`, identity from X-Forwarded-User/-Email.
 #   bare     examples/bare_proxy.rs: pingora's minimal ProxyHttp, same pingora build and
 #            server knobs (threads, work_stealing, keep-alive pool) as the sidecar.
+#   lean     examples/lean_proxy.rs: the same job and knobs on pingora-core's HTTP/1
+#            session without pingora-proxy (issue 24's prototype).
 #   nginx-A  passthrough proxy (upstream keepalive = connections, HTTP/1.1).
 #   nginx-B  the same plus auth_request to the token stand-in and sub_filter writing
 #            auth-token="$tok" into the three embed tags (nginx's best effort at the job).
@@ -35,12 +38,12 @@
 #   SCENARIOS ["pass-1k-json pass-10k-js rewrite-100k slow-100ms"]; pass-100k-html is
 #                  also available (the page without page-load headers: no token, no rewrite)
 #   SIDECAR_LOG [warn]  RUST_LOG of the sidecar: no access log, like nginx's access_log off
-#   SIDECAR_BIN, BARE_BIN   use these binaries instead of building them
-#   BARE_ARGS      extra bare_proxy flags, e.g. "--work-stealing true"
+#   SIDECAR_BIN, BARE_BIN, LEAN_BIN   use these binaries instead of building them
+#   BARE_ARGS, LEAN_ARGS   extra bare_proxy / lean_proxy flags, e.g. "--work-stealing true"
 #   A/B in the same run: SIDECAR_B_BIN and/or SIDECAR_B_YAML (lines appended to its config)
 #                  add a target "sidecar-b"; BARE_B_ARGS adds "bare-b".
 #   BENCHKIT       a directory from benches/load/bundle.sh: bin/{nginx,wrk,curl,taskset,
-#                  released-sidecar,bare_proxy} and www/; nothing is installed or built,
+#                  released-sidecar,bare_proxy,lean_proxy} and www/; nothing is installed or built,
 #                  python3 is not needed (no slow-100ms, no memory part)
 #   PROFILE [0]    1: perf record the sidecar under the rewrite and 1 KB passthrough loads
 #   RESULTS_DIR [<cargo target dir>/bench-load/<timestamp>]   KEEP [0] 1: keep the temp dir
@@ -71,6 +74,7 @@ SCENARIOS=${SCENARIOS:-pass-1k-json pass-10k-js rewrite-100k slow-100ms}
 KEEP=${KEEP:-0}
 BARE_ARGS=${BARE_ARGS:-}
 BARE_B_ARGS=${BARE_B_ARGS:-}
+LEAN_ARGS=${LEAN_ARGS:-}
 SIDECAR_B_YAML=${SIDECAR_B_YAML:-}
 BENCHKIT=${BENCHKIT:-}
 SLOW_DELAY_MS=100
@@ -96,6 +100,7 @@ if [ -n "$BENCHKIT" ]; then
   TASKSET="$BENCHKIT/bin/taskset"
   SIDECAR_BIN=${SIDECAR_BIN:-$BENCHKIT/bin/released-sidecar}
   BARE_BIN=${BARE_BIN:-$BENCHKIT/bin/bare_proxy}
+  LEAN_BIN=${LEAN_BIN:-$BENCHKIT/bin/lean_proxy}
   PYTHON=""
   BIG_MB=0
 else
@@ -113,14 +118,15 @@ else
   CURL_BIN=$(command -v curl)
   TASKSET=$(command -v taskset)
   PYTHON=$(command -v python3)
-  if [ -z "${SIDECAR_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
-    say "building the sidecar and the bare pingora proxy (release)"
-    cargo build --release --locked --bin released-sidecar --example bare_proxy
+  if [ -z "${SIDECAR_BIN:-}" ] || [ -z "${BARE_BIN:-}" ] || [ -z "${LEAN_BIN:-}" ]; then
+    say "building the sidecar, the bare pingora proxy and the lean loop (release)"
+    cargo build --release --locked --bin released-sidecar --example bare_proxy --example lean_proxy
   fi
   SIDECAR_BIN=${SIDECAR_BIN:-$TARGET_DIR/release/released-sidecar}
   BARE_BIN=${BARE_BIN:-$TARGET_DIR/release/examples/bare_proxy}
+  LEAN_BIN=${LEAN_BIN:-$TARGET_DIR/release/examples/lean_proxy}
 fi
-for bin in "$NGINX" "$WRK" "$CURL_BIN" "$TASKSET" "$SIDECAR_BIN" "$BARE_BIN" ${SIDECAR_B_BIN:+"$SIDECAR_B_BIN"}; do
+for bin in "$NGINX" "$WRK" "$CURL_BIN" "$TASKSET" "$SIDECAR_BIN" "$BARE_BIN" "$LEAN_BIN" ${SIDECAR_B_BIN:+"$SIDECAR_B_BIN"}; do
   [ -x "$bin" ] || die "not an executable: $bin"
 done
 if [ -z "$PYTHON" ]; then
@@ -209,7 +215,7 @@ pick_port() { # VAR: sets VAR to a free loopback port not handed out before
   die "no free port"
 }
 for var in ORIGIN_PORT TOKEN_PORT SLOW_PORT SIDECAR_PORT ADMIN_PORT MEM_PORT MEM_ADMIN_PORT \
-  NGX_A_PORT NGX_B_PORT BARE_PORT BARE_B_PORT SIDECAR_B_PORT ADMIN_B_PORT; do
+  NGX_A_PORT NGX_B_PORT BARE_PORT BARE_B_PORT LEAN_PORT SIDECAR_B_PORT ADMIN_B_PORT; do
   pick_port "$var"
 done
 
@@ -415,9 +421,10 @@ start_sidecar() { # NAME LISTEN_PORT ADMIN_PORT [BINARY] -> sets LAST_PID
   die "sidecar $1 not ready"
 }
 
-start_bare() { # NAME PORT ARGS -> sets LAST_PID
+start_bare() { # NAME PORT ARGS [BINARY] -> sets LAST_PID (bare_proxy and lean_proxy share flags)
+  local bin=${4:-$BARE_BIN}
   # shellcheck disable=SC2086 # ARGS are flags, split on purpose
-  "${ON_PROXY_CPUS[@]}" "$BARE_BIN" --listen "127.0.0.1:$2" --upstream "127.0.0.1:$ORIGIN_PORT" \
+  "${ON_PROXY_CPUS[@]}" "$bin" --listen "127.0.0.1:$2" --upstream "127.0.0.1:$ORIGIN_PORT" \
     --workers "$WORKERS" $3 2>"$WORK/logs/$1.log" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
@@ -471,6 +478,8 @@ if [ -n "$BARE_B_ARGS" ]; then
   start_bare bare-b "$BARE_B_PORT" "$BARE_B_ARGS"
   BARE_B_PID=$LAST_PID
 fi
+start_bare lean "$LEAN_PORT" "$LEAN_ARGS" "$LEAN_BIN"
+LEAN_PID=$LAST_PID
 
 rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
@@ -493,7 +502,7 @@ if [ -n "$PYTHON" ]; then
   expect_token "$NGX_B_PORT" /slow/page.html 1 tok-slow- "nginx-B (slow)"
 fi
 for f in data.json app.js page.html; do
-  for port in "$SIDECAR_PORT" "$NGX_A_PORT" "$BARE_PORT" ${SIDECAR_B_PID:+"$SIDECAR_B_PORT"} ${BARE_B_PID:+"$BARE_B_PORT"}; do
+  for port in "$SIDECAR_PORT" "$NGX_A_PORT" "$BARE_PORT" "$LEAN_PORT" ${SIDECAR_B_PID:+"$SIDECAR_B_PORT"} ${BARE_B_PID:+"$BARE_B_PORT"}; do
     "${CURL[@]}" -o "$WORK/check.out" "$(url "$port" "/$f")"
     cmp -s "$WORK/check.out" "$WORK/www/$f" || die "passthrough of /$f via port $port is not byte-identical"
   done
@@ -512,7 +521,7 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.02s
     printf "%.2f", n }'
 }
 # CPU time (user + system, all threads) of every process of a target, in clock ticks: the
-# sidecar's or bare proxy's one process, or the proxy nginx's master and all its workers
+# sidecar's, bare or lean proxy's one process, or the proxy nginx's master and all its workers
 # (auth_request subrequests included). No figure includes the origin or token stand-in.
 CLK_TCK=$(getconf CLK_TCK)
 target_pids() {
@@ -521,6 +530,7 @@ target_pids() {
     sidecar-b) echo "$SIDECAR_B_PID" ;;
     bare) echo "$BARE_PID" ;;
     bare-b) echo "$BARE_B_PID" ;;
+    lean) echo "$LEAN_PID" ;;
     nginx-*) echo "$NGINX_PROXY_PID" $(children_of "$NGINX_PROXY_PID") ;;
   esac
 }
@@ -562,6 +572,7 @@ port_of() {
     sidecar-b) echo "$SIDECAR_B_PORT" ;;
     bare) echo "$BARE_PORT" ;;
     bare-b) echo "$BARE_B_PORT" ;;
+    lean) echo "$LEAN_PORT" ;;
     nginx-A) echo "$NGX_A_PORT" ;;
     nginx-B) echo "$NGX_B_PORT" ;;
   esac
@@ -586,7 +597,7 @@ scenario() {
   done
 }
 
-PASS_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} bare${BARE_B_PID:+ bare-b} nginx-A"
+PASS_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} bare${BARE_B_PID:+ bare-b} lean nginx-A"
 PAGE_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} nginx-B"
 wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 wanted pass-1k-json && scenario pass-1k-json "$PASS_TARGETS" /data.json "$CONNS"
