@@ -49,8 +49,8 @@ impl std::fmt::Debug for TlsMaterial {
 }
 
 fn read(path: &Path, what: &str, h: &mut DefaultHasher) -> Result<Vec<u8>, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let bytes = crate::config::files::read_bounded(path, crate::config::files::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read {what} {e}"))?;
     bytes.hash(h);
     Ok(bytes)
 }
