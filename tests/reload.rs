@@ -213,11 +213,7 @@ async fn reload_refused(sidecar: &Sidecar, n: f64, message: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_configs_are_refused_on_reload_while_the_old_one_keeps_serving() {
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     let good = sidecar.config_text();
     assert!(page_has_token(&sidecar, "/").await);
     let peak_before = sidecar.memory_kib("VmHWM");
@@ -279,11 +275,7 @@ async fn hostile_configs_are_refused_on_reload_while_the_old_one_keeps_serving()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_swapped_for_a_fifo_is_refused_and_later_changes_still_apply() {
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     assert!(page_has_token(&sidecar, "/").await);
 
     // Nothing ever writes to it: opening it for reading would wait forever.
@@ -317,11 +309,7 @@ async fn a_secret_swapped_for_a_fifo_is_refused_and_later_changes_still_apply() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_with_an_inner_line_break_is_refused_and_the_old_one_keeps_serving() {
-    let upstream = Upstream::start(|_| Reply::html(PAGE)).await;
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&upstream.url(), &standin.url())
-        .start()
-        .await;
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
     assert!(page_has_token(&sidecar, "/").await);
 
     std::fs::write(&sidecar.secret_path, "first-half\nsecond-half\n").unwrap();

@@ -2,8 +2,9 @@
 //! every error, each with its YAML path and line. Nothing downstream re-checks config:
 //! regexes are compiled, addresses parsed, secrets read and route overrides merged here.
 //!
-//! `yaml.rs` turns text into a tree with lines, `decode.rs` reads typed values from it
-//! while collecting errors, and this file holds the schema.
+//! `yaml.rs` turns text into a bounded tree with lines, `decode.rs` reads typed values
+//! from it while collecting errors, `files.rs` reads the files the config names (bounded,
+//! never blocking), and this file holds the schema.
 
 mod decode;
 mod embed;
