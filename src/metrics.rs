@@ -46,6 +46,9 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Identity headers removed before a request reached the app, by reason.
     pub identity_headers_stripped: IntCounterVec,
+    /// Optional user fields left out of a token request instead of refusing it, by field
+    /// and reason.
+    pub identity_fields_dropped: IntCounterVec,
     /// Unix time the config reloader last ran its loop (it wakes at least every few
     /// seconds; a stale value means hot reload has stopped).
     pub reloader_heartbeat: IntGauge,
@@ -117,6 +120,11 @@ impl Metrics {
             "identity_headers_stripped_total",
             "Identity headers removed before the request reached the app: untrusted_peer (any identity header from a peer outside trusted_proxies), respelled (an _ spelling of one, from any peer) or strip_headers (a strip_headers name in any spelling, from any peer).",
             &["reason"],
+        );
+        let identity_fields_dropped = counter_vec(
+            "identity_fields_dropped_total",
+            "Optional user fields (name, avatar_url) left out of a token request instead of refusing it, by field and by the rule the value broke.",
+            &["field", "reason"],
         );
         let embed_token_responses = counter_vec(
             "embed_token_responses_total",
@@ -276,6 +284,18 @@ impl Metrics {
         for result in ["success", "refused", "failed"] {
             upgrades.with_label_values(&[result]);
         }
+        for field in ["name", "avatar_url"] {
+            for reason in [
+                "multiple_values",
+                "not_utf8",
+                "pattern_mismatch",
+                "empty",
+                "claim_not_a_string",
+            ] {
+                identity_fields_dropped.with_label_values(&[field, reason]);
+            }
+        }
+        identity_fields_dropped.with_label_values(&["avatar_url", "invalid_avatar_url"]);
         for reason in [
             "not_rewritable",
             "client_gone",
@@ -314,6 +334,7 @@ impl Metrics {
             upstream_duration,
             in_flight,
             identity_headers_stripped,
+            identity_fields_dropped,
             reloader_heartbeat,
             token_auth_failures,
             embed_token_responses,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::hostile::{alias_bomb, mkfifo, nested_lists};
 use support::sidecar::{Sidecar, DEFAULT_CONFIG};
 use support::{
     client, eventually, navigation, tokens_in, Reply, SidecarBuilder, StandIn, Upstream,
@@ -192,6 +193,145 @@ async fn an_invalid_config_keeps_the_previous_one_serving() {
         standin.issued().last().unwrap().body["account_id"],
         "acct-test"
     );
+}
+
+const RELOAD_ERRORS: &str = "released_sidecar_config_reloads_total{result=\"error\"}";
+
+/// Waits until the sidecar has counted `n` failed reloads and logged `message`.
+async fn reload_refused(sidecar: &Sidecar, n: f64, message: &str) {
+    assert!(
+        sidecar.wait_for_metric(RELOAD_ERRORS, |v| v >= n).await,
+        "reload failure {n} not counted:\n{}",
+        sidecar.logs()
+    );
+    assert!(
+        sidecar.wait_for_log(message).await,
+        "missing {message:?}:\n{}",
+        sidecar.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_configs_are_refused_on_reload_while_the_old_one_keeps_serving() {
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
+    let good = sidecar.config_text();
+    assert!(page_has_token(&sidecar, "/").await);
+    let peak_before = sidecar.memory_kib("VmHWM");
+
+    let hostile = [
+        (
+            alias_bomb(10, 10, 540),
+            "e[7]: the document holds more than 100000 values once its aliases are expanded",
+        ),
+        (
+            alias_bomb(7, 12, 384),
+            "e[3]: the document holds more than 100000 values once its aliases are expanded",
+        ),
+        (
+            nested_lists(5_000),
+            "lists and mappings are nested more than 64 levels deep",
+        ),
+        (
+            nested_lists(20_000),
+            "lists and mappings are nested more than 64 levels deep",
+        ),
+        (
+            format!("{good}{}", format!("# {}\n", "x".repeat(1023)).repeat(1025)),
+            "cannot read the config file: it is larger than 1 MiB",
+        ),
+    ];
+    for (n, (text, message)) in hostile.iter().enumerate() {
+        std::fs::write(&sidecar.config_path, text).unwrap();
+        reload_refused(&sidecar, n as f64 + 1.0, message).await;
+        assert!(
+            page_has_token(&sidecar, "/").await,
+            "the old config keeps serving after {message:?}"
+        );
+    }
+    assert!(
+        sidecar
+            .wait_for_log("config reload failed; still serving generation 1")
+            .await
+    );
+    let growth = sidecar.memory_kib("VmHWM").saturating_sub(peak_before);
+    assert!(growth < 64 * 1024, "reloads took {growth} KiB more");
+
+    // The reloader is alive and still applies a good change.
+    std::fs::write(
+        &sidecar.config_path,
+        good.replace("acct-test", "acct-after"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            page_has_token(&sidecar, "/").await
+                && standin.issued().last().unwrap().body["account_id"] == "acct-after"
+        })
+        .await,
+        "a good config after the hostile ones was not applied:\n{}",
+        sidecar.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_swapped_for_a_fifo_is_refused_and_later_changes_still_apply() {
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
+    assert!(page_has_token(&sidecar, "/").await);
+
+    // Nothing ever writes to it: opening it for reading would wait forever.
+    std::fs::remove_file(&sidecar.secret_path).unwrap();
+    mkfifo(&sidecar.secret_path);
+    reload_refused(
+        &sidecar,
+        1.0,
+        "it is a FIFO (named pipe), not a regular file",
+    )
+    .await;
+    assert!(page_has_token(&sidecar, "/").await, "the old secret serves");
+
+    std::fs::remove_file(&sidecar.secret_path).unwrap();
+    standin.set_secret(NEW_SECRET);
+    std::fs::write(&sidecar.secret_path, format!("{NEW_SECRET}\n")).unwrap();
+    let rotated = eventually(Duration::from_secs(10), || async {
+        page_has_token(&sidecar, "/").await
+    })
+    .await;
+    assert!(
+        rotated,
+        "the reloader did not pick up the new secret after the FIFO:\n{}",
+        sidecar.logs()
+    );
+    assert_eq!(
+        standin.issued().last().unwrap().authorization,
+        Some(format!("Bearer {NEW_SECRET}"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_with_an_inner_line_break_is_refused_and_the_old_one_keeps_serving() {
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
+    assert!(page_has_token(&sidecar, "/").await);
+
+    std::fs::write(&sidecar.secret_path, "first-half\nsecond-half\n").unwrap();
+    reload_refused(
+        &sidecar,
+        1.0,
+        "contains a control character (a line feed) inside the value",
+    )
+    .await;
+    assert!(page_has_token(&sidecar, "/").await, "the old secret serves");
+    assert_eq!(
+        standin.issued().last().unwrap().authorization,
+        Some(format!("Bearer {}", support::sidecar::SECRET))
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_token_requests_total{result=\"transport_error\"}")
+            .await,
+        0.0
+    );
+    let logs = sidecar.settled_logs().await;
+    assert!(!logs.contains("first-half") && !logs.contains("second-half"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,58 @@ async fn profile_fields_follow_the_field_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_avatar_or_name_is_cleaned_or_dropped_and_the_call_still_made() {
+    let (_upstream, standin, sidecar) = support::start(|_| Reply::html(PAGE)).await;
+    let page_load = |avatar: &[u8], name: &str| {
+        let mut headers = navigation("bob", "bob@example.com");
+        headers.insert(
+            "x-forwarded-avatar",
+            reqwest::header::HeaderValue::from_bytes(avatar).unwrap(),
+        );
+        headers.insert(
+            "x-forwarded-preferred-username",
+            reqwest::header::HeaderValue::from_bytes(name.as_bytes()).unwrap(),
+        );
+        sidecar.get_text("/", headers)
+    };
+    let body = page_load(
+        br#"https://cdn.example/a.png"><img src=x onerror=alert(1)>"#,
+        "Bob\u{202e}gnp.exe\u{200b}",
+    )
+    .await;
+    assert_eq!(tokens_in(&body).len(), 3, "the call is still made");
+    let sent = &standin.issued()[0].body;
+    assert_eq!(
+        sent["profile"],
+        serde_json::json!({"name": "Bobgnp.exe"}),
+        "avatar dropped, name without bidi and zero-width characters: {sent}"
+    );
+    assert_eq!(
+        sidecar
+            .metric("released_sidecar_identity_fields_dropped_total{field=\"avatar_url\",reason=\"invalid_avatar_url\"}")
+            .await,
+        1.0
+    );
+
+    let body = page_load(b"HTTPS://CDN.Example/a/../a.png", "Bob").await;
+    assert_eq!(tokens_in(&body).len(), 3);
+    assert_eq!(
+        standin.issued()[1].body["profile"]["avatar_url"],
+        "https://cdn.example/a.png",
+        "the canonical serialization is sent"
+    );
+
+    // A required field breaking the rules means no call at all.
+    let mut headers = navigation("bob", "bob@example.com");
+    headers.insert(
+        "x-forwarded-email",
+        reqwest::header::HeaderValue::from_bytes("b\u{200b}ob@example.com".as_bytes()).unwrap(),
+    );
+    assert_eq!(sidecar.get_text("/", headers).await, PAGE);
+    assert_eq!(standin.calls().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_tokens_are_replaced_in_any_case_and_shape() {
     let html =
         "<RELEASED-PAGE auth-token=\"stale\" AUTH-TOKEN='older'></RELEASED-PAGE><Released-Widget/>";

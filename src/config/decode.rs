@@ -100,8 +100,11 @@ impl<'e> Decoder<'e> {
                 return None;
             }
         };
-        for (i, entry) in entries.iter().enumerate() {
+        // A set, not a scan of the entries before: a hostile file may hold many thousands.
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        for entry in entries {
             let key_path = join(path, &entry.key);
+            let first = seen.insert(entry.key.as_str());
             if !known.contains(&entry.key.as_str()) {
                 let hint = suggest(&entry.key, known)
                     .map(|k| format!(" (did you mean `{k}`?)"))
@@ -111,7 +114,7 @@ impl<'e> Decoder<'e> {
                     entry.key_line,
                     format!("unknown key{hint}; expected one of: {}", known.join(", ")),
                 );
-            } else if entries[..i].iter().any(|e| e.key == entry.key) {
+            } else if !first {
                 self.error(&key_path, entry.key_line, "duplicate key");
             }
         }
@@ -216,28 +219,28 @@ impl<'e> Decoder<'e> {
     }
 }
 
-/// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+/// The longest duration any setting accepts; settings have tighter bounds of their own.
+/// humantime reads years and months too: this keeps `1y` out of every timeout.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a duration such as `1500ms`, `2s`, `1m`, `1h` or `1m30s` (humantime's
+/// spellings), whole milliseconds from 0 to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let bad = || {
-        format!(
-            "invalid duration `{text}`: write a whole number with a unit, e.g. 1500ms, 2s, 1m, 1h"
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let millis = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(bad()),
+    let hint = "write a number with a unit, e.g. 1500ms, 2s, 1m, 1h";
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration `{text}` ({e}): {hint}"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{text}` is longer than 24h, the most any setting accepts"
+        ));
     }
-    .ok_or_else(bad)?;
-    Ok(Duration::from_millis(millis))
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(format!(
+            "duration `{text}` is finer than a millisecond: {hint}"
+        ));
+    }
+    Ok(d)
 }
 
 /// Replaces `${NAME}` (or `${NAME:-default}`) with the environment value; `$${` writes a
@@ -350,20 +353,41 @@ mod tests {
 
     #[test]
     fn duration_cases() {
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in [
-            "",
-            "2",
-            "s",
-            "1.5s",
-            "2 days",
-            "-1s",
-            "99999999999999999999h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        let ok: &[(&str, Duration)] = &[
+            ("1500ms", Duration::from_millis(1500)),
+            ("2s", Duration::from_secs(2)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            (" 30s ", Duration::from_secs(30)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0s", Duration::ZERO),
+            ("24h", MAX_DURATION),
+            ("1day", MAX_DURATION),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(*want), "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "invalid duration ``"),
+            ("2", "invalid duration `2` (time unit needed"),
+            ("s", "invalid duration `s`"),
+            ("soon", "invalid duration `soon`"),
+            ("-1s", "invalid duration `-1s`"),
+            ("1x", "unknown time unit"),
+            ("99999999999999999999h", "invalid duration"),
+            // humantime reads these; no setting wants them.
+            ("1y", "longer than 24h"),
+            ("1M", "longer than 24h"),
+            ("2 days", "longer than 24h"),
+            ("25h", "longer than 24h"),
+            ("1500us", "finer than a millisecond"),
+            ("1ns", "finer than a millisecond"),
+        ];
+        for (text, want) in bad {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
         }
     }
 

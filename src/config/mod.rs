@@ -2,11 +2,13 @@
 //! every error, each with its YAML path and line. Nothing downstream re-checks config:
 //! regexes are compiled, addresses parsed, secrets read and route overrides merged here.
 //!
-//! `yaml.rs` turns text into a tree with lines, `decode.rs` reads typed values from it
-//! while collecting errors, and this file holds the schema.
+//! `yaml.rs` turns text into a bounded tree with lines, `decode.rs` reads typed values
+//! from it while collecting errors, `files.rs` reads the files the config names (bounded,
+//! never blocking), and this file holds the schema.
 
 mod decode;
 mod embed;
+pub mod files;
 mod identity;
 mod tls;
 pub mod yaml;
@@ -270,17 +272,22 @@ impl Config {
 
     /// Loads and validates the file at `path`.
     pub fn load(path: &Path, options: &LoadOptions<'_>) -> Result<Config, ConfigErrors> {
-        let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            source: source.clone(),
+        let text = Self::read(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base, options)
+    }
+
+    /// The text of the config file at `path`: a regular file of at most
+    /// [`files::MAX_CONFIG_BYTES`], read without blocking.
+    pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+        files::read_text_bounded(path, files::MAX_CONFIG_BYTES).map_err(|e| ConfigErrors {
+            source: path.display().to_string(),
             errors: vec![ConfigError {
                 path: String::new(),
                 line: None,
-                message: format!("cannot read the config file: {e}"),
+                message: format!("cannot read the config file: {}", e.problem),
             }],
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &source, base, options)
+        })
     }
 
     /// Loads and validates config text; relative secret paths resolve against `base`.
@@ -294,20 +301,50 @@ impl Config {
             source: source.to_string(),
             errors,
         };
+        if text.len() as u64 > files::MAX_CONFIG_BYTES {
+            return Err(fail(vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!(
+                    "the config is larger than {}, the most a config may hold",
+                    files::size(files::MAX_CONFIG_BYTES)
+                ),
+            }]));
+        }
         let root = yaml::parse(text).map_err(|e| {
             fail(vec![ConfigError {
-                path: String::new(),
+                path: e.path,
                 line: Some(e.line),
-                message: format!("YAML syntax error: {}", e.message),
+                message: e.message,
             }])
         })?;
+        // One store per key source and refresh within a config: a hundred routes naming
+        // one JWKS file read and hold it once.
+        let stores: std::cell::RefCell<Vec<(KeySource, Duration, Arc<KeyStore>)>> =
+            std::cell::RefCell::default();
+        let shared_stores = |source: &KeySource, refresh: Duration| {
+            let known = stores
+                .borrow()
+                .iter()
+                .find(|(s, r, _)| s == source && *r == refresh)
+                .map(|(_, _, store)| Arc::clone(store));
+            if let Some(store) = known {
+                return Ok(store);
+            }
+            let store = (options.key_stores)(source, refresh)?;
+            stores
+                .borrow_mut()
+                .push((source.clone(), refresh, Arc::clone(&store)));
+            Ok(store)
+        };
         let mut d = Decoder::new(options.env);
         let config = Schema {
             d: &mut d,
             base,
             read_secrets: options.read_secrets,
             read_key_files: options.read_key_files,
-            key_stores: options.key_stores,
+            key_stores: &shared_stores,
+            regex_budget: Some(MAX_REGEXES_BYTES),
         }
         .config(&root);
         match config {
@@ -429,12 +466,24 @@ const REQUIRED: &[(&str, &str)] = &[
     ("identity", "user_email"),
 ];
 
+/// Largest compiled form of one regex (`regex`'s own size limit).
+pub const MAX_REGEX_BYTES: usize = 1024 * 1024;
+/// Largest compiled form of all the regexes of one config together: ten thousand routes
+/// of small patterns would otherwise take hundreds of MB before anything is served.
+pub const MAX_REGEXES_BYTES: usize = 8 * 1024 * 1024;
+/// What each regex is charged beyond its compiled automata (its search caches and
+/// bookkeeping, measured at about 8 KiB for a pattern like `^/a`).
+const REGEX_OVERHEAD_BYTES: usize = 8 * 1024;
+
 struct Schema<'a, 'e> {
     d: &'a mut Decoder<'e>,
     base: &'a Path,
     read_secrets: bool,
     read_key_files: bool,
     key_stores: &'e KeyStoreProvider<'e>,
+    /// Bytes of compiled regex still allowed; `None` once the budget was exceeded (and
+    /// reported: later regexes are not compiled at all).
+    regex_budget: Option<usize>,
 }
 
 impl Schema<'_, '_> {
@@ -1090,8 +1139,12 @@ impl Schema<'_, '_> {
 
     fn regex(&mut self, node: &Node, path: &str) -> Option<Regex> {
         let text = self.d.non_empty(node, path)?;
-        match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
-            Ok(re) => Some(re),
+        let budget = self.regex_budget?;
+        let re = match regex::RegexBuilder::new(&text)
+            .size_limit(MAX_REGEX_BYTES)
+            .build()
+        {
+            Ok(re) => re,
             Err(e) => {
                 let detail = e
                     .to_string()
@@ -1102,6 +1155,30 @@ impl Schema<'_, '_> {
                     .to_string();
                 self.d
                     .error(path, node.line, format!("invalid regex `{text}`: {detail}"));
+                return None;
+            }
+        };
+        // `regex::Regex` does not say what it holds; the same engine built alone does.
+        let used = regex_automata::meta::Regex::builder()
+            .configure(regex_automata::meta::Config::new().nfa_size_limit(Some(MAX_REGEX_BYTES)))
+            .build(&text)
+            .map_or(MAX_REGEX_BYTES, |m| m.memory_usage())
+            .saturating_add(REGEX_OVERHEAD_BYTES);
+        match budget.checked_sub(used) {
+            Some(left) => {
+                self.regex_budget = Some(left);
+                Some(re)
+            }
+            None => {
+                self.regex_budget = None;
+                self.d.error(
+                    path,
+                    node.line,
+                    format!(
+                        "the regexes of this config would take more than {} compiled (the most a config may hold); use fewer routes or simpler patterns",
+                        files::size(MAX_REGEXES_BYTES as u64)
+                    ),
+                );
                 None
             }
         }
@@ -1210,22 +1287,16 @@ impl Schema<'_, '_> {
         if !self.read_secrets {
             return Some((SecretSource::File(file), Secret::new("")));
         }
-        match std::fs::read_to_string(&file) {
-            Ok(content) if content.trim().is_empty() => {
-                self.d.error(
-                    path,
-                    node.line,
-                    format!("secret file {} is empty", file.display()),
-                );
-                None
-            }
-            Ok(content) => Some((SecretSource::File(file), Secret::new(content.trim()))),
-            Err(e) => {
-                self.d.error(
-                    path,
-                    node.line,
-                    format!("cannot read secret file {}: {e}", file.display()),
-                );
+        let secret = files::read_text_bounded(&file, files::MAX_SECRET_BYTES)
+            .map_err(|e| format!("cannot read secret file {e}"))
+            .and_then(|content| {
+                Secret::from_text(&content)
+                    .map_err(|e| format!("secret file {} {e}", file.display()))
+            });
+        match secret {
+            Ok(secret) => Some((SecretSource::File(file), secret)),
+            Err(message) => {
+                self.d.error(path, node.line, message);
                 None
             }
         }
@@ -1237,24 +1308,19 @@ impl Schema<'_, '_> {
         if !self.read_secrets {
             return Some((SecretSource::Env(name), Secret::new("")));
         }
-        match self.d.env_var(&name) {
-            Some(v) if !v.trim().is_empty() => {
-                Some((SecretSource::Env(name), Secret::new(v.trim())))
-            }
-            Some(_) => {
-                self.d.error(
-                    path,
-                    node.line,
-                    format!("environment variable {name} is empty"),
-                );
-                None
-            }
-            None => {
-                self.d.error(
-                    path,
-                    node.line,
-                    format!("environment variable {name} is not set"),
-                );
+        let Some(value) = self.d.env_var(&name) else {
+            self.d.error(
+                path,
+                node.line,
+                format!("environment variable {name} is not set"),
+            );
+            return None;
+        };
+        match Secret::from_text(&value) {
+            Ok(secret) => Some((SecretSource::Env(name), secret)),
+            Err(e) => {
+                self.d
+                    .error(path, node.line, format!("environment variable {name} {e}"));
                 None
             }
         }

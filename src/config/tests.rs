@@ -9,15 +9,22 @@ fn env(name: &str) -> Option<String> {
         "ACCOUNT" => Some("acc-from-env".into()),
         "RELEASED_SECRET" => Some(format!("  {SECRET}\n")),
         "EMPTY_SECRET" => Some("  ".into()),
+        "TWO_LINE_SECRET" => Some("first\nsecond\n".into()),
         _ => None,
     }
 }
 
-/// A directory holding a secret file named `secret` (and `empty` with nothing in it).
+/// A directory holding a secret file named `secret`, and `empty` with nothing in it,
+/// `two-lines` with a line break inside, `bom` written by a Windows editor, `big` past
+/// the secret bound and `dir`, a directory.
 fn secret_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
     std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    std::fs::write(dir.path().join("two-lines"), format!("{SECRET}\nsecond\n")).unwrap();
+    std::fs::write(dir.path().join("bom"), format!("\u{feff}{SECRET}\r\n")).unwrap();
+    std::fs::write(dir.path().join("big"), "x".repeat(64 * 1024 + 1)).unwrap();
+    std::fs::create_dir(dir.path().join("dir")).unwrap();
     dir
 }
 
@@ -220,6 +227,22 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
             vec![("released.shared_secret_env", 4, "is empty")],
         ),
         (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: two-lines"),
+            vec![("released.shared_secret_file", 4, "contains a control character (a line feed) inside the value")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_env: TWO_LINE_SECRET"),
+            vec![("released.shared_secret_env", 4, "TWO_LINE_SECRET contains a control character (a line feed)")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: big"),
+            vec![("released.shared_secret_file", 4, "it is larger than 64 KiB")],
+        ),
+        (
+            MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: dir"),
+            vec![("released.shared_secret_file", 4, "it is a directory, not a regular file")],
+        ),
+        (
             MINIMAL.replace("shared_secret_file: secret", "shared_secret_env: NOPE"),
             vec![("released.shared_secret_env", 4, "not set")],
         ),
@@ -254,6 +277,14 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
         (
             format!("{MINIMAL}timeouts: {{ client_header: 61s }}\nlimits: {{ max_connections: 0 }}\n"),
             vec![("timeouts.client_header", 8, "at most 60s"), ("limits.max_connections", 9, "above 0")],
+        ),
+        (
+            format!("{MINIMAL}timeouts: {{ upstream_read: 1y, upstream_idle: 1500us }}\n"),
+            vec![("timeouts.upstream_read", 8, "longer than 24h"), ("timeouts.upstream_idle", 8, "finer than a millisecond")],
+        ),
+        (
+            MINIMAL.replace("account_id: acc\n", "account_id: acc\n  timeout: 2m\n  cooldown: { duration: 2 days }\n"),
+            vec![("released.timeout", 4, "between 1ms and 60s"), ("released.cooldown.duration", 5, "longer than 24h")],
         ),
         (
             format!("{MINIMAL}workers: 0\n"),
@@ -327,6 +358,11 @@ fn error_cases() -> Vec<(String, Vec<Expected>)> {
             "a: 1\na: 2\nupstream: x: y\n".to_string(),
             vec![("", 3, "YAML syntax error")],
         ),
+        (
+            format!("{MINIMAL}{}", crate::config::yaml::tests::billion_laughs()),
+            vec![("f[0]", 13, "more than 100000 values once its aliases are expanded")],
+        ),
+
     ]
 }
 
@@ -335,6 +371,38 @@ fn every_bad_input_reports_every_error_with_path_and_line() {
     for (text, expected) in error_cases() {
         assert_rejected(&text, &expected);
     }
+}
+
+#[test]
+fn nesting_past_the_bound_is_a_config_error_with_its_path_and_line() {
+    let text = format!(
+        "{MINIMAL}routes:\n  - name:\n      {}x\n",
+        "- ".repeat(5_000)
+    );
+    let errors = load(&text).unwrap_err();
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    let e = &errors.errors[0];
+    assert_eq!(e.path, format!("routes[0].name{}", "[0]".repeat(61)));
+    assert_eq!(e.line, Some(10));
+    assert!(e.message.contains("nested more than 64 levels"), "{errors}");
+}
+
+#[test]
+fn a_byte_order_mark_and_surrounding_whitespace_are_not_part_of_the_secret() {
+    let c =
+        load(&MINIMAL.replace("shared_secret_file: secret", "shared_secret_file: bom")).unwrap();
+    assert_eq!(c.routes.0[0].released.secret.expose(), SECRET);
+}
+
+#[test]
+fn a_config_past_the_size_bound_is_refused_before_parsing() {
+    let padding = format!("# {}\n", "x".repeat(1024)).repeat(1024);
+    let errors = load(&format!("{MINIMAL}{padding}")).unwrap_err();
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    assert!(
+        errors.errors[0].message.contains("larger than 1 MiB"),
+        "{errors}"
+    );
 }
 
 #[test]

@@ -106,7 +106,8 @@ impl From<TlsLoadError> for String {
 }
 
 fn read(path: &Path, h: &mut DefaultHasher) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::config::files::read_bounded(path, crate::config::files::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read {e}"))?;
     bytes.hash(h);
     Ok(bytes)
 }

@@ -49,7 +49,8 @@ pub fn read_client_cert(config: &Config, path: &std::path::Path) -> Result<Clien
         .as_ref()
         .and_then(|t| t.client_ca_file.as_ref())
         .ok_or("the config has no tls.client_ca_file: client certificates are not asked for")?;
-    let bytes = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+    let bytes = crate::config::files::read_bounded(ca, crate::config::files::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read {e}"))?;
     crate::edge::tls::client_verifier(&bytes, ca)?
         .verify_client_cert(leaf, intermediates, UnixTime::now())
         .map_err(|e| format!("refused at the TLS handshake: {e}"))?;

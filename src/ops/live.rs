@@ -159,8 +159,8 @@ fn upstream_peer(config: &Config) -> Result<UpstreamPeer, String> {
 fn load_ca(path: &Path) -> Result<(Box<[WrappedX509]>, u64), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let bytes = crate::config::files::read_bounded(path, crate::config::files::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read CA file {e}"))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
@@ -331,12 +331,7 @@ fn build(
     keys: &KeyCache,
     cool_downs: &CoolDowns,
 ) -> Result<Snapshot, ReloadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ReloadError::Build(format!(
-            "cannot read the config file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let text = Config::read(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let provider = |source: &KeySource, refresh: Duration| keys.get(source, refresh);
     let options = LoadOptions {

@@ -18,6 +18,11 @@ const USER_ID_MAX: usize = 255;
 const NAME_MAX_CHARS: usize = 200;
 /// RFC 5321's limit on a forward path.
 const EMAIL_MAX: usize = 254;
+/// RFC 5321's limit on a local part.
+const EMAIL_LOCAL_MAX: usize = 64;
+/// Longest `avatar_url` sent (browsers and CDNs cope with far longer, but an avatar URL
+/// longer than this is not one).
+const AVATAR_URL_MAX: usize = 2048;
 
 /// One of the four user fields a token request can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,11 +152,11 @@ pub struct IdentityRules {
 pub struct Identity {
     /// Matches `^[a-zA-Z0-9:_-]{1,255}$`.
     pub user_id: String,
-    /// An email address.
+    /// An email address Released accepts: printable ASCII, the domain punycoded.
     pub user_email: String,
-    /// At most 200 characters.
+    /// At most 200 characters, without control or bidi characters.
     pub name: Option<String>,
-    /// An absolute http(s) URL.
+    /// An absolute http(s) URL in its canonical form.
     pub avatar_url: Option<String>,
 }
 
@@ -232,10 +237,14 @@ impl fmt::Display for FieldProblem {
                 f,
                 "value breaks Released's rule ^[a-zA-Z0-9:_-]{{1,255}}$ (add `transform: [escape]`)"
             ),
-            FieldProblem::InvalidEmail => write!(f, "value is not an email address"),
-            FieldProblem::InvalidAvatarUrl => {
-                write!(f, "value is not an absolute http(s) URL")
-            }
+            FieldProblem::InvalidEmail => write!(
+                f,
+                "value is not an email address Released accepts (a printable ASCII local part without leading, trailing or double dots, @, a domain name)"
+            ),
+            FieldProblem::InvalidAvatarUrl => write!(
+                f,
+                "value is not an absolute http(s) URL of at most {AVATAR_URL_MAX} bytes without whitespace, quotes, angle brackets or backslashes"
+            ),
             FieldProblem::MissingClaim(c) => write!(f, "claim {c} is missing"),
             FieldProblem::ClaimNotAString(c) => write!(f, "claim {c} is not a single value"),
         }
@@ -293,19 +302,18 @@ impl IdentityRules {
             });
         }
         let user_email = required(Field::UserEmail, &self.user_email)?;
-        if !valid_email(&user_email) {
-            return Err(IdentityError {
-                field: Field::UserEmail,
-                problem: FieldProblem::InvalidEmail,
-            });
-        }
+        let user_email = email(&user_email).ok_or(IdentityError {
+            field: Field::UserEmail,
+            problem: FieldProblem::InvalidEmail,
+        })?;
 
         let mut dropped = Vec::new();
         let mut optional =
             |field: Field,
              rule: Option<&FieldRule>,
-             check: fn(String) -> Result<String, FieldProblem>| {
-                let value = read_field(rule?, values).and_then(check);
+             check: fn(&FieldRule, String) -> Result<String, FieldProblem>| {
+                let rule = rule?;
+                let value = read_field(rule, values).and_then(|v| check(rule, v));
                 match value {
                     Ok(v) => Some(v),
                     // An absent optional value is the normal case, not worth reporting.
@@ -316,15 +324,15 @@ impl IdentityRules {
                     }
                 }
             };
-        let name = optional(Field::Name, self.name.as_ref(), |v| {
-            Ok(truncate_chars(v, NAME_MAX_CHARS))
-        });
-        let avatar_url = optional(Field::AvatarUrl, self.avatar_url.as_ref(), |v| {
-            if valid_avatar_url(&v) {
-                Ok(v)
-            } else {
-                Err(FieldProblem::InvalidAvatarUrl)
+        let name = optional(Field::Name, self.name.as_ref(), |rule, v| {
+            let shown = strip_hidden(v);
+            if shown.is_empty() {
+                return Err(FieldProblem::Empty(rule.source.to_string()));
             }
+            Ok(truncate_chars(shown, NAME_MAX_CHARS))
+        });
+        let avatar_url = optional(Field::AvatarUrl, self.avatar_url.as_ref(), |_, v| {
+            avatar_url(&v).ok_or(FieldProblem::InvalidAvatarUrl)
         });
         Ok(Extraction {
             identity: Identity {
@@ -405,36 +413,131 @@ pub fn valid_user_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
 }
 
-/// A pragmatic address check: one `@`, a non-empty local part without spaces or
-/// delimiters, and a dotted domain of non-empty labels.
-pub fn valid_email(s: &str) -> bool {
+/// The address as sent to Released, if it is one Released accepts: one `@`; a local part
+/// of printable ASCII without the delimiters `()<>[]\\,;:"` and without a leading,
+/// trailing or doubled dot (quoted local parts are not supported); a domain of at least
+/// two letter-digit-hyphen labels. A domain written in Unicode is converted to punycode
+/// (IDNA, as browsers submit an `<input type=email>`); an ASCII one is sent as given.
+/// Invisible characters (zero-width, bidi controls) are refused anywhere.
+pub fn email(s: &str) -> Option<String> {
     if s.len() > EMAIL_MAX {
-        return false;
+        return None;
     }
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
+    let (local, domain) = s.split_once('@')?;
+    if !valid_local_part(local) {
+        return None;
+    }
+    let domain = if domain.is_ascii() {
+        domain.to_string()
+    } else {
+        // The URL host parser applies IDNA; it also percent-decodes, so `%` is kept out.
+        let suspicious =
+            |c: char| c.is_control() || c.is_whitespace() || is_hidden(c) || "%@/\\[]:".contains(c);
+        if domain.chars().any(suspicious) {
+            return None;
+        }
+        match url::Host::parse(domain) {
+            Ok(url::Host::Domain(ascii)) => ascii,
+            _ => return None,
+        }
     };
-    let forbidden = |c: char| c.is_whitespace() || c.is_control() || "@<>()[]\\,;:\"".contains(c);
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-    };
-    !local.is_empty()
-        && local.len() <= 64
-        && !local.chars().any(forbidden)
-        && domain.contains('.')
-        && domain.split('.').all(label_ok)
+    if !valid_domain(&domain) {
+        return None;
+    }
+    let address = format!("{local}@{domain}");
+    (address.len() <= EMAIL_MAX).then_some(address)
 }
 
-/// An absolute http or https URL with a host.
-pub fn valid_avatar_url(s: &str) -> bool {
-    match url::Url::parse(s) {
-        Ok(u) => {
-            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
-        }
-        Err(_) => false,
+fn valid_local_part(local: &str) -> bool {
+    (1..=EMAIL_LOCAL_MAX).contains(&local.len())
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>[]\\,;:\"@".contains(&b))
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+}
+
+/// Letter-digit-hyphen labels of 1 to 63 bytes, at least two of them, the last not all
+/// digits (an address literal must be written `[…]`, which is not supported).
+fn valid_domain(domain: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    domain.len() <= 253
+        && domain.contains('.')
+        && domain.split('.').all(label_ok)
+        && !domain
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The canonical form (`url::Url` serialization) of an absolute http(s) URL with a host
+/// and no credentials, if the raw text has no whitespace, control or invisible character,
+/// quote, angle bracket or backslash and neither it nor its canonical form is longer than
+/// [`AVATAR_URL_MAX`]. The raw text is checked before parsing because the URL parser
+/// repairs some of these (it drops tabs and newlines and reads `\\` as `/`).
+pub fn avatar_url(raw: &str) -> Option<String> {
+    if raw.len() > AVATAR_URL_MAX {
+        return None;
+    }
+    let forbidden = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || is_hidden(c)
+            || matches!(c, '"' | '\'' | '`' | '<' | '>' | '\\')
+    };
+    if raw.chars().any(forbidden) {
+        return None;
+    }
+    let scheme_ok = ["http://", "https://"].iter().any(|p| {
+        raw.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    });
+    if !scheme_ok {
+        return None;
+    }
+    let url = url::Url::parse(raw).ok()?;
+    let usable = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none();
+    let canonical: String = url.into();
+    (usable && canonical.len() <= AVATAR_URL_MAX).then_some(canonical)
+}
+
+/// Characters that change how text around them is shown without being seen: zero-width
+/// characters, bidi marks, embeddings, overrides and isolates, and other invisible format
+/// characters. A name carrying U+202E can display as someone else's.
+fn is_hidden(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'
+    )
+}
+
+/// `name` without control characters and the invisible ones of [`is_hidden`].
+fn strip_hidden(value: String) -> String {
+    if value.chars().any(|c| c.is_control() || is_hidden(c)) {
+        value
+            .chars()
+            .filter(|c| !c.is_control() && !is_hidden(*c))
+            .collect()
+    } else {
+        value
     }
 }
 
@@ -665,9 +768,29 @@ mod tests {
                 Some("http://x.example/a.png"),
                 None,
             ),
+            (
+                b"HTTPS://X.example/a/../a.png",
+                Some("https://x.example/a.png"),
+                None,
+            ),
             (b"/relative.png", None, Some("invalid_avatar_url")),
             (b"javascript:alert(1)", None, Some("invalid_avatar_url")),
             (b"ftp://x.example/a.png", None, Some("invalid_avatar_url")),
+            (
+                b"https://cdn.example/a.png\"><img src=x onerror=alert(1)>",
+                None,
+                Some("invalid_avatar_url"),
+            ),
+            (
+                b"https:\\\\cdn.example\\a.png",
+                None,
+                Some("invalid_avatar_url"),
+            ),
+            (
+                b"https://cdn.exa\tmple/a.png",
+                None,
+                Some("invalid_avatar_url"),
+            ),
             (b"\xff", None, Some("not_utf8")),
         ];
         for (avatar, want, dropped) in cases {
@@ -684,14 +807,172 @@ mod tests {
 
     #[test]
     fn email_rules() {
-        for ok in ["a@b.co", "first.last+tag@sub.example.com", "ü@exämple.de"] {
-            assert!(valid_email(ok), "{ok}");
+        let cases: &[(&str, Option<&str>)] = &[
+            ("a@b.co", Some("a@b.co")),
+            (
+                "first.last+tag@sub.example.com",
+                Some("first.last+tag@sub.example.com"),
+            ),
+            (
+                "o'brien_{x}|~@example.com",
+                Some("o'brien_{x}|~@example.com"),
+            ),
+            ("Alice@Example.COM", Some("Alice@Example.COM")),
+            // A Unicode domain is sent punycoded; an ASCII one as given.
+            ("anna@exämple.de", Some("anna@xn--exmple-cua.de")),
+            ("anna@bücher.example", Some("anna@xn--bcher-kva.example")),
+            ("", None),
+            ("a", None),
+            ("a@", None),
+            ("@b.co", None),
+            ("a@b", None),
+            ("a b@c.de", None),
+            ("a\tb@c.de", None),
+            ("a@b..co", None),
+            ("a@-b.co", None),
+            ("a@b-.co", None),
+            ("a@b@c.de", None),
+            ("<a>@b.co", None),
+            ("a@b.co.", None),
+            ("a@1.2.3.4", None),
+            ("a@[1.2.3.4]", None),
+            ("a@b_c.de", None),
+            // The issue's examples: a leading dot, a double dot, zero-width and bidi.
+            (".alice@example.com", None),
+            ("alice.@example.com", None),
+            ("a..b@example.com", None),
+            ("ali\u{200b}ce@example.com", None),
+            ("alice@exa\u{200b}mple.com", None),
+            ("\u{202e}moc.elpmaxe@ecila", None),
+            ("alice@example.com\u{202e}", None),
+            ("alice@exam\u{2066}ple.com", None),
+            ("alice@exa%41mple.com", None),
+            ("ü@exämple.de", None),
+            ("é@example.com", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(email(input).as_deref(), *want, "{input:?}");
         }
-        for bad in [
-            "", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@b..co", "a@-b.co", "a@b@c.de", "<a>@b.co",
-        ] {
-            assert!(!valid_email(bad), "{bad}");
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert_eq!(email(&long_local), None);
+        let long = format!("a@{}.com", "b.".repeat(130));
+        assert_eq!(email(&long), None);
+    }
+
+    #[test]
+    fn avatar_url_rules() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "https://cdn.example/a.png",
+                Some("https://cdn.example/a.png"),
+            ),
+            (
+                "http://cdn.example/a.png?s=64",
+                Some("http://cdn.example/a.png?s=64"),
+            ),
+            (
+                "HTTPS://CDN.Example/a.png",
+                Some("https://cdn.example/a.png"),
+            ),
+            ("https://cdn.example", Some("https://cdn.example/")),
+            (
+                "https://cdn.example:443/a.png",
+                Some("https://cdn.example/a.png"),
+            ),
+            (
+                "https://cdn.example/ä.png",
+                Some("https://cdn.example/%C3%A4.png"),
+            ),
+            (
+                "https://bücher.example/a.png",
+                Some("https://xn--bcher-kva.example/a.png"),
+            ),
+            (
+                "https://cdn.example/a/../b.png",
+                Some("https://cdn.example/b.png"),
+            ),
+            // The issue's examples.
+            ("https://cdn.example/a b.png", None),
+            (
+                "https://cdn.example/a.png\"><img src=x onerror=alert(1)>",
+                None,
+            ),
+            ("https:\\\\cdn.example\\a.png", None),
+            ("https://cdn.exa\tmple/a.png", None),
+            ("https://cdn.example/a.png\n", None),
+            ("https://cdn.example/\u{200b}a.png", None),
+            ("https://cdn.example/\u{202e}gnp.a", None),
+            ("https://cdn.example/a'.png", None),
+            ("https://cdn.example/a`.png", None),
+            ("https://cdn.example/<a>.png", None),
+            ("/relative.png", None),
+            ("//cdn.example/a.png", None),
+            ("https:cdn.example/a.png", None),
+            ("javascript:alert(1)", None),
+            ("data:image/png;base64,AAAA", None),
+            ("ftp://cdn.example/a.png", None),
+            ("https://", None),
+            ("https://user:pass@cdn.example/a.png", None),
+            ("https://cdn.example@evil.example/a.png", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(avatar_url(input).as_deref(), *want, "{input:?}");
         }
+        let at_limit = format!("https://cdn.example/{}", "a".repeat(AVATAR_URL_MAX - 20));
+        assert_eq!(at_limit.len(), AVATAR_URL_MAX);
+        assert_eq!(avatar_url(&at_limit).as_deref(), Some(at_limit.as_str()));
+        let over = format!("{at_limit}b");
+        assert_eq!(avatar_url(&over), None);
+        // Short enough as written, too long once canonical (percent-encoded).
+        let grows = format!("https://cdn.example/{}", "ä".repeat(1000));
+        assert!(grows.len() <= AVATAR_URL_MAX);
+        assert_eq!(avatar_url(&grows), None);
+    }
+
+    #[test]
+    fn name_loses_control_and_bidi_characters_before_truncation() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("José Ñandú", Some("José Ñandú")),
+            ("Alice\u{202e}txt.exe", Some("Alicetxt.exe")),
+            ("\u{200e}Bob\u{200f}", Some("Bob")),
+            ("Ca\u{200b}rol\u{2060}", Some("Carol")),
+            ("\u{2066}Dave\u{2069}", Some("Dave")),
+            ("Eve\u{202a}\u{202b}\u{202c}\u{202d}", Some("Eve")),
+            ("Fr\u{feff}ank\u{061c}", Some("Frank")),
+            ("Gr\tace", Some("Grace")),
+            ("\u{202e}", None),
+        ];
+        for (input, want) in cases {
+            let h = headers(&[
+                ("x-user", b"alice"),
+                ("x-email", b"a@b.co"),
+                ("x-name", input.as_bytes()),
+            ]);
+            let got = rules().extract(&h).unwrap();
+            assert_eq!(got.identity.name.as_deref(), *want, "{input:?}");
+            let dropped = got.dropped.first().map(|d| (d.field, d.reason.label()));
+            let expected = want.is_none().then_some((Field::Name, "empty"));
+            assert_eq!(dropped, expected, "{input:?}");
+        }
+        // Stripped first, then cut: 200 visible characters survive 100 hidden ones.
+        let long = format!("{}{}", "\u{200b}".repeat(100), "é".repeat(250));
+        let h = headers(&[
+            ("x-user", b"alice"),
+            ("x-email", b"a@b.co"),
+            ("x-name", long.as_bytes()),
+        ]);
+        let name = rules().extract(&h).unwrap().identity.name.unwrap();
+        assert_eq!(name, "é".repeat(200));
+    }
+
+    #[test]
+    fn the_sent_email_is_the_normalized_one() {
+        let h = headers(&[
+            ("x-user", b"anna"),
+            ("x-email", "anna@exämple.de".as_bytes()),
+        ]);
+        let got = rules().extract(&h).unwrap();
+        assert_eq!(got.identity.user_email, "anna@xn--exmple-cua.de");
     }
 
     #[test]

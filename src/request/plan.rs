@@ -164,14 +164,14 @@ fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) ->
 }
 
 /// Verifies a gateway assertion and builds the token request from its claims, waiting for
-/// keys no later than `deadline`.
+/// keys no later than `deadline`; also returns the optional fields left out.
 pub async fn verify_assertion(
     raw: &str,
     rules: &IdentityRules,
     account_id: &str,
     http: &reqwest::Client,
     deadline: std::time::Instant,
-) -> Result<TokenRequest, NoToken> {
+) -> Result<(TokenRequest, Vec<Dropped>), NoToken> {
     let Some(settings) = &rules.jwt else {
         return Err(NoToken::Assertion(JwtError::Missing));
     };
@@ -179,7 +179,10 @@ pub async fn verify_assertion(
         .await
         .map_err(NoToken::Assertion)?;
     let extraction = rules.extract_claims(&claims).map_err(NoToken::Identity)?;
-    Ok(TokenRequest::new(account_id, extraction.identity))
+    Ok((
+        TokenRequest::new(account_id, extraction.identity),
+        extraction.dropped,
+    ))
 }
 
 /// The single, UTF-8 assertion header.

@@ -14,6 +14,8 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use crate::config::files;
+
 /// Largest key document accepted.
 const MAX_KEY_DOCUMENT: usize = 1024 * 1024;
 /// Fewest seconds between two fetches caused by unknown `kid`s (a flood of bogus `kid`s
@@ -207,8 +209,8 @@ impl KeyStore {
         let mut store = KeyStore::unloaded(source, refresh_every);
         match &store.source {
             KeySource::JwksFile(path) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| KeyError::Fetch(format!("cannot read {}: {e}", path.display())))?;
+                let bytes = files::read_bounded(path, MAX_KEY_DOCUMENT as u64)
+                    .map_err(|e| KeyError::Fetch(format!("cannot read {e}")))?;
                 store.keys.store(Arc::new(parse_jwks(&bytes)?));
                 store.loaded.store(true, Ordering::Release);
                 let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -58,8 +58,8 @@ impl Minter {
         deadline: Instant,
         gate: impl FnOnce(&TokenRequest) -> Result<(), Duration>,
     ) -> Result<Token, Refused> {
-        let request = match planned {
-            Planned::Request(request, _) => request,
+        let (request, dropped) = match planned {
+            Planned::Request(request, dropped) => (request, dropped),
             Planned::Assertion(raw) => {
                 let account = &self.settings.account_id;
                 let http = self.client.http();
@@ -76,6 +76,14 @@ impl Minter {
                 }
             }
         };
+        for d in &dropped {
+            // The reason names the rule, never the value (SPEC §3: logged at debug).
+            tracing::debug!(field = %d.field, reason = %d.reason, "optional user field left out of the token request");
+            self.metrics
+                .identity_fields_dropped
+                .with_label_values(&[d.field.key(), d.reason.label()])
+                .inc();
+        }
         gate(&request).map_err(Refused::Gate)?;
         if !self.cool_down.admit() {
             self.metrics

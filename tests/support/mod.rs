@@ -1,10 +1,11 @@
 //! Test harness shared by every integration test: a real app (`upstream`), a local
 //! stand-in for the Released token API that enforces SPEC §1 (`standin`), the real
 //! `released-sidecar` binary started on free loopback ports (`sidecar`), external programs
-//! and their child processes (`tools`), and small client helpers. Everything listens on
-//! 127.0.0.1 and stops when dropped.
+//! and their child processes (`tools`), hostile config files (`hostile`), and small client
+//! helpers. Everything listens on 127.0.0.1 and stops when dropped.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod jwt;
 pub mod pki;
 pub mod raw;

@@ -268,7 +268,11 @@ fn contract_violation(body: &serde_json::Value) -> Option<String> {
             match (k.as_str(), v.as_str()) {
                 ("name", Some(n)) if n.chars().count() <= 200 => {}
                 ("avatar_url", Some(u))
-                    if u.starts_with("https://") || u.starts_with("http://") => {}
+                    if (u.starts_with("https://") || u.starts_with("http://"))
+                        && u.len() <= 2048
+                        && !u
+                            .chars()
+                            .any(|c| c.is_whitespace() || "\"'`<>\\".contains(c)) => {}
                 _ => return Some(format!("invalid profile.{k}")),
             }
         }
