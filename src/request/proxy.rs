@@ -164,11 +164,13 @@ impl PageRewrite {
         let Some(compressor) = self.compressor.as_mut() else {
             return out;
         };
-        let mut compressed = compressor.write(&out);
+        // A flush per upstream read: the client decodes what the app has sent, even when
+        // the app pauses mid-page (see `Compressor`).
         if end {
-            compressed = concat(compressed, compressor.finish());
+            compressor.finish(&out)
+        } else {
+            compressor.write(&out)
         }
-        compressed
     }
 }
 
