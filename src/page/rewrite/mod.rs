@@ -373,6 +373,23 @@ impl Rewriter {
         }
     }
 
+    /// [`Rewriter::write`] for a chunk held as [`Bytes`] (what pingora hands the body
+    /// filter): on the fast engine, a chunk that passes through unchanged goes out as a
+    /// slice of itself instead of a copy.
+    pub fn write_bytes(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.inner {
+            Inner::Fast(scanner) => {
+                let was = scanner.bailed_out();
+                let out = scanner.write_bytes(chunk);
+                if scanner.bailed_out() && !was {
+                    warn_stopped(&"an unfinished tag outgrew the memory limit");
+                }
+                out
+            }
+            Inner::Reference(r) => r.write(&chunk),
+        }
+    }
+
     /// Flushes whatever is held back at the end of the body.
     pub fn end(&mut self) -> Bytes {
         match &mut self.inner {
