@@ -2386,19 +2386,7 @@ mod tests {
         let steering = (0..16).filter(|&k| STEERING_SLOTS[k] != 0).count();
         assert_eq!(steering, STEERING.len(), "one slot each");
         assert!(!steers_html_parsing(hash(b"div")) && !steers_html_parsing(EMPTY_HASH));
-        for name in [
-            &b"font"[..],
-            b"H1",
-            b"foreignObject",
-            b"released-page",
-            b"abcdefghijklm",
-            b"zbcdefghijklm",
-            b"abcdefghijklmn",
-            b"a7",
-            b"",
-        ] {
-            assert_eq!(name_hash(name), hash(name), "{name:?}");
-        }
+        // The hot loop's two hash functions agree with lol_html's.
         for name in [
             &b"font"[..],
             b"H1",
@@ -2413,6 +2401,7 @@ mod tests {
             b"a7",
             b"a",
         ] {
+            assert_eq!(name_hash(name), hash(name), "{name:?}");
             let mut chunk = name.to_vec();
             chunk.push(b'>');
             assert_eq!(
@@ -2421,5 +2410,6 @@ mod tests {
                 "{name:?}"
             );
         }
+        assert_eq!(name_hash(b""), hash(b""));
     }
 }
