@@ -1,4 +1,5 @@
-//! Throughput of the streaming HTML rewrite (`src/rewrite.rs`) on a realistic ~100 KB page.
+//! Throughput of the streaming HTML rewrite (`src/page/rewrite/`) on a realistic ~100 KB page,
+//! and of the recompression of rewritten pages (`src/page/compress.rs`).
 //!
 //! Run: `cargo bench --bench rewriter -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -10,15 +11,22 @@
 //!   that size).
 //! - `rewrite_100k_lolhtml/<page>/<chunking>`: the same through the reference engine,
 //!   lol_html (`Engine::Reference`), in the same run.
+//! - `rewrite_100k_bytes/<page>/<chunking>`: the fast engine fed `Bytes` chunks
+//!   (`Rewriter::write_bytes`, what the proxy calls): unchanged chunks go out as slices of
+//!   the input instead of copies.
 //! - `baseline_100k/*`: what the bytes cost without lol_html: a plain copy per chunk (what
 //!   a passthrough chunk costs at most) and a memchr pre-scan for a possible embed tag
 //!   (the candidate fast path suggested in the README), to put the rewrite figure in scale.
 //! - `rewriter_setup/new_end_tiny{,_lolhtml}`: fixed cost per rewritten response, measured
 //!   on a 40-byte page, for each engine.
+//! - `compress_100k/<coding>/<chunking>_{flush,no_flush}`: recompressing the rewritten page
+//!   (`page::compress`) as the proxy does, `write` (flushed) per chunk and `finish`, against
+//!   the same without the flushes; the compressed sizes are printed before the group runs.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use released_sidecar::page::compress::{Coding, Compressor};
 use released_sidecar::page::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
 use released_sidecar::token::secret::Token;
 
@@ -201,6 +209,22 @@ fn rewrite_once(
     n + black_box(r.end()).len()
 }
 
+/// [`rewrite_once`] on the fast engine with the chunks handed over as `Bytes` slices of
+/// one buffer (`Rewriter::write_bytes`), as the proxy does: unchanged chunks go out
+/// uncopied.
+fn rewrite_bytes_once(tags: &EmbedTags, token: &Token, chunks: &[bytes::Bytes]) -> usize {
+    let edits = Edits {
+        token: Some(token),
+        inject: None,
+    };
+    let mut r = Rewriter::with_engine(tags, edits, Charset::Sniffed, MEMORY_LIMIT, Engine::Fast);
+    let mut n = 0;
+    for c in chunks {
+        n += black_box(r.write_bytes(c.clone())).len();
+    }
+    n + black_box(r.end()).len()
+}
+
 /// Could `chunk` (plus the tail of the previous chunk) hold the start of an embed tag?
 /// `<` followed by `released-` in any case; `carry` holds up to 9 bytes of the previous
 /// chunk's tail so a name split across chunks is still found.
@@ -262,6 +286,22 @@ fn bench_rewrite(c: &mut Criterion) {
         group.finish();
     }
 
+    let mut group = c.benchmark_group("rewrite_100k_bytes");
+    for (name, page) in [("one_tag", &with_tag), ("no_tag", &without_tag)] {
+        group.throughput(Throughput::Bytes(page.len() as u64));
+        let buffer = bytes::Bytes::copy_from_slice(page);
+        for (label, chunk) in [("whole", usize::MAX), ("16k", 16 * 1024), ("4k", 4 * 1024)] {
+            let chunks: Vec<bytes::Bytes> = (0..buffer.len())
+                .step_by(chunk.min(buffer.len()))
+                .map(|at| buffer.slice(at..(at.saturating_add(chunk)).min(buffer.len())))
+                .collect();
+            group.bench_with_input(BenchmarkId::new(name, label), &chunks, |b, chunks| {
+                b.iter(|| rewrite_bytes_once(&tags, &token, chunks))
+            });
+        }
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("baseline_100k");
     group.throughput(Throughput::Bytes(with_tag.len() as u64));
     group.bench_function("copy_16k_chunks", |b| {
@@ -296,5 +336,45 @@ fn bench_rewrite(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_rewrite);
+/// Compresses `page` fed in `chunk`-sized pieces, flushing after each or not; returns the
+/// compressed length.
+fn compress_once(coding: Coding, page: &[u8], chunk: usize, flush: bool) -> usize {
+    let mut c = Compressor::new(coding);
+    let mut n = 0;
+    for piece in page.chunks(chunk) {
+        let out = if flush {
+            c.write(piece)
+        } else {
+            c.write_unflushed(piece)
+        };
+        n += black_box(out).len();
+    }
+    n + black_box(c.finish(b"")).len()
+}
+
+fn bench_compress(c: &mut Criterion) {
+    let page = page(100 * 1024, true);
+    let mut group = c.benchmark_group("compress_100k");
+    group.throughput(Throughput::Bytes(page.len() as u64));
+    for (name, coding) in [("gzip", Coding::Gzip), ("br", Coding::Brotli)] {
+        for (label, chunk) in [("16k", 16 * 1024), ("4k", 4 * 1024)] {
+            let flushed = compress_once(coding, &page, chunk, true);
+            let unflushed = compress_once(coding, &page, chunk, false);
+            println!(
+                "compress_100k/{name}/{label}: {} -> {flushed} bytes flushed per chunk, {unflushed} without flushes ({:+.1} %)",
+                page.len(),
+                (flushed as f64 / unflushed as f64 - 1.0) * 100.0
+            );
+            for flush in [true, false] {
+                let id = format!("{label}_{}", if flush { "flush" } else { "no_flush" });
+                group.bench_function(BenchmarkId::new(name, id), |b| {
+                    b.iter(|| compress_once(coding, &page, chunk, flush))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_rewrite, bench_compress);
 criterion_main!(benches);

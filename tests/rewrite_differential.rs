@@ -9,6 +9,7 @@
 //! A long run (release builds skip lol_html's debug assertions, so it is faster too):
 //! `PROPTEST_CASES=1000000 CARGO_TARGET_DIR=target-bench cargo test --release --test rewrite_differential`.
 
+use bytes::Bytes;
 use proptest::prelude::*;
 use released_sidecar::page::rewrite::{Charset, Edits, EmbedTags, Engine, Rewriter};
 use released_sidecar::token::secret::Token;
@@ -201,11 +202,20 @@ fn run(engine: Engine, input: &[u8], cuts: &[usize], charset: Charset) -> (Vec<u
     let mut start = 0;
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     cuts.sort_unstable();
-    for cut in cuts {
-        out.extend_from_slice(&r.write(&input[start..cut.max(start)]));
+    // Every other chunk goes in as `Bytes` (as the proxy feeds it), so both ways of
+    // writing, and their mix, are held to the reference.
+    let mut write = |i: usize, piece: &[u8]| {
+        if i.is_multiple_of(2) {
+            r.write_bytes(Bytes::copy_from_slice(piece))
+        } else {
+            r.write(piece)
+        }
+    };
+    for (i, cut) in cuts.into_iter().enumerate() {
+        out.extend_from_slice(&write(i, &input[start..cut.max(start)]));
         start = cut.max(start);
     }
-    out.extend_from_slice(&r.write(&input[start..]));
+    out.extend_from_slice(&write(usize::MAX, &input[start..]));
     out.extend_from_slice(&r.end());
     (out, r.tags_rewritten(), r.bailed_out())
 }

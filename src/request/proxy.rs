@@ -179,19 +179,21 @@ struct PageRewrite {
 
 impl PageRewrite {
     /// Rewrites (and compresses) one chunk; `end` also flushes everything held back.
-    fn process(&mut self, chunk: Option<&[u8]>, end: bool) -> Bytes {
-        let mut out = chunk.map_or_else(Bytes::new, |c| self.rewriter.write(c));
+    fn process(&mut self, chunk: Option<Bytes>, end: bool) -> Bytes {
+        let mut out = chunk.map_or_else(Bytes::new, |c| self.rewriter.write_bytes(c));
         if end {
             out = concat(out, self.rewriter.end());
         }
         let Some(compressor) = self.compressor.as_mut() else {
             return out;
         };
-        let mut compressed = compressor.write(&out);
+        // A flush per upstream read: the client decodes what the app has sent, even when
+        // the app pauses mid-page (see `Compressor`).
         if end {
-            compressed = concat(compressed, compressor.finish());
+            compressor.finish(&out)
+        } else {
+            compressor.write(&out)
         }
-        compressed
     }
 }
 
@@ -385,7 +387,7 @@ impl ProxyHttp for Sidecar {
     ) -> Result<Option<Duration>> {
         if let Some(rewrite) = ctx.rewrite.as_mut() {
             let chunk = body.take();
-            *body = Some(rewrite.get_mut().process(chunk.as_deref(), end_of_stream));
+            *body = Some(rewrite.get_mut().process(chunk, end_of_stream));
         }
         Ok(None)
     }

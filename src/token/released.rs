@@ -289,16 +289,16 @@ impl ReleasedClient {
         request: &TokenRequest,
         deadline: Instant,
     ) -> Result<Token, TokenError> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        if deadline <= Instant::now() {
             return Err(TokenError::Timeout);
         }
+        // The deadline below bounds the whole exchange, body included; a reqwest timeout
+        // as well would only arm a second timer per call.
         let send = self
             .http
             .post(settings.api_url.clone())
             .bearer_auth(settings.secret.expose())
             .json(request)
-            .timeout(remaining)
             .send();
         let outcome = tokio::time::timeout_at(deadline.into(), async {
             let mut response = send.await.map_err(classify)?;

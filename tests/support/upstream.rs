@@ -35,6 +35,14 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         chunks: Vec<(Duration, Bytes)>,
     },
+    /// A response whose body chunks the test sends, when it chooses, down a channel; the
+    /// body ends when the sender is dropped. Lets a test hold the app mid-page on a signal
+    /// instead of a timer.
+    Channel {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunks: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    },
     /// JSON of the request headers the app received (name -> list of values).
     EchoHeaders,
     /// The request body sent back as is (`application/octet-stream`).
@@ -64,9 +72,12 @@ impl Reply {
         }
     }
 
-    /// Adds a header to a `Full` or `Stream` reply.
+    /// Adds a header to a `Full`, `Stream` or `Channel` reply.
     pub fn header(mut self, name: &str, value: &str) -> Reply {
-        if let Reply::Full { headers, .. } | Reply::Stream { headers, .. } = &mut self {
+        if let Reply::Full { headers, .. }
+        | Reply::Stream { headers, .. }
+        | Reply::Channel { headers, .. } = &mut self
+        {
             headers.push((name.into(), value.into()));
         }
         self
@@ -260,6 +271,17 @@ async fn answer(
             let stream = futures_util::stream::iter(chunks).then(|(delay, bytes)| async move {
                 tokio::time::sleep(delay).await;
                 Ok::<_, std::io::Error>(Frame::data(bytes))
+            });
+            build(status, &headers, BodyExt::boxed(StreamBody::new(stream)))
+        }
+        Reply::Channel {
+            status,
+            headers,
+            chunks,
+        } => {
+            let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
+                let bytes = chunks.recv().await?;
+                Some((Ok::<_, std::io::Error>(Frame::data(bytes)), chunks))
             });
             build(status, &headers, BodyExt::boxed(StreamBody::new(stream)))
         }

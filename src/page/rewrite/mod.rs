@@ -383,15 +383,18 @@ impl Rewriter {
     /// unfinished tag is held back until its end arrives).
     pub fn write(&mut self, chunk: &[u8]) -> Bytes {
         match &mut self.inner {
-            Inner::Fast(scanner) => {
-                let was = scanner.bailed_out();
-                let out = scanner.write(chunk);
-                if scanner.bailed_out() && !was {
-                    warn_stopped(&"an unfinished tag outgrew the memory limit");
-                }
-                out
-            }
+            Inner::Fast(scanner) => scan_warning_once(scanner, |s| s.write(chunk)),
             Inner::Reference(r) => r.write(chunk),
+        }
+    }
+
+    /// [`Rewriter::write`] for a chunk held as [`Bytes`] (what pingora hands the body
+    /// filter): on the fast engine, a chunk that passes through unchanged goes out as a
+    /// slice of itself instead of a copy.
+    pub fn write_bytes(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.inner {
+            Inner::Fast(scanner) => scan_warning_once(scanner, |s| s.write_bytes(chunk)),
+            Inner::Reference(r) => r.write(&chunk),
         }
     }
 
@@ -442,6 +445,19 @@ impl Rewriter {
             }
         }
     }
+}
+
+/// Runs one write on the scanner; warns once, when this write hit the memory bound.
+fn scan_warning_once(
+    scanner: &mut scan::Scanner,
+    write: impl FnOnce(&mut scan::Scanner) -> Bytes,
+) -> Bytes {
+    let was = scanner.bailed_out();
+    let out = write(scanner);
+    if scanner.bailed_out() && !was {
+        warn_stopped(&"an unfinished tag outgrew the memory limit");
+    }
+    out
 }
 
 fn warn_stopped(error: &dyn std::fmt::Display) {

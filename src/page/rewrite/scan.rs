@@ -11,7 +11,17 @@
 //! `tests/rewrite_differential.rs` holds the two engines to the same output.
 //!
 //! Only the bytes of an unfinished tag are held back (at most the memory limit); the rest
-//! of each chunk is copied to the output in one piece.
+//! of each chunk goes out in one piece, as a slice of the chunk when it is unchanged
+//! ([`Scanner::write_bytes`]).
+//!
+//! Speed comes from not running the byte-at-a-time port where its outcome is known:
+//! text is skipped to the next `<` a word at a time (memchr past 32 bytes); in the data
+//! state whole tags, comments and runs of them are read in one loop (`data_tags`) with
+//! byte-class tables, and a tag that cannot interest the tree builder simulator or the
+//! matchers (a name that neither steers parsing nor has an embed name's length, checked
+//! with one lookup each) never reaches them; in script, style and title text, a `<` that
+//! cannot be the appropriate end tag is skipped likewise. `Scanner::step` remains the
+//! reference for everything else, and every shortcut leaves the state it would.
 
 use std::borrow::Cow;
 
@@ -56,6 +66,83 @@ const fn hash_update(h: u64, ch: u8) -> u64 {
         b'1'..=b'6' => (h << 5) | ((ch as u64 & 0x0F) - 1),
         _ => EMPTY_HASH,
     }
+}
+
+/// Each byte's 5-bit code in a [`LocalNameHash`](hash_update), or `0xFF` where the byte
+/// makes the name unhashable.
+static HASH_CODE: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let ch = b as u8;
+        if ch.is_ascii_alphabetic() {
+            t[b] = (ch & 0x1F) + 5;
+        } else if ch >= b'1' && ch <= b'6' {
+            t[b] = (ch & 0x0F) - 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// For each byte: bit 7, it ends a tag name; else bit 6, it makes the name unhashable;
+/// else its [`HASH_CODE`].
+static NAME_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = if CLASS[b] & NAME_END != 0 {
+            0x80
+        } else if HASH_CODE[b] == 0xFF {
+            0x40
+        } else {
+            HASH_CODE[b]
+        };
+        b += 1;
+    }
+    t
+};
+
+/// A start tag's name from `chunk[at]` (a letter) in one pass: where it ends (the chunk's
+/// length if it goes on) and its hash. The overflow check of [`hash_update`] depends only
+/// on the length when the first byte is a letter (code 6 to 31): 12 codes always fit,
+/// 14 never do, and 13 fit when the first code is below 16.
+#[inline]
+fn scan_start_tag_name(chunk: &[u8], at: usize) -> (usize, u64) {
+    let mut h = 0u64;
+    let mut bad = 0u8;
+    let mut j = at;
+    for &b in &chunk[at..] {
+        let t = NAME_BYTE[b as usize];
+        if t & 0x80 != 0 {
+            break;
+        }
+        bad |= t;
+        h = (h << 5) | u64::from(t & 0x1F);
+        j += 1;
+    }
+    let len = j - at;
+    let overflows = len > 13 || len == 13 && HASH_CODE[chunk[at] as usize] >= 16;
+    let h = if bad & 0x40 != 0 || overflows {
+        EMPTY_HASH
+    } else {
+        h
+    };
+    (j, h)
+}
+
+/// `hash(name)` with a table lookup per byte, for the scanner's hot loop.
+#[inline]
+fn name_hash(name: &[u8]) -> u64 {
+    let mut h = 0u64;
+    for &b in name {
+        let code = HASH_CODE[b as usize];
+        if code == 0xFF || h >> (64 - 5) != 0 {
+            return EMPTY_HASH;
+        }
+        h = (h << 5) | u64::from(code);
+    }
+    h
 }
 
 const fn hash(name: &[u8]) -> u64 {
@@ -148,6 +235,49 @@ mod tag {
     ];
 }
 
+/// The start tags that, in HTML content, get anything but `Feedback::None` from
+/// [`Namespaces::start_tag`].
+const STEERING: [u64; 12] = [
+    tag::SVG,
+    tag::MATH,
+    tag::TEXTAREA,
+    tag::TITLE,
+    tag::PLAINTEXT,
+    tag::SCRIPT,
+    tag::RAWTEXT[0],
+    tag::RAWTEXT[1],
+    tag::RAWTEXT[2],
+    tag::RAWTEXT[3],
+    tag::RAWTEXT[4],
+    tag::RAWTEXT[5],
+];
+
+/// A multiplier that sends each [`STEERING`] hash to its own slot of 16 (found by search;
+/// a unit test checks it).
+const STEERING_MULTIPLIER: u64 = 0x313b_2e0e_557e_0e89;
+
+fn steering_slot(h: u64) -> usize {
+    (h.wrapping_mul(STEERING_MULTIPLIER) >> 60) as usize
+}
+
+/// [`STEERING`] by slot, so the check per start tag is one multiply and one comparison.
+static STEERING_SLOTS: [u64; 16] = {
+    let mut t = [0u64; 16];
+    let mut k = 0;
+    while k < STEERING.len() {
+        t[(STEERING[k].wrapping_mul(STEERING_MULTIPLIER) >> 60) as usize] = STEERING[k];
+        k += 1;
+    }
+    t
+};
+
+/// Whether a start tag with this name hash, in HTML content, gets anything but
+/// `Feedback::None` from [`Namespaces::start_tag`]. (No name hashes to 0, the empty slots.)
+#[inline]
+fn steers_html_parsing(h: u64) -> bool {
+    STEERING_SLOTS[steering_slot(h)] == h
+}
+
 fn is_svg_html_integration_point(h: u64) -> bool {
     tag::SVG_HTML_INTEGRATION.contains(&h)
 }
@@ -195,6 +325,12 @@ impl Namespaces {
             stack: vec![(Ns::Html, 1)],
             enabled,
         }
+    }
+
+    /// HTML content and nothing else open: end tags get no feedback, and start tags only
+    /// those [`steers_html_parsing`] names.
+    fn is_plain_html(&self) -> bool {
+        self.enabled && self.stack.len() == 1 && self.stack[0] == (Ns::Html, 1)
     }
 
     fn current(&self) -> Ns {
@@ -423,7 +559,59 @@ impl Seq {
 }
 
 fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'\x0C')
+    CLASS[b as usize] & WS != 0
+}
+
+/// Byte classes for the loops inside tags: one table load per byte instead of a chain of
+/// comparisons.
+const WS: u8 = 1;
+/// Ends a tag name: whitespace, `/`, `>`.
+const NAME_END: u8 = 2;
+/// Ends an attribute name: whitespace, `=`, `/`, `>`.
+const ATTR_NAME_END: u8 = 4;
+/// Ends an unquoted attribute value: whitespace, `>`.
+const VALUE_END: u8 = 8;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let ws = [b' ', b'\n', b'\r', b'\t', b'\x0C'];
+    let mut k = 0;
+    while k < ws.len() {
+        t[ws[k] as usize] = WS | NAME_END | ATTR_NAME_END | VALUE_END;
+        k += 1;
+    }
+    t[b'/' as usize] = NAME_END | ATTR_NAME_END;
+    t[b'>' as usize] = NAME_END | ATTR_NAME_END | VALUE_END;
+    t[b'=' as usize] = ATTR_NAME_END;
+    t
+};
+
+/// How many bytes [`find_byte`] looks at a word at a time before it calls memchr.
+const NEAR: usize = 32;
+
+/// The index of the first `needle` in `chunk[from..]`. Gaps in markup are mostly short (a
+/// newline between tags, a class name), so the first [`NEAR`] bytes are looked at a word
+/// at a time before memchr's call and setup, which only pay off on longer runs of text.
+#[inline(always)]
+fn find_byte(chunk: &[u8], from: usize, needle: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let rest = chunk.get(from..)?;
+    let Some((near, _)) = rest.split_first_chunk::<NEAR>() else {
+        return rest.iter().position(|&b| b == needle).map(|k| from + k);
+    };
+    let pattern = ONES * u64::from(needle);
+    let (words, _) = near.as_chunks::<8>();
+    for (word, &bytes) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(bytes) ^ pattern;
+        // The lowest set bit marks the first zero byte of `x`, the first match (a borrow
+        // can only mark bytes above it).
+        let zeros = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zeros != 0 {
+            return Some(from + word * 8 + zeros.trailing_zeros() as usize / 8);
+        }
+    }
+    memchr::memchr(needle, &rest[NEAR..]).map(|k| from + NEAR + k)
 }
 
 fn text_state(t: TextType) -> State {
@@ -482,6 +670,9 @@ pub struct Scanner {
     // What to find and write.
     rewrite_names: Vec<Vec<u8>>,
     lex_names: Vec<Vec<u8>>,
+    /// Bit `n` set: some name in `rewrite_names` or `lex_names` has `n` bytes (bit 63: 63
+    /// or more), so a tag name of another length is rejected without a comparison.
+    name_lengths: u64,
     /// The escaped token; `None` rewrites nothing (still finds tags).
     value: Option<Box<[u8]>>,
     memory_limit: usize,
@@ -530,6 +721,9 @@ pub struct Scanner {
     held: Vec<u8>,
     /// The first byte that must not be written yet (a tag in progress starts there).
     hold_from: Option<usize>,
+    /// A run of the current chunk, `[from, to)`, written out but not yet copied to `out`:
+    /// when it is all a chunk's output, it goes out as a slice of the chunk.
+    pending: Option<(usize, usize)>,
     out: BytesMut,
     bailed_out: bool,
 
@@ -566,6 +760,11 @@ impl Scanner {
         token_budget: usize,
         memory_limit: usize,
     ) -> Self {
+        let name_lengths = rewrite_names
+            .iter()
+            .map(String::as_str)
+            .chain(lex_names.iter().copied())
+            .fold(0u64, |bits, n| bits | 1 << n.len().min(63));
         Self {
             rewrite_names: rewrite_names
                 .iter()
@@ -575,6 +774,7 @@ impl Scanner {
                 .iter()
                 .map(|n| n.as_bytes().to_ascii_lowercase())
                 .collect(),
+            name_lengths,
             value: value.map(|v| v.as_bytes().into()),
             memory_limit,
             token_budget,
@@ -606,6 +806,7 @@ impl Scanner {
             emitted: 0,
             held: Vec::new(),
             hold_from: None,
+            pending: None,
             out: BytesMut::new(),
             bailed_out: false,
             tags_rewritten: 0,
@@ -657,13 +858,27 @@ impl Scanner {
         if self.bailed_out {
             return Bytes::copy_from_slice(chunk);
         }
+        // Reserving first lets the buffer the previous output was split from be reused
+        // once that output has been dropped, instead of a fresh allocation per chunk.
+        self.out.reserve(chunk.len() + self.held.len() + 256);
+        self.write_input(chunk, None)
+    }
+
+    /// [`Scanner::write`] for a chunk the caller owns as [`Bytes`]: what passes through
+    /// unchanged goes out as a slice of `chunk`, not a copy, whenever this chunk's output
+    /// is one unchanged run of it (no tag rewritten in it, nothing held from before).
+    pub fn write_bytes(&mut self, chunk: Bytes) -> Bytes {
+        if self.bailed_out {
+            return chunk;
+        }
+        self.write_input(&chunk, Some(&chunk))
+    }
+
+    fn write_input(&mut self, chunk: &[u8], owner: Option<&Bytes>) -> Bytes {
         let input = Input {
             chunk,
             base: self.base,
         };
-        // Reserving first lets the buffer the previous output was split from be reused
-        // once that output has been dropped, instead of a fresh allocation per chunk.
-        self.out.reserve(chunk.len() + self.held.len() + 256);
         self.run(input);
         let end = self.base + chunk.len();
         let keep_from = self.hold_from.map_or(end, |h| h.max(self.emitted));
@@ -675,12 +890,22 @@ impl Scanner {
         if self.held.len() + attr_bytes > self.memory_limit {
             // Past the bound: what is held goes out as it came, and so does the rest.
             self.bailed_out = true;
+            self.flush_pending(input);
             self.out.extend_from_slice(&self.held);
             self.held = Vec::new();
             self.attrs = Vec::new();
             self.emitted = end;
         }
-        self.out.split().freeze()
+        match (self.pending.take(), owner) {
+            (Some((from, to)), Some(owner)) if self.out.is_empty() => {
+                owner.slice(from - input.base..to - input.base)
+            }
+            (pending, _) => {
+                self.pending = pending;
+                self.flush_pending(input);
+                self.out.split().freeze()
+            }
+        }
     }
 
     /// Flushes what is held: at the end of the input an unfinished tag is text, unchanged.
@@ -692,7 +917,8 @@ impl Scanner {
         self.out.split().freeze()
     }
 
-    /// Writes out the input bytes from `emitted` up to `upto`, unchanged.
+    /// Writes out the input bytes from `emitted` up to `upto`, unchanged: held bytes are
+    /// copied, the chunk's own bytes only noted in `pending` (see [`Self::flush_pending`]).
     fn emit_until(&mut self, input: Input<'_>, upto: usize) {
         if upto <= self.emitted {
             return;
@@ -703,11 +929,24 @@ impl Scanner {
             self.held.drain(..from_held);
         }
         if upto > input.base {
-            let from = self.emitted.max(input.base) - input.base;
-            self.out
-                .extend_from_slice(&input.chunk[from..upto - input.base]);
+            let from = self.emitted.max(input.base);
+            match self.pending.as_mut() {
+                Some((_, to)) if *to == from => *to = upto,
+                _ => {
+                    self.flush_pending(input);
+                    self.pending = Some((from, upto));
+                }
+            }
         }
         self.emitted = upto;
+    }
+
+    /// Copies the pending run of the chunk into the output, before anything else goes in.
+    fn flush_pending(&mut self, input: Input<'_>) {
+        if let Some((from, to)) = self.pending.take() {
+            self.out
+                .extend_from_slice(&input.chunk[from - input.base..to - input.base]);
+        }
     }
 
     /// The input bytes in `[from, to)`, which are held or in the chunk.
@@ -728,11 +967,21 @@ impl Scanner {
         let chunk = input.chunk;
         let mut i = 0;
         while i < chunk.len() {
+            if self.state == State::Data && self.mode == Mode::Scan {
+                let Some(lt) = find_byte(chunk, i, b'<') else {
+                    break;
+                };
+                i = match self.data_tags(input, lt) {
+                    Flow::Next => self.fast_next,
+                    Flow::Rewind(to) => self.rewind(input, to),
+                };
+                continue;
+            }
             // States whose other bytes do nothing skip to the next byte that matters.
             let skip = match self.state {
-                State::Data
-                | State::Text(TextKind::RcData | TextKind::RawText | TextKind::Script) => {
-                    memchr::memchr(b'<', &chunk[i..])
+                State::Data => memchr::memchr(b'<', &chunk[i..]),
+                State::Text(kind @ (TextKind::RcData | TextKind::RawText | TextKind::Script)) => {
+                    self.skip_text(chunk, i, kind)
                 }
                 State::AttributeValueDoubleQuoted => memchr::memchr(b'"', &chunk[i..]),
                 State::AttributeValueSingleQuoted => memchr::memchr(b'\'', &chunk[i..]),
@@ -744,9 +993,7 @@ impl Scanner {
                 State::PlainText => None,
                 State::TagName => {
                     let rest = &chunk[i..];
-                    let n = rest
-                        .iter()
-                        .position(|&b| is_ws(b) || b == b'/' || b == b'>');
+                    let n = rest.iter().position(|&b| CLASS[b as usize] & NAME_END != 0);
                     for &b in &rest[..n.unwrap_or(rest.len())] {
                         self.name_hash = hash_update(self.name_hash, b);
                     }
@@ -754,10 +1001,10 @@ impl Scanner {
                 }
                 State::AttributeName => chunk[i..]
                     .iter()
-                    .position(|&b| is_ws(b) || matches!(b, b'=' | b'/' | b'>')),
-                State::AttributeValueUnquoted => {
-                    chunk[i..].iter().position(|&b| is_ws(b) || b == b'>')
-                }
+                    .position(|&b| CLASS[b as usize] & ATTR_NAME_END != 0),
+                State::AttributeValueUnquoted => chunk[i..]
+                    .iter()
+                    .position(|&b| CLASS[b as usize] & VALUE_END != 0),
                 State::BeforeAttributeName if self.mode == Mode::Scan => {
                     i = self.skip_attributes(chunk, i);
                     if i == chunk.len() {
@@ -771,17 +1018,52 @@ impl Scanner {
                 break;
             };
             i += skip;
-            if self.state == State::Data && self.mode == Mode::Scan {
-                i = match self.data_tag(input, i) {
-                    Flow::Next => self.fast_next,
-                    Flow::Rewind(to) => self.rewind(input, to),
-                };
-                continue;
-            }
             match self.step(input, chunk[i], input.base + i) {
                 Flow::Next => i += 1,
                 Flow::Rewind(to) => i = self.rewind(input, to),
             }
+        }
+    }
+
+    /// In RCDATA, RAWTEXT or script text from `chunk[i]`: how far to the first `<` that
+    /// may start something: the appropriate end tag or, in a script, an escape (`<!`). Any
+    /// other `<` is text again a few bytes later (`a < b`, `'<div>'` or `'</div>'` in a
+    /// script); skipping it leaves what `step` would (no tag in progress: what `step`
+    /// records for a `</div>` that turns out to be text is never read again in scanner
+    /// mode). Whatever reaches the end of the chunk is left to `step`.
+    #[inline]
+    fn skip_text(&mut self, chunk: &[u8], i: usize, kind: TextKind) -> Option<usize> {
+        let mut from = i;
+        loop {
+            let lt = find_byte(chunk, from, b'<')?;
+            from = match chunk.get(lt + 1) {
+                None => return Some(lt - i),
+                Some(b'!') if kind == TextKind::Script => return Some(lt - i),
+                Some(b'/') if self.mode == Mode::Lex => return Some(lt - i),
+                Some(b'/') => {
+                    let name = lt + 2;
+                    let letters = chunk[name..]
+                        .iter()
+                        .position(|b| !b.is_ascii_alphabetic())
+                        .map_or(chunk.len(), |n| name + n);
+                    let ends_name = chunk
+                        .get(letters)
+                        .map(|&b| CLASS[b as usize] & NAME_END != 0);
+                    match ends_name {
+                        None => return Some(lt - i),
+                        Some(true)
+                            if letters > name
+                                && name_hash(&chunk[name..letters]) == self.last_start_hash =>
+                        {
+                            return Some(lt - i)
+                        }
+                        // Not the end tag: text again from the byte that ended the name.
+                        Some(_) => letters,
+                    }
+                }
+                Some(_) => lt + 1,
+            };
+            self.hold_from = None;
         }
     }
 
@@ -800,76 +1082,224 @@ impl Scanner {
         pos - input.base
     }
 
-    /// The common case in one piece: a tag at `chunk[i] == '<'` in the data state, in
-    /// scanner mode. Does what [`Self::step`] would do byte by byte, as far as the bytes are
+    /// The common case in one piece: tags in the data state, in scanner mode, from the `<`
+    /// at `chunk[i]` on, one after another for as long as each leaves the data state as it
+    /// found it. Does what [`Self::step`] would do byte by byte, as far as the bytes are
     /// plain; leaves the state for `step` where they are not, with the chunk index to go
-    /// on from in `fast_next` (the indirect jumps of a byte-at-a-time state machine
-    /// cost more than the rest of the scan).
-    fn data_tag(&mut self, input: Input<'_>, i: usize) -> Flow {
+    /// on from in `fast_next` (the indirect jumps of a byte-at-a-time state machine cost
+    /// more than the rest of the scan).
+    ///
+    /// Most tags interest neither lol_html's tree builder nor its matchers: in plain HTML
+    /// only a few names switch the text type or the namespace, and only names as long as
+    /// one of ours can match. Such a tag is skipped to its `>` touching nothing but the
+    /// last start tag's hash; everything a tag in progress records is written only when
+    /// the tag goes another way (the slow path, or the end of the chunk).
+    fn data_tags(&mut self, input: Input<'_>, mut i: usize) -> Flow {
         let (chunk, base) = (input.chunk, input.base);
         let len = chunk.len();
-        self.mark_tag_start(base + i);
-        let alpha = |k: usize| chunk.get(k).is_some_and(u8::is_ascii_alphabetic);
-        let is_end = if alpha(i + 1) {
-            false
-        } else if chunk.get(i + 1) == Some(&b'/') && alpha(i + 2) {
-            true
-        } else {
-            self.state = State::TagOpen;
-            self.fast_next = i + 1;
-            return Flow::Next;
-        };
-        let name_at = i + 1 + usize::from(is_end);
-        self.create_tag(is_end, base + name_at, chunk[name_at]);
-        let mut j = name_at + 1;
-        while j < len && !(is_ws(chunk[j]) || chunk[j] == b'/' || chunk[j] == b'>') {
-            self.name_hash = hash_update(self.name_hash, chunk[j]);
-            j += 1;
-        }
-        self.state = State::TagName;
-        if j == len {
-            self.fast_next = len;
-            return Flow::Next;
-        }
-        if let Flow::Rewind(to) = self.finish_tag_name(input, base + j) {
-            return Flow::Rewind(to);
-        }
-        match chunk[j] {
-            b'>' => {
-                self.emit_tag(input, base + j, false);
-                self.fast_next = j + 1;
+        let mut plain = self.seen.is_none() && self.ns.is_plain_html();
+        loop {
+            let alpha = |k: usize| chunk.get(k).is_some_and(u8::is_ascii_alphabetic);
+            let is_end = if alpha(i + 1) {
+                false
+            } else if chunk.get(i + 1) == Some(&b'/') && alpha(i + 2) {
+                true
+            } else if let Some(close) = self.comment_end(chunk, i) {
+                // A whole comment: nothing in it counts, and what `step` records on the
+                // way (a sequence start) is never read again.
+                self.hold_from = None;
+                match find_byte(chunk, close + 1, b'<') {
+                    Some(lt) => {
+                        i = lt;
+                        continue;
+                    }
+                    None => {
+                        self.fast_next = len;
+                        return Flow::Next;
+                    }
+                }
+            } else {
+                self.mark_data_tag_start(base + i);
+                self.state = State::TagOpen;
+                self.fast_next = i + 1;
+                return Flow::Next;
+            };
+            let name_at = i + 1 + usize::from(is_end);
+            // An end tag's hash is only needed off the fast path.
+            let (j, h) = if is_end {
+                let n = chunk[name_at..]
+                    .iter()
+                    .position(|&b| CLASS[b as usize] & NAME_END != 0);
+                (n.map_or(len, |n| name_at + n), EMPTY_HASH)
+            } else {
+                scan_start_tag_name(chunk, name_at)
+            };
+            let h = if is_end && (j == len || !plain) {
+                name_hash(&chunk[name_at..j])
+            } else {
+                h
+            };
+            if j == len {
+                // The name goes on in the next chunk.
+                self.mark_data_tag_start(base + i);
+                self.create_tag(is_end, base + name_at, chunk[name_at]);
+                self.name_hash = h;
+                self.state = State::TagName;
+                self.fast_next = len;
                 return Flow::Next;
             }
-            b'/' => {
-                self.state = State::SelfClosingStartTag;
-                self.fast_next = j + 1;
+            let ordinary =
+                plain && (is_end || !steers_html_parsing(h) && !self.may_match(j - name_at));
+            if !ordinary {
+                self.mark_data_tag_start(base + i);
+                self.create_tag(is_end, base + name_at, chunk[name_at]);
+                self.name_hash = h;
+                self.state = State::TagName;
+                if let Flow::Rewind(to) = self.finish_tag_name(input, base + j) {
+                    return Flow::Rewind(to);
+                }
+                plain = self.seen.is_none() && self.ns.is_plain_html();
+                if self.mode == Mode::Lex {
+                    // Handed to the lexer at this tag: it goes on byte by byte.
+                    match chunk[j] {
+                        b'>' => self.emit_tag(input, base + j, false),
+                        b'/' => self.state = State::SelfClosingStartTag,
+                        _ => self.state = State::BeforeAttributeName,
+                    }
+                    self.fast_next = j + 1;
+                    return Flow::Next;
+                }
+            } else {
+                // What `finish_tag_name` concludes for it (the tag scanner keeps its hash
+                // and lets it go); the rest of what it would record is never read again.
+                self.hold_from = None;
+                if !is_end {
+                    self.last_start_hash = h;
+                }
+            }
+            let Some((close, quirk)) = self.tag_end(chunk, j) else {
+                if ordinary {
+                    // The tag goes on in the next chunk, where `step` reads what it
+                    // records.
+                    self.tag_start = base + i;
+                    self.tag_began_in = State::Data;
+                    self.name_start = base + name_at;
+                    self.name_end = base + j;
+                    self.name_hash = h;
+                    self.self_closing = false;
+                    self.scan_in_end_tag = false;
+                    self.tag_is_end = is_end;
+                }
+                self.fast_next = len;
+                return Flow::Next;
+            };
+            // `emit_tag` in scanner mode.
+            let text = self.pending_text_type.take().unwrap_or(TextType::Data);
+            self.last_text_type = text;
+            if let Some(seen) = self.seen.as_mut() {
+                if !is_end {
+                    seen.push(SeenStartTag {
+                        name: std::mem::take(&mut self.seen_name),
+                        self_closing: self.self_closing,
+                    });
+                }
+            }
+            if !quirk && text != TextType::Data {
+                self.state = text_state(text);
+                self.fast_next = close + 1;
                 return Flow::Next;
             }
-            _ => self.state = State::BeforeAttributeName,
+            self.state = State::Data;
+            match find_byte(chunk, close + 1, b'<') {
+                Some(lt) => i = lt,
+                None => {
+                    self.fast_next = len;
+                    return Flow::Next;
+                }
+            }
         }
-        j += 1;
-        if self.mode == Mode::Scan {
-            j = self.skip_attributes(chunk, j);
-            if j < len && chunk[j] == b'>' {
-                let quirk = self.state == State::BeforeAttributeValue;
-                self.emit_tag(input, base + j, quirk);
+    }
+
+    /// If `chunk[lt..]` starts with `<!--` and the comment ends in this chunk: its `>`.
+    /// From the comment states: the body's first bytes may end it at once (`<!-->`,
+    /// `<!--->`); after that, whatever the `<!` and dashes inside, it ends at the first
+    /// `>` that follows `--` or `--!` in the body.
+    fn comment_end(&self, chunk: &[u8], lt: usize) -> Option<usize> {
+        if chunk.get(lt + 1..lt + 4) != Some(b"!--") {
+            return None;
+        }
+        let body = lt + 4;
+        match chunk.get(body..body + 2) {
+            Some([b'>', _]) => return Some(body),
+            Some(b"->") => return Some(body + 1),
+            _ => {}
+        }
+        let mut from = body;
+        loop {
+            let gt = find_byte(chunk, from, b'>')?;
+            let before = &chunk[body..gt];
+            if before.ends_with(b"--") || before.ends_with(b"--!") {
+                return Some(gt);
+            }
+            from = gt + 1;
+        }
+    }
+
+    /// `mark_tag_start` for a `<` read in the data state.
+    fn mark_data_tag_start(&mut self, at: usize) {
+        self.tag_start = at;
+        self.tag_began_in = State::Data;
+        if self.hold_from.is_none() {
+            self.hold_from = Some(at);
+        }
+    }
+
+    /// From the end of a tag's name (`chunk[j]` is whitespace, `/` or `>`), in scanner
+    /// mode: the index of the `>` that ends the tag and whether it was read where a value
+    /// was expected (`<tag a=>`, see [`Self::emit_tag`]); `None` at the end of the chunk,
+    /// with the state to resume in.
+    #[inline(always)]
+    fn tag_end(&mut self, chunk: &[u8], mut j: usize) -> Option<(usize, bool)> {
+        if chunk[j] == b'>' {
+            // No attributes (`<tr>`, `</div>`): the most common tag of all.
+            return Some((j, false));
+        }
+        loop {
+            if chunk[j] == b'/' {
                 j += 1;
+                match chunk.get(j) {
+                    None => {
+                        self.state = State::SelfClosingStartTag;
+                        return None;
+                    }
+                    Some(b'>') => {
+                        self.self_closing = true;
+                        return Some((j, false));
+                    }
+                    // Anything else is read again before an attribute name.
+                    Some(_) => {}
+                }
+            }
+            j = self.skip_attributes(chunk, j);
+            match chunk.get(j) {
+                None => return None,
+                Some(b'>') => return Some((j, self.state == State::BeforeAttributeValue)),
+                Some(_) => {}
             }
         }
-        self.fast_next = j;
-        Flow::Next
     }
 
     /// The tag scanner's attribute states in one loop: in scanner mode their actions do
     /// nothing, so only where they end matters. Returns where a byte needs [`Self::step`]
     /// (`>`, `/`, or a `>` right after `=`), in the state that byte is read in, or the
     /// chunk's end with the state to resume in.
+    #[inline(always)]
     fn skip_attributes(&mut self, chunk: &[u8], mut i: usize) -> usize {
         let len = chunk.len();
-        let stop = |b: u8| is_ws(b) || matches!(b, b'=' | b'/' | b'>');
+        let class = |k: usize| CLASS[chunk[k] as usize];
         loop {
             // Before the attribute name.
-            while i < len && is_ws(chunk[i]) {
+            while i < len && class(i) & WS != 0 {
                 i += 1;
             }
             if i == len || matches!(chunk[i], b'>' | b'/') {
@@ -879,7 +1309,7 @@ impl Scanner {
             // The name: its first byte may be anything else, `=` included.
             i += 1;
             loop {
-                while i < len && !stop(chunk[i]) {
+                while i < len && class(i) & ATTR_NAME_END == 0 {
                     i += 1;
                 }
                 if i == len || matches!(chunk[i], b'>' | b'/') {
@@ -890,7 +1320,7 @@ impl Scanner {
                     break;
                 }
                 // After the name.
-                while i < len && is_ws(chunk[i]) {
+                while i < len && class(i) & WS != 0 {
                     i += 1;
                 }
                 if i == len || matches!(chunk[i], b'>' | b'/') {
@@ -905,7 +1335,7 @@ impl Scanner {
             }
             // Before the value.
             i += 1;
-            while i < len && is_ws(chunk[i]) {
+            while i < len && class(i) & WS != 0 {
                 i += 1;
             }
             if i == len || chunk[i] == b'>' {
@@ -915,8 +1345,8 @@ impl Scanner {
             match chunk[i] {
                 quote @ (b'"' | b'\'') => {
                     self.closing_quote = quote;
-                    match memchr::memchr(quote, &chunk[i + 1..]) {
-                        Some(n) => i += n + 2,
+                    match find_byte(chunk, i + 1, quote) {
+                        Some(end) => i = end + 1,
                         None => {
                             self.state = if quote == b'"' {
                                 State::AttributeValueDoubleQuoted
@@ -928,7 +1358,7 @@ impl Scanner {
                     }
                 }
                 _ => {
-                    while i < len && !is_ws(chunk[i]) && chunk[i] != b'>' {
+                    while i < len && class(i) & VALUE_END == 0 {
                         i += 1;
                     }
                     if i == len || chunk[i] == b'>' {
@@ -954,6 +1384,7 @@ impl Scanner {
         self.hold_from = None;
     }
 
+    #[inline]
     fn create_tag(&mut self, end: bool, at: usize, first: u8) {
         self.name_start = at;
         self.name_hash = hash_update(0, first);
@@ -1018,10 +1449,14 @@ impl Scanner {
         self.hand_to_lexer(directive, Some(embed), at, false)
     }
 
+    /// Whether a tag name of `len` bytes could be one of ours.
+    fn may_match(&self, len: usize) -> bool {
+        self.name_lengths >> len.min(63) & 1 == 1
+    }
+
     fn match_name(&self, input: Input<'_>) -> Embed {
         let len = self.name_end - self.name_start;
-        let candidates = |names: &[Vec<u8>]| names.iter().any(|n| n.len() == len);
-        if !candidates(&self.rewrite_names) && !candidates(&self.lex_names) {
+        if !self.may_match(len) {
             return Embed::None;
         }
         let name = self.bytes(input, self.name_start, self.name_end);
@@ -1275,6 +1710,7 @@ impl Scanner {
         tag.push(b'"');
         tag.extend_from_slice(if self.self_closing { b" />" } else { b">" });
         self.emit_until(input, start);
+        self.flush_pending(input);
         self.out.extend_from_slice(&tag);
         // The tag's bytes are replaced: drop them from what is held.
         let skip_held = end.min(input.base).saturating_sub(self.emitted);
@@ -1913,6 +2349,26 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_chunks_go_out_as_slices_of_themselves() {
+        let mut s = scanner();
+        let chunk = Bytes::from_static(b"<!DOCTYPE html><p class=\"a\">text</p><div>");
+        let out = s.write_bytes(chunk.clone());
+        assert_eq!(out, chunk);
+        assert_eq!(out.as_ptr(), chunk.as_ptr(), "not copied");
+        // A chunk that ends inside a tag name: what comes before goes out uncopied.
+        let chunk = Bytes::from_static(b"<p>x</p><relea");
+        let out = s.write_bytes(chunk.clone());
+        assert_eq!(&out[..], b"<p>x</p>");
+        assert_eq!(out.as_ptr(), chunk.as_ptr(), "not copied");
+        // The held tag and a rewritten one: one buffer with the token.
+        let out = s.write_bytes(Bytes::from_static(b"sed-page><p>y</p>"));
+        assert_eq!(&out[..], b"<released-page auth-token=\"T0K\"><p>y</p>");
+        let out = s.write_bytes(Bytes::from_static(b"<p>z</p><released-widget/>."));
+        assert_eq!(&out[..], b"<p>z</p><released-widget auth-token=\"T0K\" />.");
+        assert!(s.end().is_empty());
+    }
+
+    #[test]
     fn names_lol_html_hashes_compare_like_its_tag_constants() {
         // Values from lol_html's `Tag` enum.
         assert_eq!(hash(b"font"), 381_561);
@@ -1924,5 +2380,36 @@ mod tests {
         assert_ne!(hash(b"abcdefghijklm"), EMPTY_HASH);
         // ...but not many more.
         assert_eq!(hash(b"abcdefghijklmnopqrstuvwxyz"), EMPTY_HASH);
+        for h in STEERING {
+            assert!(steers_html_parsing(h));
+        }
+        let steering = (0..16).filter(|&k| STEERING_SLOTS[k] != 0).count();
+        assert_eq!(steering, STEERING.len(), "one slot each");
+        assert!(!steers_html_parsing(hash(b"div")) && !steers_html_parsing(EMPTY_HASH));
+        // The hot loop's two hash functions agree with lol_html's.
+        for name in [
+            &b"font"[..],
+            b"H1",
+            b"foreignObject",
+            b"released-page",
+            b"abcdefghijkl",
+            b"abcdefghijklm",
+            b"jbcdefghijklm",
+            b"kbcdefghijklm",
+            b"zbcdefghijklm",
+            b"abcdefghijklmn",
+            b"a7",
+            b"a",
+        ] {
+            assert_eq!(name_hash(name), hash(name), "{name:?}");
+            let mut chunk = name.to_vec();
+            chunk.push(b'>');
+            assert_eq!(
+                scan_start_tag_name(&chunk, 0),
+                (name.len(), hash(name)),
+                "{name:?}"
+            );
+        }
+        assert_eq!(name_hash(b""), hash(b""));
     }
 }
