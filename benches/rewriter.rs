@@ -215,7 +215,7 @@ fn rewrite_once(
 fn rewrite_bytes_once(tags: &EmbedTags, token: &Token, chunks: &[bytes::Bytes]) -> usize {
     let edits = Edits {
         token: Some(token),
-        inject: None,
+        ..Edits::default()
     };
     let mut r = Rewriter::with_engine(tags, edits, Charset::Sniffed, MEMORY_LIMIT, Engine::Fast);
     let mut n = 0;

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use released_sidecar::metrics::Metrics;
+use released_sidecar::token::cool_down::{CoolDown, CoolDownPolicy};
 use released_sidecar::token::released::{
-    CoolDown, CoolDownPolicy, ReleasedClient, ReleasedSettings, SecretSource, TokenRequest,
+    ReleasedClient, ReleasedSettings, SecretSource, TokenRequest,
 };
 use released_sidecar::token::secret::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,13 +106,16 @@ fn bench_fetch(c: &mut Criterion) {
         secret: Secret::new("bench-shared-secret-not-a-real-one"),
         secret_source: SecretSource::Env("RELEASED_SECRET".to_string()),
         timeout: Duration::from_millis(1500),
-        cooldown: CoolDown::new(CoolDownPolicy::default()),
+        cooldown: CoolDownPolicy::default(),
     });
+    let cool_down = Arc::new(CoolDown::new(CoolDownPolicy::default()));
     let client = ReleasedClient::new(Arc::new(Metrics::new())).expect("client");
     let request = request();
     let deadline = || Instant::now() + settings.timeout;
     rt.block_on(async {
-        let token = client.fetch(&settings, &request, deadline()).await;
+        let token = client
+            .fetch(&settings, &cool_down, &request, deadline())
+            .await;
         assert!(
             token.is_ok(),
             "the stand-in answers with a token: {token:?}"
@@ -122,18 +126,29 @@ fn bench_fetch(c: &mut Criterion) {
     group.bench_function("fetch", |b| {
         b.iter(|| {
             rt.block_on(async {
-                black_box(client.fetch(&settings, &request, deadline()).await).is_ok()
+                black_box(
+                    client
+                        .fetch(&settings, &cool_down, &request, deadline())
+                        .await,
+                )
+                .is_ok()
             })
         })
     });
     group.bench_function("spawned_fetch", |b| {
         b.iter(|| {
-            let (client, settings, request) =
-                (client.clone(), Arc::clone(&settings), request.clone());
+            let (client, settings, cool_down, request) = (
+                client.clone(),
+                Arc::clone(&settings),
+                Arc::clone(&cool_down),
+                request.clone(),
+            );
             rt.block_on(async move {
                 let task = tokio::spawn(async move {
                     let deadline = Instant::now() + settings.timeout;
-                    client.fetch(&settings, &request, deadline).await
+                    client
+                        .fetch(&settings, &cool_down, &request, deadline)
+                        .await
                 });
                 black_box(task.await).is_ok()
             })
