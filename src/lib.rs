@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod ops;
 pub mod page;
 pub mod request;
+pub mod shutdown;
 pub mod token;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share

@@ -290,7 +290,7 @@ impl Slot {
             other => other,
         };
         gauge.inc();
-        crate::ops::trim::observe(gauge.get());
+        crate::edge::trim::observe(gauge.get());
         Self {
             limit,
             gauge: gauge.clone(),

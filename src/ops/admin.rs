@@ -1,5 +1,5 @@
 //! The admin listener (SPEC §7), separate from the proxy port: `/healthz`, `/readyz` and
-//! `/metrics`. It shares the shutdown handle ([`crate::ops::shutdown`]) and keeps
+//! `/metrics`. It shares the shutdown handle ([`crate::shutdown`]) and keeps
 //! answering through the drain, so `/readyz` says 503 while in-flight requests finish.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,7 +18,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
 use crate::ops::live::Live;
-use crate::ops::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// How long the proxy port may take to start accepting before startup is declared failed.
 const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);

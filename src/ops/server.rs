@@ -1,7 +1,7 @@
 //! `released-sidecar run`: assembles the process (live config, listening sockets, token
 //! client, proxy and admin services, reloader) and handles its signals: SIGHUP reloads,
 //! SIGUSR2/SIGQUIT hand the sockets to a new binary ([`crate::ops::upgrade`]), SIGTERM and
-//! a completed handover drain through the one shutdown handle ([`crate::ops::shutdown`]).
+//! a completed handover drain through the one shutdown handle ([`crate::shutdown`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,9 +19,9 @@ use crate::edge::front::{ConnectionLimit, Front};
 use crate::metrics::Metrics;
 use crate::ops::admin::{AdminServer, Health};
 use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
-use crate::ops::shutdown::Shutdown;
 use crate::ops::upgrade::{self, ListenSockets, UpgradeError, UpgradeSock, Upgrader, Worker};
 use crate::request::proxy::Sidecar;
+use crate::shutdown::Shutdown;
 use crate::token::released::ReleasedClient;
 
 /// Why the sidecar could not start.
@@ -191,7 +191,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         upgrade::confirm_when_started(ack, workers_started, config.workers);
     }
 
-    crate::ops::trim::spawn(Arc::clone(&metrics));
+    crate::edge::trim::spawn(Arc::clone(&metrics));
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

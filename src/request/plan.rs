@@ -12,9 +12,9 @@ use http::header::HeaderMap;
 use http::Method;
 
 use crate::config::Config;
-use crate::request::identity::{Dropped, IdentityError, IdentityRules};
 use crate::request::routes::{page_load, NotPageLoad, Route};
 use crate::request::trust::{ClientCert, TrustSource};
+use crate::token::identity::{Dropped, IdentityError, IdentityRules};
 use crate::token::jwt::JwtError;
 use crate::token::released::TokenRequest;
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::request::identity::IdentityRules;
 use crate::request::plan::{verify_assertion, Planned};
 use crate::token::cool_down::CoolDown;
+use crate::token::identity::IdentityRules;
 use crate::token::released::{ReleasedClient, ReleasedSettings, TokenRequest};
 use crate::token::secret::Token;
 
