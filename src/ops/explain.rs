@@ -11,11 +11,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use http::Method;
 
 use crate::config::Config;
-use crate::request::plan::{plan, Planned, RequestFacts};
+use crate::request::plan::{plan, RequestFacts};
 use crate::request::routes::{host_without_port, Route};
 use crate::request::trust::{ClientCert, TrustRule};
 use crate::token::identity::{FieldRule, IdentityRules};
 use crate::token::jwt::{self, Outcome};
+use crate::token::mint::Planned;
 use crate::token::released::TokenRequest;
 
 /// The request to explain.

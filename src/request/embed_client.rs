@@ -24,10 +24,10 @@ use sha2::{Digest, Sha256};
 use crate::config::{ClientEmbed, Config, RateLimit};
 use crate::metrics::Metrics;
 use crate::page::rewrite::escape_attribute;
-use crate::request::plan::{plan_embed_token, NoToken, Planned, RequestFacts};
+use crate::request::plan::{plan_embed_token, NoToken, RequestFacts};
 use crate::request::routes::host_without_port;
 use crate::request::trust::{ClientCert, TrustSource};
-use crate::token::mint::{Minter, Refused};
+use crate::token::mint::{Minter, Planned, Refused};
 
 /// How long a minted token may be used (SPEC §1: two minutes).
 const TOKEN_LIFETIME_SECS: u64 = 120;

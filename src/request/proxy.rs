@@ -38,11 +38,11 @@ use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::insert::Insertion;
 use crate::page::rewrite::{Charset, Edits, EmbedTags, Rewriter};
 use crate::request::embed_client::{self, TokenEndpoint};
-use crate::request::plan::{plan, NoToken, Planned, RequestFacts};
+use crate::request::plan::{plan, NoToken, RequestFacts};
 use crate::request::routes::{host_without_port, Route};
 use crate::request::trust::ClientCert;
 use crate::shutdown::Shutdown;
-use crate::token::mint::{Minter, Refused};
+use crate::token::mint::{Minter, Planned, Refused};
 use crate::token::released::ReleasedClient;
 use crate::token::secret::Token;
 

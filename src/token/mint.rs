@@ -7,11 +7,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::request::plan::{verify_assertion, Planned};
+use crate::request::plan::NoToken;
 use crate::token::cool_down::CoolDown;
-use crate::token::identity::IdentityRules;
+use crate::token::identity::{Dropped, IdentityRules};
+use crate::token::jwt::JwtError;
 use crate::token::released::{ReleasedClient, ReleasedSettings, TokenRequest};
 use crate::token::secret::Token;
+
+/// A token request ready to send, or an assertion to verify first.
+#[derive(Debug)]
+pub enum Planned {
+    /// Identity from headers, already checked: the JSON body, and optional fields left out.
+    Request(TokenRequest, Vec<Dropped>),
+    /// Identity from the gateway's signed assertion (verified off the request path, in the
+    /// token task, because an unknown `kid` may need a key fetch).
+    Assertion(String),
+}
 
 /// Why no token came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,4 +100,23 @@ impl Minter {
             .await
             .map_err(|e| Refused::Unavailable(e.label()))
     }
+}
+
+/// Verifies a gateway assertion and builds the token request from its claims, waiting for
+/// keys no later than `deadline`.
+pub async fn verify_assertion(
+    raw: &str,
+    rules: &IdentityRules,
+    account_id: &str,
+    http: &reqwest::Client,
+    deadline: std::time::Instant,
+) -> Result<TokenRequest, NoToken> {
+    let Some(settings) = &rules.jwt else {
+        return Err(NoToken::Assertion(JwtError::Missing));
+    };
+    let claims = crate::token::jwt::verify(raw, settings, http, deadline)
+        .await
+        .map_err(NoToken::Assertion)?;
+    let extraction = rules.extract_claims(&claims).map_err(NoToken::Identity)?;
+    Ok(TokenRequest::new(account_id, extraction.identity))
 }
