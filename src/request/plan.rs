@@ -2,8 +2,8 @@
 //! not, exactly why. [`plan`] is a pure function of the config and the request head,
 //! shared by the proxy and by `explain`, so the dry run can never disagree with what the
 //! proxy does. When identity comes from a signed gateway assertion, the plan carries the
-//! raw assertion and [`verify_assertion`] (async: it may fetch keys) finishes the job off
-//! the request path, in the token task.
+//! raw assertion, and the minter ([`crate::token::mint`], async: it may fetch keys)
+//! verifies it off the request path, in the token task.
 
 use std::fmt;
 use std::net::IpAddr;

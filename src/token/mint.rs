@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::request::plan::NoToken;
 use crate::token::cool_down::CoolDown;
-use crate::token::identity::{Dropped, IdentityRules};
+use crate::token::identity::{Dropped, IdentityError, IdentityRules};
 use crate::token::jwt::JwtError;
 use crate::token::released::{ReleasedClient, ReleasedSettings, TokenRequest};
 use crate::token::secret::Token;
@@ -102,6 +101,27 @@ impl Minter {
     }
 }
 
+/// Why a gateway assertion yields no token request. Carries no claim values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotBelieved {
+    /// The assertion itself was not believed.
+    #[error("no valid gateway assertion: {0}")]
+    Assertion(JwtError),
+    /// The assertion was believed, but its claims do not yield a valid user.
+    #[error("no valid identity: {0}")]
+    Identity(IdentityError),
+}
+
+impl NotBelieved {
+    /// The `reason` label of `released_sidecar_token_skips_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NotBelieved::Assertion(e) => e.label(),
+            NotBelieved::Identity(e) => e.problem.label(),
+        }
+    }
+}
+
 /// Verifies a gateway assertion and builds the token request from its claims, waiting for
 /// keys no later than `deadline`.
 pub async fn verify_assertion(
@@ -109,14 +129,16 @@ pub async fn verify_assertion(
     rules: &IdentityRules,
     account_id: &str,
     http: &reqwest::Client,
-    deadline: std::time::Instant,
-) -> Result<TokenRequest, NoToken> {
+    deadline: Instant,
+) -> Result<TokenRequest, NotBelieved> {
     let Some(settings) = &rules.jwt else {
-        return Err(NoToken::Assertion(JwtError::Missing));
+        return Err(NotBelieved::Assertion(JwtError::Missing));
     };
     let claims = crate::token::jwt::verify(raw, settings, http, deadline)
         .await
-        .map_err(NoToken::Assertion)?;
-    let extraction = rules.extract_claims(&claims).map_err(NoToken::Identity)?;
+        .map_err(NotBelieved::Assertion)?;
+    let extraction = rules
+        .extract_claims(&claims)
+        .map_err(NotBelieved::Identity)?;
     Ok(TokenRequest::new(account_id, extraction.identity))
 }
