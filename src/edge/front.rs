@@ -11,8 +11,8 @@
 //! until the head is complete, within its deadline and size limits, and answers 408, 414 or
 //! 431 itself when it is not. pingora then only ever sees whole heads (or a clean close),
 //! so a slow or vanishing client costs it nothing and logs nothing. The proxy's
-//! `early_request_filter` tells the guard (through [`request_started`]) that pingora took
-//! the head, which ends the deadline for that request.
+//! `early_request_filter` tells the guard (through [`GuardedConnections`], the proxy's
+//! [`Downstream`]) that pingora took the head, which ends the deadline for that request.
 //!
 //! A connection's first head is awaited before pingora allocates its per-request state
 //! (tens of KB), so a flood of idle or slow connections costs little more than sockets.
@@ -39,15 +39,15 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::proxy::{HttpProxy, Session};
+use pingora::proxy::{HttpProxy, ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
+use crate::edge::tls::TlsMaterial;
 use crate::metrics::Metrics;
-use crate::ops::live::Live;
-use crate::request::proxy::Sidecar;
+use crate::request::downstream::Downstream;
 use crate::request::trust::ClientCert;
 
 /// The largest request head (request line and header fields) accepted, like Envoy's
@@ -63,11 +63,21 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// pingora's keep-alive idle limit between requests (the same as pingora's own loop).
 const KEEPALIVE_SECS: u64 = 60;
 
+/// What [`Front`] reads from the live config as each connection arrives
+/// (`ops::live::Live` implements it): a reload applies from the next connection on.
+pub trait ConnectionSettings: Send + Sync + 'static {
+    /// The material of `tls` in force now (`None`: no `tls`).
+    fn tls(&self) -> Option<Arc<TlsMaterial>>;
+
+    /// `timeouts.client_header` in force now: the bound on the handshake and on each head.
+    fn client_header(&self) -> Duration;
+}
+
 /// The proxy service's application: the TLS handshake (with `tls`), then pingora's HTTP
-/// proxy behind the head guard.
-pub struct Front {
-    proxy: Arc<HttpProxy<Sidecar>>,
-    live: Arc<Live>,
+/// proxy `P` behind the head guard.
+pub struct Front<P> {
+    proxy: Arc<HttpProxy<P>>,
+    settings: Arc<dyn ConnectionSettings>,
     metrics: Arc<Metrics>,
     limit: Option<Arc<ConnectionLimit>>,
     /// The port speaks HTTPS: fixed at start, like the listener (adding or removing `tls`
@@ -75,20 +85,20 @@ pub struct Front {
     tls: bool,
 }
 
-impl Front {
+impl<P> Front<P> {
     /// Puts the guard in front of `proxy`; `limit` is the connection cap's filter, whose
     /// slots are given back here when a connection ends. Connections are TLS when the
     /// config at start has `tls`.
     pub fn new(
-        proxy: Arc<HttpProxy<Sidecar>>,
-        live: Arc<Live>,
+        proxy: Arc<HttpProxy<P>>,
+        settings: Arc<dyn ConnectionSettings>,
         metrics: Arc<Metrics>,
         limit: Option<Arc<ConnectionLimit>>,
     ) -> Self {
-        let tls = live.snapshot().tls.is_some();
+        let tls = settings.tls().is_some();
         Self {
             proxy,
-            live,
+            settings,
             metrics,
             limit,
             tls,
@@ -99,13 +109,12 @@ impl Front {
     /// deadline. `None`: it failed (counted and logged by `accept`), or `tls` was removed
     /// by a reload and the port can serve nobody until a restart.
     async fn handshake(&self, stream: Stream) -> Option<(Stream, Option<ClientCert>)> {
-        let snapshot = self.live.snapshot();
-        let Some(material) = snapshot.tls.as_ref() else {
+        let Some(material) = self.settings.tls() else {
             tracing::debug!("closing a connection: `tls` was removed and needs a restart");
             return None;
         };
-        let limit = snapshot.config.timeouts.client_header;
-        crate::edge::tls::accept(material, stream, limit, &self.metrics).await
+        let limit = self.settings.client_header();
+        crate::edge::tls::accept(&material, stream, limit, &self.metrics).await
     }
 
     /// Logs and counts a head that pingora itself refused (its parser answered before any
@@ -128,7 +137,11 @@ impl Front {
 }
 
 #[async_trait]
-impl ServerApp for Front {
+impl<P> ServerApp for Front<P>
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -144,7 +157,7 @@ impl ServerApp for Front {
             // HTTP/2 frames its own heads; pingora's connection loop serves it.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        let deadline = self.live.snapshot().config.timeouts.client_header;
+        let deadline = self.settings.client_header();
         let shared = Arc::new(HeadShared::default());
         let mut guard = HeadGuard::new(
             stream,
@@ -178,26 +191,35 @@ impl ServerApp for Front {
     }
 }
 
-/// Called by the proxy's first phase: pingora has taken the head, so the deadline ends,
-/// and pipelined requests (RFC 9112 §9.3.2) are answered in order on this connection
-/// instead of being dropped after a `keep-alive` answer.
-pub fn request_started(session: &mut Session) {
-    session.set_pipelining_enabled(true);
-    if let ServerSession::H1(h1) = session.as_downstream() {
-        if let Some(guard) = (**h1.stream()).as_any().downcast_ref::<HeadGuard>() {
-            guard.shared.claimed.store(true, Ordering::Release);
-        }
+/// The connections [`Front`] serves, as the proxy asks about them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuardedConnections;
+
+impl GuardedConnections {
+    /// The guard of the connection `session` came on (an HTTP/1 connection behind
+    /// [`Front`]).
+    fn guard(session: &Session) -> Option<&HeadGuard> {
+        let ServerSession::H1(h1) = session.as_downstream() else {
+            return None;
+        };
+        (**h1.stream()).as_any().downcast_ref::<HeadGuard>()
     }
 }
 
-/// The verified client certificate of the connection `session` came on (HTTPS with
-/// `tls.client_ca_file`).
-pub fn client_cert(session: &Session) -> Option<&ClientCert> {
-    let ServerSession::H1(h1) = session.as_downstream() else {
-        return None;
-    };
-    let guard = (**h1.stream()).as_any().downcast_ref::<HeadGuard>()?;
-    guard.client_cert.as_ref()
+impl Downstream for GuardedConnections {
+    /// Called by the proxy's first phase: pingora has taken the head, so the deadline ends,
+    /// and pipelined requests (RFC 9112 §9.3.2) are answered in order on this connection
+    /// instead of being dropped after a `keep-alive` answer.
+    fn request_started(&self, session: &mut Session) {
+        session.set_pipelining_enabled(true);
+        if let Some(guard) = Self::guard(session) {
+            guard.shared.claimed.store(true, Ordering::Release);
+        }
+    }
+
+    fn client_cert<'s>(&self, session: &'s Session) -> Option<&'s ClientCert> {
+        Self::guard(session)?.client_cert.as_ref()
+    }
 }
 
 /// One access-log line and the counters for a request answered before the proxy ran.

@@ -1,11 +1,12 @@
-//! The live configuration (SPEC §5): an `arc-swap`ped [`Snapshot`] that every request
-//! loads once, a reloader that builds and validates a complete new snapshot off the
+//! The live configuration (SPEC §5): an `arc-swap`ped generation of the config (the
+//! [`Snapshot`] every request loads once, and the `tls` material every new connection
+//! reads), a reloader that builds and validates a complete new generation off the
 //! request path before swapping it in, and a `notify` watcher on the directories of the
 //! config and secret files (Kubernetes swaps a `..data` symlink rather than writing the
 //! files, editors write-and-rename, `cp` truncates in place: watching directories sees all
 //! three). `SIGHUP` feeds the same reloader.
 //!
-//! Building a snapshot is where the config meets the world: the upstream host is resolved
+//! Building a generation is where the config meets the world: the upstream host is resolved
 //! (at start and on each reload, never per request), the upstream CA bundle and the `tls`
 //! certificate, key and client CA are loaded, and the state that outlives one config is
 //! handed in — assertion key stores fetched from URLs (refreshed in the background by
@@ -26,9 +27,11 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::utils::tls::WrappedX509;
 
 use crate::config::{Config, ConfigErrors, LoadOptions};
+use crate::edge::front::ConnectionSettings;
 use crate::edge::tls::TlsMaterial;
 use crate::metrics::Metrics;
-use crate::token::cool_down::{CoolDown, CoolDowns};
+use crate::request::snapshot::{Snapshot, Snapshots};
+use crate::token::cool_down::CoolDowns;
 use crate::token::keys::{KeyError, KeySource, KeyStore};
 use crate::token::released::SecretSource;
 
@@ -38,32 +41,29 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Upper bound on how long a steady stream of events can postpone a reload.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 
-/// Everything a request needs, built and validated as one unit.
-pub struct Snapshot {
-    /// The validated config.
-    pub config: Config,
-    /// The app, with its address resolved and TLS and timeouts applied.
-    pub upstream: HttpPeer,
+/// One generation of the config, built and validated as one unit: what requests read,
+/// what new connections read, and what a reload compares.
+struct Generation {
+    /// What every request reads.
+    snapshot: Arc<Snapshot>,
+    /// The certificate, key and client CA of `tls` (HTTPS on `listen`).
+    tls: Option<Arc<TlsMaterial>>,
     /// Increments with each successful reload (1 at start).
-    pub generation: u64,
+    number: u64,
     fingerprint: u64,
     ca_digest: Option<u64>,
-    /// The certificate, key and client CA of `tls` (HTTPS on `listen`).
-    pub tls: Option<TlsMaterial>,
-    /// The cool-down breaker of each route's account, by route index (shared by the
-    /// routes of one account, and kept across reloads).
-    cool_downs: Vec<Arc<CoolDown>>,
 }
 
-impl Snapshot {
-    /// Builds a snapshot from a loaded config; `text` is the config source for change
-    /// detection, `cool_downs` where the accounts' breakers live on between snapshots.
-    pub fn build(
+impl Generation {
+    /// Builds generation `number` from a loaded config; `text` is the config source for
+    /// change detection, `cool_downs` where the accounts' breakers live on between
+    /// generations.
+    fn build(
         config: Config,
         text: &str,
-        generation: u64,
+        number: u64,
         cool_downs: &CoolDowns,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Generation, String> {
         let upstream = upstream_peer(&config)?;
         // A pair that does not load fails the reload: the old one keeps serving.
         let tls = config
@@ -75,33 +75,13 @@ impl Snapshot {
         if let Some(tls) = &tls {
             fingerprint ^= tls.digest;
         }
-        let cool_downs = config
-            .routes
-            .0
-            .iter()
-            .map(|route| {
-                let account = &route.released;
-                cool_downs.get(
-                    account.api_url.as_str(),
-                    &account.account_id,
-                    account.cooldown,
-                )
-            })
-            .collect();
-        Ok(Snapshot {
-            config,
-            upstream: upstream.peer,
-            generation,
+        Ok(Generation {
+            snapshot: Arc::new(Snapshot::new(config, upstream.peer, cool_downs)),
+            tls: tls.map(Arc::new),
+            number,
             fingerprint,
             ca_digest: upstream.ca_digest,
-            tls,
-            cool_downs,
         })
-    }
-
-    /// The cool-down breaker of route `route` (an index into `config.routes`).
-    pub fn cool_down(&self, route: usize) -> &Arc<CoolDown> {
-        &self.cool_downs[route]
     }
 }
 
@@ -220,9 +200,9 @@ impl KeyCache {
     }
 }
 
-/// The active snapshot and how to replace it.
+/// The active generation and how to replace it.
 pub struct Live {
-    current: ArcSwap<Snapshot>,
+    current: ArcSwap<Generation>,
     path: PathBuf,
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
@@ -235,10 +215,10 @@ impl Live {
     pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Live, ReloadError> {
         let keys = KeyCache::default();
         let cool_downs = CoolDowns::default();
-        let snapshot = build(path, 1, &keys, &cool_downs)?;
+        let generation = build(path, 1, &keys, &cool_downs)?;
         metrics.config_last_success.set(unix_now());
         Ok(Live {
-            current: ArcSwap::from_pointee(snapshot),
+            current: ArcSwap::from_pointee(generation),
             path: path.to_path_buf(),
             metrics,
             reloading: Mutex::new(()),
@@ -259,7 +239,7 @@ impl Live {
     /// The active snapshot. Load it once per request and keep it: a request never mixes two
     /// configs.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+        Arc::clone(&self.current.load().snapshot)
     }
 
     /// Builds a new snapshot and swaps it in, or keeps the current one and reports why.
@@ -269,8 +249,8 @@ impl Live {
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let old = self.snapshot();
-        let next = match build(&self.path, old.generation + 1, &self.keys, &self.cool_downs) {
+        let old = self.current.load_full();
+        let next = match build(&self.path, old.number + 1, &self.keys, &self.cool_downs) {
             Ok(next) => next,
             Err(e) => {
                 self.metrics
@@ -280,7 +260,7 @@ impl Live {
                 tracing::error!(
                     trigger = ?trigger,
                     "config reload failed; still serving generation {}:\n{e}",
-                    old.generation
+                    old.number
                 );
                 return Err(e);
             }
@@ -293,17 +273,17 @@ impl Live {
         if next.fingerprint == old.fingerprint {
             match trigger {
                 Trigger::Signal => {
-                    tracing::info!(generation = old.generation, "config reloaded: no changes")
+                    tracing::info!(generation = old.number, "config reloaded: no changes")
                 }
                 Trigger::FileChange => tracing::debug!("watched files touched; config unchanged"),
             }
             return Ok(false);
         }
         let changes = describe_changes(&old, &next);
-        for warning in restart_needed(&old.config, &next.config) {
+        for warning in restart_needed(&old.snapshot.config, &next.snapshot.config) {
             tracing::warn!("{warning}; the running process keeps the old value until restarted");
         }
-        let generation = next.generation;
+        let generation = next.number;
         self.current.store(Arc::new(next));
         tracing::info!(generation, trigger = ?trigger, changes = %changes, "config reloaded");
         Ok(true)
@@ -327,10 +307,10 @@ impl Live {
 
 fn build(
     path: &Path,
-    generation: u64,
+    number: u64,
     keys: &KeyCache,
     cool_downs: &CoolDowns,
-) -> Result<Snapshot, ReloadError> {
+) -> Result<Generation, ReloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ReloadError::Build(format!(
             "cannot read the config file {}: {e}",
@@ -344,7 +324,7 @@ fn build(
         ..LoadOptions::default()
     };
     let config = Config::parse(&text, &path.display().to_string(), base, &options)?;
-    Snapshot::build(config, &text, generation, cool_downs).map_err(ReloadError::Build)
+    Generation::build(config, &text, number, cool_downs).map_err(ReloadError::Build)
 }
 
 fn unix_now() -> i64 {
@@ -396,14 +376,17 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// A one-line, secret-free summary of what a reload changed.
-fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String {
-    let (old, new) = (&old_snapshot.config, &new_snapshot.config);
+fn describe_changes(old_generation: &Generation, new_generation: &Generation) -> String {
+    let (old, new) = (
+        &old_generation.snapshot.config,
+        &new_generation.snapshot.config,
+    );
     let mut parts = Vec::new();
-    let tls_digest = |s: &Snapshot| s.tls.as_ref().map(|t| t.digest);
-    if tls_digest(old_snapshot) != tls_digest(new_snapshot) {
+    let tls_digest = |g: &Generation| g.tls.as_ref().map(|t| t.digest);
+    if tls_digest(old_generation) != tls_digest(new_generation) {
         parts.push("TLS certificate, key or client CA changed".to_string());
     }
-    if old_snapshot.ca_digest != new_snapshot.ca_digest {
+    if old_generation.ca_digest != new_generation.ca_digest {
         parts.push("upstream CA bundle changed".to_string());
     }
     let key_digests =
@@ -488,6 +471,22 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
         "formatting only".into()
     } else {
         parts.join("; ")
+    }
+}
+
+impl Snapshots for Live {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Live::snapshot(self)
+    }
+}
+
+impl ConnectionSettings for Live {
+    fn tls(&self) -> Option<Arc<TlsMaterial>> {
+        self.current.load().tls.clone()
+    }
+
+    fn client_header(&self) -> Duration {
+        self.current.load().snapshot.config.timeouts.client_header
     }
 }
 

@@ -15,7 +15,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::edge::front::{ConnectionLimit, Front};
+use crate::edge::front::{ConnectionLimit, Front, GuardedConnections};
 use crate::metrics::Metrics;
 use crate::ops::admin::{AdminServer, Health};
 use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
@@ -124,7 +124,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     server.bootstrap();
 
     let sidecar = Sidecar::new(
-        Arc::clone(&live),
+        Arc::clone(&live) as _,
+        Arc::new(GuardedConnections),
         released,
         Arc::clone(&metrics),
         shutdown.clone(),
@@ -157,7 +158,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
             format!("released-sidecar proxy {worker}"),
             Front::new(
                 Arc::new(http),
-                Arc::clone(&live),
+                Arc::clone(&live) as _,
                 Arc::clone(&metrics),
                 Some(Arc::clone(&limit)),
             ),

@@ -24,10 +24,13 @@ use sha2::{Digest, Sha256};
 use crate::config::{ClientEmbed, Config, RateLimit};
 use crate::metrics::Metrics;
 use crate::page::rewrite::escape_attribute;
+use crate::request::downstream::{peer_ip, Downstream};
 use crate::request::plan::{plan_embed_token, NoToken, RequestFacts};
 use crate::request::routes::host_without_port;
+use crate::request::snapshot::Snapshot;
 use crate::request::trust::{ClientCert, TrustSource};
 use crate::token::mint::{Minter, Planned, Refused};
+use crate::token::released::{ReleasedClient, TokenRequest};
 
 /// How long a minted token may be used (SPEC §1: two minutes).
 const TOKEN_LIFETIME_SECS: u64 = 120;
@@ -212,15 +215,18 @@ impl TokenEndpoint {
         limiter
     }
 
-    /// Answers a request for the token endpoint or the loader; returns the status sent.
+    /// Answers a request for the token endpoint or the loader, minting with `released`
+    /// under `snapshot`; returns the status sent.
     pub async fn serve(
         &self,
         session: &mut Session,
         own: OwnPath,
-        config: &Config,
-        minter: impl FnOnce(usize) -> Minter,
-        metrics: &Metrics,
+        snapshot: &Snapshot,
+        released: &ReleasedClient,
+        metrics: &Arc<Metrics>,
+        downstream: &dyn Downstream,
     ) -> pingora::Result<u16> {
+        let config = &snapshot.config;
         let Some(client) = config.embed.client.as_ref() else {
             return Ok(0);
         };
@@ -234,14 +240,12 @@ impl TokenEndpoint {
             return send_loader(session, client, config, head).await;
         }
         let request = EndpointRequest {
-            peer: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            peer: peer_ip(session),
             headers: &req.headers,
             method: &req.method,
-            client_cert: crate::request::proxy::client_cert(session),
+            client_cert: downstream.client_cert(session),
         };
+        let minter = |route: usize| snapshot.minter(route, released, metrics);
         let answer = self.token(&request, config, client, minter).await;
         send_json(session, answer, head, metrics).await
     }
@@ -293,7 +297,7 @@ impl TokenEndpoint {
         };
         let deadline = Instant::now() + route.released.timeout;
         let limiter = self.limiter(client.rate_limit);
-        let gate = |token_request: &crate::token::released::TokenRequest| {
+        let gate = |token_request: &TokenRequest| {
             let result = limiter.check_key(&token_request.user_id);
             if limiter.len() > MAX_TRACKED_IDENTITIES {
                 // Forget identities whose allowance is whole again: memory stays bounded.

@@ -2,8 +2,10 @@
 //! boundary ([`trust`]), the route and page-load decision ([`routes`], [`plan`]), and the
 //! same-origin token endpoint for client-rendered embeds ([`embed_client`]).
 
+pub mod downstream;
 pub mod embed_client;
 pub mod plan;
 pub mod proxy;
 pub mod routes;
+pub mod snapshot;
 pub mod trust;

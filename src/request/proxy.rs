@@ -3,7 +3,7 @@
 //! table of contents of a request:
 //!
 //! 1. `new_ctx`: take one config snapshot for the whole request; `early_request_filter`:
-//!    tell the connection guard ([`crate::edge::front`]) that the head arrived.
+//!    tell the connection layer in front ([`Downstream`]) that the head arrived.
 //! 2. `request_filter`: plan the token (trust, route, page load, identity) and start the
 //!    call in a task, so it runs while the app works.
 //! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
@@ -33,23 +33,24 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::config::Config;
 use crate::logging::LogGate;
 use crate::metrics::Metrics;
-use crate::ops::live::{Live, Snapshot};
 use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::insert::Insertion;
 use crate::page::rewrite::{Charset, Edits, EmbedTags, Rewriter};
+use crate::request::downstream::{peer_ip, Downstream};
 use crate::request::embed_client::{self, TokenEndpoint};
 use crate::request::plan::{plan, NoToken, RequestFacts};
 use crate::request::routes::{host_without_port, Route};
-use crate::request::trust::ClientCert;
+use crate::request::snapshot::{Snapshot, Snapshots};
 use crate::shutdown::Shutdown;
-use crate::token::mint::{Minter, Planned, Refused};
+use crate::token::mint::{Planned, Refused};
 use crate::token::released::ReleasedClient;
 use crate::token::secret::Token;
 
 /// The sidecar's proxy logic; each worker has a clone, and the clones share all state.
 #[derive(Clone)]
 pub struct Sidecar {
-    live: Arc<Live>,
+    live: Arc<dyn Snapshots>,
+    downstream: Arc<dyn Downstream>,
     released: ReleasedClient,
     metrics: Arc<Metrics>,
     embed: Arc<TokenEndpoint>,
@@ -58,16 +59,18 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Wires the live config, the token client, the metrics and the shutdown handle
-    /// together.
+    /// Wires the live config, the connection layer in front, the token client, the
+    /// metrics and the shutdown handle together.
     pub fn new(
-        live: Arc<Live>,
+        live: Arc<dyn Snapshots>,
+        downstream: Arc<dyn Downstream>,
         released: ReleasedClient,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Self {
         Self {
             live,
+            downstream,
             released,
             metrics,
             embed: Arc::default(),
@@ -242,7 +245,7 @@ impl ProxyHttp for Sidecar {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::edge::front::request_started(session);
+        self.downstream.request_started(session);
         Ok(())
     }
 
@@ -256,10 +259,15 @@ impl ProxyHttp for Sidecar {
         let path = session.req_header().uri.path();
         if let Some(own) = embed_client::own_path(&ctx.snapshot.config, path) {
             // The client-embed endpoint and loader: answered here, never by the app.
-            let snapshot = Arc::clone(&ctx.snapshot);
-            let minter = |route: usize| self.minter(&snapshot, route);
             self.embed
-                .serve(session, own, &snapshot.config, minter, &self.metrics)
+                .serve(
+                    session,
+                    own,
+                    &ctx.snapshot,
+                    &self.released,
+                    &self.metrics,
+                    self.downstream.as_ref(),
+                )
                 .await?;
             ctx.token = TokenState::NotNeeded("embed_endpoint");
             return Ok(true);
@@ -519,18 +527,6 @@ impl Sidecar {
         }
     }
 
-    /// Mints tokens for route `index` of `snapshot`.
-    fn minter(&self, snapshot: &Snapshot, index: usize) -> Minter {
-        let route = &snapshot.config.routes.0[index];
-        Minter {
-            identity: Arc::clone(&route.identity),
-            settings: Arc::clone(&route.released),
-            cool_down: Arc::clone(snapshot.cool_down(index)),
-            client: self.released.clone(),
-            metrics: Arc::clone(&self.metrics),
-        }
-    }
-
     /// The trust boundary's verdict applied to the request the app will see.
     fn strip_identity_headers(&self, upstream_request: &mut RequestHeader, ctx: &RequestCtx) {
         let identity = &ctx.snapshot.config.identity_headers;
@@ -606,20 +602,16 @@ impl Sidecar {
             .host()
             .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .map(host_without_port);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         let config: &Config = &ctx.snapshot.config;
         let plan = plan(
             config,
             &RequestFacts {
-                peer,
+                peer: peer_ip(session),
                 method: &req.method,
                 host,
                 path: req.uri.path(),
                 headers: &req.headers,
-                client_cert: client_cert(session),
+                client_cert: self.downstream.client_cert(session),
             },
         );
         ctx.route = plan.route;
@@ -664,7 +656,7 @@ impl Sidecar {
             return false;
         };
         let deadline = ctx.started + route.released.timeout;
-        let minter = self.minter(&ctx.snapshot, index);
+        let minter = ctx.snapshot.minter(index, &self.released, &self.metrics);
         let task = tokio::spawn(async move { minter.mint(planned, deadline, |_| Ok(())).await });
         ctx.token = TokenState::Pending {
             task: TokenTask(Some(task)),
@@ -726,11 +718,6 @@ impl Sidecar {
             drop(task);
         }
     }
-}
-
-/// The verified client certificate of the connection (HTTPS with `tls.client_ca_file`).
-pub fn client_cert(session: &Session) -> Option<&ClientCert> {
-    crate::edge::front::client_cert(session)
 }
 
 /// The route's `embed.insert` snippets made ready for this page: only a signed-in page
