@@ -17,6 +17,7 @@ pub mod ops;
 pub mod page;
 pub mod request;
 pub mod shutdown;
+pub mod synthetic;
 pub mod token;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share

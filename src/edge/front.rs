@@ -30,7 +30,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::ConnectionFilter;
 use pingora::protocols::http::ServerSession;
@@ -49,6 +50,7 @@ use crate::edge::tls::TlsMaterial;
 use crate::metrics::Metrics;
 use crate::request::downstream::Downstream;
 use crate::request::trust::ClientCert;
+use crate::synthetic::SyntheticResponse;
 
 /// The largest request head (request line and header fields) accepted, like Envoy's
 /// 60 KiB and above nginx's 32 KiB; a request line that alone exceeds it gets 414, other
@@ -363,11 +365,11 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn status(self) -> u16 {
+    fn status(self) -> StatusCode {
         match self {
-            Refusal::Timeout => 408,
-            Refusal::UriTooLong => 414,
-            Refusal::HeadersTooLarge => 431,
+            Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -379,12 +381,11 @@ impl Refusal {
         }
     }
 
-    fn response(self) -> &'static [u8] {
-        match self {
-            Refusal::Timeout => b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\ncache-control: no-store\r\nconnection: close\r\n\r\n408 Request Timeout\n",
-            Refusal::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 17\r\ncache-control: no-store\r\nconnection: close\r\n\r\n414 URI Too Long\n",
-            Refusal::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\ncache-control: no-store\r\nconnection: close\r\n\r\n431 Request Header Fields Too Large\n",
-        }
+    /// The answer, written before pingora has a session: the connection ends after it.
+    fn response(self) -> Bytes {
+        SyntheticResponse::status_text(self.status())
+            .close()
+            .to_bytes()
     }
 }
 
@@ -398,7 +399,7 @@ enum Phase {
     /// Plain pass-through: the request belongs to pingora.
     Passing,
     /// Writing the refusal, then closing the write side.
-    Answering { refusal: Refusal, written: usize },
+    Answering { response: Bytes, written: usize },
     /// Reading and dropping what the refused client still sends, for a bounded time.
     Lingering { drained: usize },
     /// Done: pingora sees the end of the stream.
@@ -520,13 +521,13 @@ impl HeadGuard {
     fn refuse(&mut self, refusal: Refusal) {
         record_refusal(
             &self.metrics,
-            refusal.status(),
+            refusal.status().as_u16(),
             refusal.reason(),
             self.started,
         );
         self.held.clear();
         self.phase = Phase::Answering {
-            refusal,
+            response: refusal.response(),
             written: 0,
         };
     }
@@ -613,8 +614,7 @@ impl HeadGuard {
     }
 
     fn poll_answering(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while let Phase::Answering { refusal, written } = &mut self.phase {
-            let response = refusal.response();
+        while let Phase::Answering { response, written } = &mut self.phase {
             if *written < response.len() {
                 match ready!(Pin::new(&mut self.inner).poll_write(cx, &response[*written..])) {
                     Ok(0) | Err(_) => self.phase = Phase::Closed,
@@ -951,11 +951,14 @@ mod tests {
             Refusal::UriTooLong,
             Refusal::HeadersTooLarge,
         ] {
-            let text = std::str::from_utf8(refusal.response()).unwrap();
+            let response = refusal.response();
+            let text = std::str::from_utf8(&response).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with(&format!("HTTP/1.1 {} ", refusal.status())));
+            let status = refusal.status().as_u16();
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
             assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
-            assert_eq!(status_of(refusal.response()), Some(refusal.status()));
+            assert!(head.lines().any(|l| l == "connection: close"), "{head}");
+            assert_eq!(status_of(&response), Some(status));
         }
     }
 }

@@ -42,6 +42,7 @@ use crate::request::plan::{plan, NoToken, RequestFacts};
 use crate::request::routes::{host_without_port, Route};
 use crate::request::snapshot::{Snapshot, Snapshots};
 use crate::shutdown::Shutdown;
+use crate::synthetic::SyntheticResponse;
 use crate::token::mint::{Planned, Refused};
 use crate::token::released::ReleasedClient;
 use crate::token::secret::Token;
@@ -423,7 +424,7 @@ impl ProxyHttp for Sidecar {
         };
         self.log_failure(e, code);
         if code > 0 && session.response_written().is_none() {
-            if let Err(write_error) = respond_plain(session, code).await {
+            if let Err(write_error) = error_page(code).write_to_proxy(session).await {
                 tracing::debug!(error = %write_error, "could not send the error response");
             }
         }
@@ -905,27 +906,21 @@ fn concat(a: Bytes, b: Bytes) -> Bytes {
     out.freeze()
 }
 
-/// A short plain-text error page (no HTML, no internals).
-async fn respond_plain(session: &mut Session, code: u16) -> Result<()> {
+/// A short plain-text error page (no HTML, no internals); the connection ends after it.
+fn error_page(code: u16) -> SyntheticResponse {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let text = match code {
-        502 => "502 Bad Gateway: the application is not reachable\n".to_string(),
-        504 => "504 Gateway Timeout: the application did not answer in time\n".to_string(),
-        _ => format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Error")
+    let page = match status {
+        StatusCode::BAD_GATEWAY => SyntheticResponse::text(
+            status,
+            "502 Bad Gateway: the application is not reachable\n",
         ),
+        StatusCode::GATEWAY_TIMEOUT => SyntheticResponse::text(
+            status,
+            "504 Gateway Timeout: the application did not answer in time\n",
+        ),
+        _ => SyntheticResponse::status_text(status),
     };
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, text.len().to_string())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(header::CONNECTION, "close")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(text)), true)
-        .await
+    page.close()
 }
 
 #[cfg(test)]
