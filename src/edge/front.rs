@@ -47,6 +47,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
 use crate::edge::tls::TlsMaterial;
+use crate::logging::AccessLine;
 use crate::metrics::Metrics;
 use crate::request::downstream::Downstream;
 use crate::request::trust::ClientCert;
@@ -231,17 +232,17 @@ fn record_refusal(metrics: &Metrics, status: u16, reason: &'static str, started:
         .with_label_values(&["", &status.to_string()])
         .inc();
     metrics.rejected_heads.with_label_values(&[reason]).inc();
-    tracing::info!(
-        target: "access",
-        method = "",
-        path = "",
+    AccessLine {
+        method: "",
+        path: "",
         status,
-        duration_ms = started.elapsed().as_millis() as u64,
-        route = "",
-        token = "not_planned",
-        tags = 0,
-        error = reason,
-    );
+        started,
+        route: "",
+        token: "not_planned",
+        tags: 0,
+        error: Some(reason),
+    }
+    .write();
 }
 
 /// `limits.max_connections` as a pingora connection filter: it runs inside the accept

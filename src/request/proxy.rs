@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::Config;
-use crate::logging::LogGate;
+use crate::logging::{AccessLine, LogGate};
 use crate::metrics::Metrics;
 use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::insert::Insertion;
@@ -494,17 +494,17 @@ impl ProxyHttp for Sidecar {
             TokenState::Planned(_) | TokenState::Pending { .. } => "unused",
         };
         let req = session.req_header();
-        tracing::info!(
-            target: "access",
-            method = %req.method,
-            path = %req.uri.path(),
+        AccessLine {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            started: ctx.started,
             route,
             token,
             tags,
-            error = error.map(|e| e.etype().as_str()),
-        );
+            error: error.map(|e| e.etype().as_str()),
+        }
+        .write();
     }
 }
 
