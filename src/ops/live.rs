@@ -28,7 +28,7 @@ use pingora::utils::tls::WrappedX509;
 
 use crate::config::{Config, ConfigErrors, LoadOptions};
 use crate::edge::front::ConnectionSettings;
-use crate::edge::tls::TlsMaterial;
+use crate::edge::tls::{PemError, TlsLoadError, TlsMaterial};
 use crate::metrics::Metrics;
 use crate::request::snapshot::{Snapshot, Snapshots};
 use crate::token::cool_down::CoolDowns;
@@ -63,7 +63,7 @@ impl Generation {
         text: &str,
         number: u64,
         cool_downs: &CoolDowns,
-    ) -> Result<Generation, String> {
+    ) -> Result<Generation, BuildError> {
         let upstream = upstream_peer(&config)?;
         // A pair that does not load fails the reload: the old one keeps serving.
         let tls = config
@@ -110,13 +110,18 @@ struct UpstreamPeer {
 
 /// The app as a pingora peer: address resolved now (at start and on each reload, never
 /// per request), TLS settings and timeouts applied.
-fn upstream_peer(config: &Config) -> Result<UpstreamPeer, String> {
+fn upstream_peer(config: &Config) -> Result<UpstreamPeer, BuildError> {
     let up = &config.upstream;
     let addr = (up.host.as_str(), up.port)
         .to_socket_addrs()
-        .map_err(|e| format!("upstream host `{}` does not resolve: {e}", up.host))?
+        .map_err(|error| BuildError::Resolve {
+            host: up.host.clone(),
+            error,
+        })?
         .next()
-        .ok_or_else(|| format!("upstream host `{}` has no address", up.host))?;
+        .ok_or_else(|| BuildError::NoAddress {
+            host: up.host.clone(),
+        })?;
     let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
     let t = &config.timeouts;
     peer.options.connection_timeout = Some(t.upstream_connect);
@@ -128,32 +133,16 @@ fn upstream_peer(config: &Config) -> Result<UpstreamPeer, String> {
     peer.options.verify_hostname = up.verify;
     let mut ca_digest = None;
     if let Some(ca_file) = &up.ca_file {
-        let (certs, digest) = load_ca(ca_file)?;
+        let (certs, digest) =
+            crate::edge::tls::read_certificates(ca_file).map_err(BuildError::UpstreamCa)?;
+        let certs: Box<[WrappedX509]> = certs
+            .into_iter()
+            .map(|der| WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509))
+            .collect();
         peer.options.ca = Some(Arc::from(certs));
         ca_digest = Some(digest);
     }
     Ok(UpstreamPeer { peer, ca_digest })
-}
-
-/// The certificates of a PEM CA bundle, and a digest of the bytes they came from.
-fn load_ca(path: &Path) -> Result<(Box<[WrappedX509]>, u64), String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("CA file {} holds no certificate", path.display()));
-    }
-    let certs = certs
-        .into_iter()
-        .map(|der| WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509))
-        .collect();
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    Ok((certs, h.finish()))
 }
 
 /// What asked for a reload.
@@ -168,12 +157,45 @@ pub enum Trigger {
 /// Why a reload was refused (the previous config stays active).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The config file cannot be read.
+    #[error("cannot read the config file {}: {error}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// The new config is invalid.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
-    /// The new config is valid but cannot be put to use (upstream does not resolve…).
-    #[error("{0}")]
-    Build(String),
+    /// The new config is valid but cannot be put to use.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Why a valid config cannot be put to use: what it names does not resolve or load.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The upstream host name does not resolve.
+    #[error("upstream host `{host}` does not resolve: {error}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        error: std::io::Error,
+    },
+    /// The upstream host name resolves to no address.
+    #[error("upstream host `{host}` has no address")]
+    NoAddress {
+        /// The host.
+        host: String,
+    },
+    /// `upstream_tls.ca_file` does not load.
+    #[error("upstream_tls.ca_file: {0}")]
+    UpstreamCa(PemError),
+    /// A `tls` file does not load (the old certificate keeps serving).
+    #[error(transparent)]
+    Tls(#[from] TlsLoadError),
 }
 
 /// Key stores of fetched sources, kept across reloads so a reload never empties the
@@ -311,11 +333,9 @@ fn build(
     keys: &KeyCache,
     cool_downs: &CoolDowns,
 ) -> Result<Generation, ReloadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ReloadError::Build(format!(
-            "cannot read the config file {}: {e}",
-            path.display()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|error| ReloadError::Read {
+        path: path.to_path_buf(),
+        error,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let provider = |source: &KeySource, refresh: Duration| keys.get(source, refresh);
@@ -324,7 +344,7 @@ fn build(
         ..LoadOptions::default()
     };
     let config = Config::parse(&text, &path.display().to_string(), base, &options)?;
-    Generation::build(config, &text, number, cool_downs).map_err(ReloadError::Build)
+    Ok(Generation::build(config, &text, number, cool_downs)?)
 }
 
 fn unix_now() -> i64 {
@@ -673,5 +693,47 @@ impl pingora::services::background::BackgroundService for KeyRefresher {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generation_that_cannot_be_built_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            "upstream: https://127.0.0.1:3000\nreleased: { account_id: a, shared_secret_file: secret }\nidentity: { preset: oauth2-proxy }\nupstream_tls: { ca_file: ca.pem }\n",
+        )
+        .unwrap();
+        let keys = KeyCache::default();
+        let cool_downs = CoolDowns::default();
+        let Err(e) = build(&config, 1, &keys, &cool_downs) else {
+            panic!("an empty CA bundle was accepted");
+        };
+        assert!(
+            matches!(
+                e,
+                ReloadError::Build(BuildError::UpstreamCa(PemError::NoCertificate { .. }))
+            ),
+            "{e:?}"
+        );
+        let ca = dir.path().join("ca.pem");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "upstream_tls.ca_file: {} holds no certificate",
+                ca.display()
+            )
+        );
+        let Err(e) = build(&dir.path().join("gone.yaml"), 1, &keys, &cool_downs) else {
+            panic!("a missing config file was read");
+        };
+        assert!(matches!(e, ReloadError::Read { .. }), "{e:?}");
     }
 }
