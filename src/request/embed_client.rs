@@ -69,13 +69,7 @@ pub fn loader(client: &ClientEmbed, tags: &[String]) -> (Bytes, String) {
         .replace("__ENDPOINT__", &endpoint)
         .replace("__TAGS__", &tags);
     let digest = Sha256::digest(body.as_bytes());
-    let etag = format!(
-        "\"{}\"",
-        digest[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let etag = format!("\"{}\"", hex::encode(&digest[..12]));
     (Bytes::from(body), etag)
 }
 

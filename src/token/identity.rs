@@ -90,7 +90,7 @@ impl Transform {
                     trimmed.to_string()
                 }
             }
-            Transform::Sha256 => hex(&Sha256::digest(value.as_bytes())),
+            Transform::Sha256 => hex::encode(Sha256::digest(value.as_bytes())),
             Transform::Escape => escape(&value),
         }
     }
@@ -453,18 +453,8 @@ fn escape(s: &str) -> String {
             out.push(char::from(b));
         } else {
             out.push(':');
-            out.push_str(&hex(&[b]));
+            out.push_str(&hex::encode([b]));
         }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
 }
