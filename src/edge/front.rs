@@ -123,7 +123,7 @@ impl<P> Front<P> {
     /// Logs and counts a head that pingora itself refused (its parser answered before any
     /// proxy phase ran).
     fn report_parser_refusal(&self, shared: &HeadShared, started: Instant) {
-        if !shared.released.load(Ordering::Acquire) || shared.claimed.load(Ordering::Acquire) {
+        if !shared.let_through.load(Ordering::Acquire) || shared.claimed.load(Ordering::Acquire) {
             return;
         }
         let status = shared.refused_status.load(Ordering::Acquire);
@@ -338,16 +338,16 @@ struct HeadShared {
     /// Bumped for every new request on the connection; the guard re-arms when it changes.
     generation: AtomicU64,
     /// The guard let the head through to pingora.
-    released: AtomicBool,
+    let_through: AtomicBool,
     /// The proxy's first phase ran: pingora accepted the head.
     claimed: AtomicBool,
-    /// The status pingora answered with when it refused a released head (0: none).
+    /// The status pingora answered with when it refused a head it was given (0: none).
     refused_status: AtomicU16,
 }
 
 impl HeadShared {
     fn rearm(&self) {
-        self.released.store(false, Ordering::Release);
+        self.let_through.store(false, Ordering::Release);
         self.claimed.store(false, Ordering::Release);
         self.refused_status.store(0, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -592,7 +592,7 @@ impl HeadGuard {
                     return Poll::Ready(Ok(()));
                 }
                 HeadState::Complete | HeadState::Tail => {
-                    self.shared.released.store(true, Ordering::Release);
+                    self.shared.let_through.store(true, Ordering::Release);
                     self.watched = self.held.len();
                     self.phase = Phase::Watching;
                     return Poll::Ready(Ok(()));
@@ -769,9 +769,9 @@ impl AsyncWrite for HeadGuard {
         if matches!(this.phase, Phase::Closed | Phase::Lingering { .. }) {
             return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
-        // A write before the proxy claimed a released head is pingora's parser refusing
+        // A write before the proxy claimed a head let through is pingora's parser refusing
         // it; note the status for the access log.
-        if this.shared.released.load(Ordering::Acquire)
+        if this.shared.let_through.load(Ordering::Acquire)
             && !this.shared.claimed.load(Ordering::Acquire)
             && this.shared.refused_status.load(Ordering::Acquire) == 0
         {
