@@ -1,9 +1,10 @@
 //! HTTPS on `listen` (the `tls` block): the certificate, key and client CA, loaded with
-//! each snapshot into one rustls server config (so a rotated pair, a Kubernetes `..data`
+//! each generation of the live config into one rustls server config (so a rotated pair, a Kubernetes `..data`
 //! swap included, is used for new connections without a restart, and a broken pair keeps
 //! the old one); [`accept`], the handshake of each connection with the config of the
-//! snapshot current when it arrives; and [`certificate_names`], what a verified client
-//! certificate is called, for the trust boundary.
+//! generation current when it arrives; [`certificate_names`], what a verified client
+//! certificate is called, for the trust boundary; and [`read_certificates`], the one PEM
+//! certificate reader (the upstream CA bundle and `explain` use it too).
 //!
 //! A connection without a certificate is served (the app may have public pages) but is
 //! untrusted; a certificate that does not verify against the CA is refused at the

@@ -1,6 +1,7 @@
 //! Who the signed-in user is: the `identity` rules of the config turn the gateway's
-//! request headers into an [`Identity`] that already satisfies the Released field rules
-//! (SPEC §1), or into the precise reason there is none. Pure functions, no I/O.
+//! request headers (or a verified assertion's claims) into an [`Identity`] that already
+//! satisfies the Released field rules (SPEC §1), or into the precise reason there is none.
+//! Pure functions, no I/O.
 
 use std::fmt;
 use std::sync::Arc;
