@@ -1,5 +1,5 @@
 //! Cost of reading the signed-in user from the gateway's headers
-//! (`IdentityRules::extract`, `src/request/identity.rs`), once per page load.
+//! (`IdentityRules::extract`, `src/token/identity.rs`), once per page load.
 //!
 //! Run: `cargo bench --bench identity -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -16,7 +16,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
-use released_sidecar::request::identity::{FieldRule, IdentityRules, Source, Transform};
+use released_sidecar::token::identity::{FieldRule, IdentityRules, Source, Transform};
 
 fn rule(header: &str, pattern: Option<&str>, transforms: &[Transform]) -> FieldRule {
     FieldRule {

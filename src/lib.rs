@@ -3,11 +3,34 @@
 //! headers, asks the Released token API for one token per page load (in parallel with the
 //! app), and writes the token into the page's `<released-*>` tags as the HTML streams by.
 //!
-//! The folders follow a request through the house: [`ops`] assembles the process and
-//! holds the live config; [`edge`] guards connections; [`request`] decides trust, plans
-//! each request and wires the proxy; [`token`] turns a plan into a token; [`page`]
-//! rewrites and compresses the body. [`config`], [`metrics`] and [`logging`] are read by
-//! every room.
+//! The folders follow a request through the house, and every import points down it; no
+//! file imports one that imports it back:
+//!
+//! ```text
+//! ops ──> edge ──> request ──> token
+//!                     └──────> page ──> token (the redacted Token type only)
+//! ```
+//!
+//! - [`ops`] assembles the process (server, signals, binary upgrade, admin port, `explain`)
+//!   and holds the live config ([`ops::live`]); it hands each room below what that room
+//!   may not import: [`ops::live::Live`] implements [`edge::front::ConnectionSettings`]
+//!   and [`request::snapshot::Snapshots`].
+//! - [`edge`] owns the connection before a request is read (TLS, the connection cap, the
+//!   head guard, memory trimming) in front of any pingora proxy ([`edge::front::Front`]
+//!   is generic over it), and answers the proxy's questions about a connection by
+//!   implementing [`request::downstream::Downstream`].
+//! - [`request`] decides trust, plans each request and wires the pingora proxy and the
+//!   token endpoint; [`token`] turns a plan into a token (identity rules, assertions, the
+//!   Released client, the breaker); [`page`] rewrites and compresses the body.
+//! - Below every room, importing none of them: [`metrics`], [`logging`] (with the
+//!   access-log line), [`shutdown`] (the one drain handle) and [`synthetic`] (every
+//!   response the sidecar writes itself). [`config`] is read by every room; what it
+//!   imports from the rooms is only the types it builds, which live next to the code
+//!   using them: the routes and trust rule from `request`, the identity rules, assertion
+//!   settings, key stores, Released account and cool-down policy from `token`, the embed
+//!   tags and insert rules from `page`. Moving those into `config` would be churn; none of
+//!   the files they live in imports `config` back, except that `token::keys` reads a JWKS
+//!   file through [`config::files`], the bounded reader, which imports nothing.
 
 pub mod config;
 pub mod edge;
@@ -16,6 +39,8 @@ pub mod metrics;
 pub mod ops;
 pub mod page;
 pub mod request;
+pub mod shutdown;
+pub mod synthetic;
 pub mod token;
 
 /// Installs ring as the process-wide rustls provider (pingora and the token client share

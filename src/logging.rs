@@ -93,6 +93,45 @@ fn is_own(target: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }
 
+/// One access-log line (`target: "access"`): the fields of every request, whether the app
+/// answered it or the sidecar did (a refused head, the token endpoint, an error page).
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLine<'a> {
+    /// The request method (empty when no head was read).
+    pub method: &'a str,
+    /// The path, without the query (which may carry credentials).
+    pub path: &'a str,
+    /// The status sent (0: none).
+    pub status: u16,
+    /// When the request started.
+    pub started: Instant,
+    /// The route's name (empty: none).
+    pub route: &'a str,
+    /// What became of the token: `used`, or why there was none.
+    pub token: &'a str,
+    /// Embed tags that received the token.
+    pub tags: usize,
+    /// Why the request failed, if it did.
+    pub error: Option<&'a str>,
+}
+
+impl AccessLine<'_> {
+    /// Writes the line.
+    pub fn write(&self) {
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            route = self.route,
+            token = self.token,
+            tags = self.tags,
+            error = self.error,
+        );
+    }
+}
+
 /// Lets one log line through per interval and counts the ones it held back: a flapping app
 /// or a wrong secret must not flood the log, but the first sign of trouble shows at once.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{
@@ -270,4 +271,37 @@ async fn one_json_access_line_per_request_without_identity_values() {
         !logs.contains("alice"),
         "identity values are not logged at info"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_is_handed_to_a_test_only_once_its_proxy_port_accepts() {
+    // An admin port that answers while the proxy port is not bound yet: what a test sees
+    // when another test's sidecar shares the admin port (SO_REUSEPORT) during the start.
+    let admin = Upstream::start(|_| Reply::with(200, "text/plain", "ok\n")).await;
+    let ready_url = format!("{}/healthz", admin.url());
+    let listen: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    // Stands for the sidecar process: alive, and ended (by its handle) when the wait ends.
+    let mut child = std::process::Command::new("sleep")
+        .arg("25")
+        .spawn()
+        .expect("spawn sleep");
+    let waiting = tokio::spawn(async move {
+        let up = support::sidecar::wait_until_serving(&mut child, &ready_url, listen).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        up
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the harness handed over a sidecar whose proxy port refuses connections"
+    );
+    let _proxy = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let up = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the wait ends once the proxy port accepts")
+        .unwrap();
+    assert_eq!(up, Ok(()));
 }

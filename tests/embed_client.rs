@@ -317,6 +317,9 @@ async fn the_loader_is_served_cacheable_and_follows_a_custom_path() {
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
+    // A 304 may state only the length a 200 would have (RFC 9110 §8.6).
+    let length = again.headers()["content-length"].to_str().unwrap();
+    assert_eq!(length, js.len().to_string());
     assert!(upstream.seen().is_empty());
     // The default paths are the app's again.
     let resp = client()

@@ -170,6 +170,9 @@ async fn unreachable_upstream_gives_502_with_a_short_plain_body() {
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    // The connection ends after an error page, and the answer says so.
+    assert_eq!(resp.headers()["connection"], "close");
     let body = resp.text().await.unwrap();
     assert!(
         body.len() < 100 && body.starts_with("502 Bad Gateway"),

@@ -224,7 +224,7 @@ impl<'e> Decoder<'e> {
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses a duration such as `1500ms`, `2s`, `1m`, `1h` or `1m30s` (humantime's
-/// spellings), whole milliseconds from 0 to [`MAX_DURATION`].
+/// spellings), whole milliseconds from 0 to `MAX_DURATION`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let hint = "write a number with a unit, e.g. 1500ms, 2s, 1m, 1h";

@@ -13,7 +13,7 @@ use jsonwebtoken::Algorithm;
 use super::decode::join;
 use super::yaml::{self, Node};
 use super::{is_loopback_host, Schema};
-use crate::request::identity::{FieldRule, IdentityRules, Source, Transform};
+use crate::token::identity::{FieldRule, IdentityRules, Source, Transform};
 use crate::token::jwt::{JwtSettings, PUBLIC_KEY_ALGORITHMS};
 use crate::token::keys::{KeySource, KeyStore};
 
@@ -733,7 +733,7 @@ mod tests {
         .unwrap();
         let proxy = &plain.routes.0[0].identity;
         // The same mapping, another family of names.
-        let shape = |r: &crate::request::identity::IdentityRules| {
+        let shape = |r: &crate::token::identity::IdentityRules| {
             format!("{r:?}")
                 .replace("x-auth-request-", "FAMILY-")
                 .replace("x-forwarded-", "FAMILY-")

@@ -242,7 +242,7 @@ pub struct Config {
     /// Connection limits.
     pub limits: Limits,
     /// Where `run --upgrade` receives the listening sockets of the running process; `None`:
-    /// the default, a private directory chosen at start (`crate::ops::upgrade`), since it
+    /// the default, a private directory chosen at start (see `ops/upgrade.rs`), since it
     /// depends on the environment and the user rather than on the file.
     pub upgrade_sock: Option<PathBuf>,
     /// HTTPS on `listen`, and certificate trust (plain HTTP when `None`).

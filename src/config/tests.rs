@@ -41,10 +41,10 @@ pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
     )
 }
 
-fn header_of(rule: &crate::request::identity::FieldRule) -> &str {
+fn header_of(rule: &crate::token::identity::FieldRule) -> &str {
     match &rule.source {
-        crate::request::identity::Source::Header(h) => h.as_str(),
-        crate::request::identity::Source::Claim(c) => c,
+        crate::token::identity::Source::Header(h) => h.as_str(),
+        crate::token::identity::Source::Claim(c) => c,
     }
 }
 
@@ -491,7 +491,7 @@ fn load_in(dir: &tempfile::TempDir, text: &str) -> Result<Config, ConfigErrors> 
 
 #[test]
 fn every_preset_expands_to_its_gateway_headers_or_assertion() {
-    use crate::request::identity::Source;
+    use crate::token::identity::Source;
     use jsonwebtoken::Algorithm;
     let dir = jwks_dir();
     // (preset, extra jwt keys the operator supplies, user_id source, email source, jwt header, algorithms)

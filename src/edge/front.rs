@@ -11,8 +11,8 @@
 //! until the head is complete, within its deadline and size limits, and answers 408, 414 or
 //! 431 itself when it is not. pingora then only ever sees whole heads (or a clean close),
 //! so a slow or vanishing client costs it nothing and logs nothing. The proxy's
-//! `early_request_filter` tells the guard (through [`request_started`]) that pingora took
-//! the head, which ends the deadline for that request.
+//! `early_request_filter` tells the guard (through [`GuardedConnections`], the proxy's
+//! [`Downstream`]) that pingora took the head, which ends the deadline for that request.
 //!
 //! A connection's first head is awaited before pingora allocates its per-request state
 //! (tens of KB), so a flood of idle or slow connections costs little more than sockets.
@@ -30,7 +30,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::ConnectionFilter;
 use pingora::protocols::http::ServerSession;
@@ -39,16 +40,18 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::proxy::{HttpProxy, Session};
+use pingora::proxy::{HttpProxy, ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
+use crate::edge::tls::TlsMaterial;
+use crate::logging::AccessLine;
 use crate::metrics::Metrics;
-use crate::ops::live::Live;
-use crate::request::proxy::Sidecar;
+use crate::request::downstream::Downstream;
 use crate::request::trust::ClientCert;
+use crate::synthetic::SyntheticResponse;
 
 /// The largest request head (request line and header fields) accepted, like Envoy's
 /// 60 KiB and above nginx's 32 KiB; a request line that alone exceeds it gets 414, other
@@ -63,11 +66,21 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// pingora's keep-alive idle limit between requests (the same as pingora's own loop).
 const KEEPALIVE_SECS: u64 = 60;
 
+/// What [`Front`] reads from the live config as each connection arrives
+/// (`ops::live::Live` implements it): a reload applies from the next connection on.
+pub trait ConnectionSettings: Send + Sync + 'static {
+    /// The material of `tls` in force now (`None`: no `tls`).
+    fn tls(&self) -> Option<Arc<TlsMaterial>>;
+
+    /// `timeouts.client_header` in force now: the bound on the handshake and on each head.
+    fn client_header(&self) -> Duration;
+}
+
 /// The proxy service's application: the TLS handshake (with `tls`), then pingora's HTTP
-/// proxy behind the head guard.
-pub struct Front {
-    proxy: Arc<HttpProxy<Sidecar>>,
-    live: Arc<Live>,
+/// proxy `P` behind the head guard.
+pub struct Front<P> {
+    proxy: Arc<HttpProxy<P>>,
+    settings: Arc<dyn ConnectionSettings>,
     metrics: Arc<Metrics>,
     limit: Option<Arc<ConnectionLimit>>,
     /// The port speaks HTTPS: fixed at start, like the listener (adding or removing `tls`
@@ -75,20 +88,20 @@ pub struct Front {
     tls: bool,
 }
 
-impl Front {
+impl<P> Front<P> {
     /// Puts the guard in front of `proxy`; `limit` is the connection cap's filter, whose
     /// slots are given back here when a connection ends. Connections are TLS when the
     /// config at start has `tls`.
     pub fn new(
-        proxy: Arc<HttpProxy<Sidecar>>,
-        live: Arc<Live>,
+        proxy: Arc<HttpProxy<P>>,
+        settings: Arc<dyn ConnectionSettings>,
         metrics: Arc<Metrics>,
         limit: Option<Arc<ConnectionLimit>>,
     ) -> Self {
-        let tls = live.snapshot().tls.is_some();
+        let tls = settings.tls().is_some();
         Self {
             proxy,
-            live,
+            settings,
             metrics,
             limit,
             tls,
@@ -99,19 +112,18 @@ impl Front {
     /// deadline. `None`: it failed (counted and logged by `accept`), or `tls` was removed
     /// by a reload and the port can serve nobody until a restart.
     async fn handshake(&self, stream: Stream) -> Option<(Stream, Option<ClientCert>)> {
-        let snapshot = self.live.snapshot();
-        let Some(material) = snapshot.tls.as_ref() else {
+        let Some(material) = self.settings.tls() else {
             tracing::debug!("closing a connection: `tls` was removed and needs a restart");
             return None;
         };
-        let limit = snapshot.config.timeouts.client_header;
-        crate::edge::tls::accept(material, stream, limit, &self.metrics).await
+        let limit = self.settings.client_header();
+        crate::edge::tls::accept(&material, stream, limit, &self.metrics).await
     }
 
     /// Logs and counts a head that pingora itself refused (its parser answered before any
     /// proxy phase ran).
     fn report_parser_refusal(&self, shared: &HeadShared, started: Instant) {
-        if !shared.released.load(Ordering::Acquire) || shared.claimed.load(Ordering::Acquire) {
+        if !shared.let_through.load(Ordering::Acquire) || shared.claimed.load(Ordering::Acquire) {
             return;
         }
         let status = shared.refused_status.load(Ordering::Acquire);
@@ -128,7 +140,11 @@ impl Front {
 }
 
 #[async_trait]
-impl ServerApp for Front {
+impl<P> ServerApp for Front<P>
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -144,7 +160,7 @@ impl ServerApp for Front {
             // HTTP/2 frames its own heads; pingora's connection loop serves it.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        let deadline = self.live.snapshot().config.timeouts.client_header;
+        let deadline = self.settings.client_header();
         let shared = Arc::new(HeadShared::default());
         let mut guard = HeadGuard::new(
             stream,
@@ -178,26 +194,35 @@ impl ServerApp for Front {
     }
 }
 
-/// Called by the proxy's first phase: pingora has taken the head, so the deadline ends,
-/// and pipelined requests (RFC 9112 §9.3.2) are answered in order on this connection
-/// instead of being dropped after a `keep-alive` answer.
-pub fn request_started(session: &mut Session) {
-    session.set_pipelining_enabled(true);
-    if let ServerSession::H1(h1) = session.as_downstream() {
-        if let Some(guard) = (**h1.stream()).as_any().downcast_ref::<HeadGuard>() {
-            guard.shared.claimed.store(true, Ordering::Release);
-        }
+/// The connections [`Front`] serves, as the proxy asks about them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuardedConnections;
+
+impl GuardedConnections {
+    /// The guard of the connection `session` came on (an HTTP/1 connection behind
+    /// [`Front`]).
+    fn guard(session: &Session) -> Option<&HeadGuard> {
+        let ServerSession::H1(h1) = session.as_downstream() else {
+            return None;
+        };
+        (**h1.stream()).as_any().downcast_ref::<HeadGuard>()
     }
 }
 
-/// The verified client certificate of the connection `session` came on (HTTPS with
-/// `tls.client_ca_file`).
-pub fn client_cert(session: &Session) -> Option<&ClientCert> {
-    let ServerSession::H1(h1) = session.as_downstream() else {
-        return None;
-    };
-    let guard = (**h1.stream()).as_any().downcast_ref::<HeadGuard>()?;
-    guard.client_cert.as_ref()
+impl Downstream for GuardedConnections {
+    /// Called by the proxy's first phase: pingora has taken the head, so the deadline ends,
+    /// and pipelined requests (RFC 9112 §9.3.2) are answered in order on this connection
+    /// instead of being dropped after a `keep-alive` answer.
+    fn request_started(&self, session: &mut Session) {
+        session.set_pipelining_enabled(true);
+        if let Some(guard) = Self::guard(session) {
+            guard.shared.claimed.store(true, Ordering::Release);
+        }
+    }
+
+    fn client_cert<'s>(&self, session: &'s Session) -> Option<&'s ClientCert> {
+        Self::guard(session)?.client_cert.as_ref()
+    }
 }
 
 /// One access-log line and the counters for a request answered before the proxy ran.
@@ -207,17 +232,17 @@ fn record_refusal(metrics: &Metrics, status: u16, reason: &'static str, started:
         .with_label_values(&["", &status.to_string()])
         .inc();
     metrics.rejected_heads.with_label_values(&[reason]).inc();
-    tracing::info!(
-        target: "access",
-        method = "",
-        path = "",
+    AccessLine {
+        method: "",
+        path: "",
         status,
-        duration_ms = started.elapsed().as_millis() as u64,
-        route = "",
-        token = "not_planned",
-        tags = 0,
-        error = reason,
-    );
+        started,
+        route: "",
+        token: "not_planned",
+        tags: 0,
+        error: Some(reason),
+    }
+    .write();
 }
 
 /// `limits.max_connections` as a pingora connection filter: it runs inside the accept
@@ -290,7 +315,7 @@ impl Slot {
             other => other,
         };
         gauge.inc();
-        crate::ops::trim::observe(gauge.get());
+        crate::edge::trim::observe(gauge.get());
         Self {
             limit,
             gauge: gauge.clone(),
@@ -313,16 +338,16 @@ struct HeadShared {
     /// Bumped for every new request on the connection; the guard re-arms when it changes.
     generation: AtomicU64,
     /// The guard let the head through to pingora.
-    released: AtomicBool,
+    let_through: AtomicBool,
     /// The proxy's first phase ran: pingora accepted the head.
     claimed: AtomicBool,
-    /// The status pingora answered with when it refused a released head (0: none).
+    /// The status pingora answered with when it refused a head it was given (0: none).
     refused_status: AtomicU16,
 }
 
 impl HeadShared {
     fn rearm(&self) {
-        self.released.store(false, Ordering::Release);
+        self.let_through.store(false, Ordering::Release);
         self.claimed.store(false, Ordering::Release);
         self.refused_status.store(0, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -341,11 +366,11 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn status(self) -> u16 {
+    fn status(self) -> StatusCode {
         match self {
-            Refusal::Timeout => 408,
-            Refusal::UriTooLong => 414,
-            Refusal::HeadersTooLarge => 431,
+            Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -357,12 +382,11 @@ impl Refusal {
         }
     }
 
-    fn response(self) -> &'static [u8] {
-        match self {
-            Refusal::Timeout => b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\ncache-control: no-store\r\nconnection: close\r\n\r\n408 Request Timeout\n",
-            Refusal::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 17\r\ncache-control: no-store\r\nconnection: close\r\n\r\n414 URI Too Long\n",
-            Refusal::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\ncache-control: no-store\r\nconnection: close\r\n\r\n431 Request Header Fields Too Large\n",
-        }
+    /// The answer, written before pingora has a session: the connection ends after it.
+    fn response(self) -> Bytes {
+        SyntheticResponse::status_text(self.status())
+            .close()
+            .to_bytes()
     }
 }
 
@@ -376,7 +400,7 @@ enum Phase {
     /// Plain pass-through: the request belongs to pingora.
     Passing,
     /// Writing the refusal, then closing the write side.
-    Answering { refusal: Refusal, written: usize },
+    Answering { response: Bytes, written: usize },
     /// Reading and dropping what the refused client still sends, for a bounded time.
     Lingering { drained: usize },
     /// Done: pingora sees the end of the stream.
@@ -498,13 +522,13 @@ impl HeadGuard {
     fn refuse(&mut self, refusal: Refusal) {
         record_refusal(
             &self.metrics,
-            refusal.status(),
+            refusal.status().as_u16(),
             refusal.reason(),
             self.started,
         );
         self.held.clear();
         self.phase = Phase::Answering {
-            refusal,
+            response: refusal.response(),
             written: 0,
         };
     }
@@ -568,7 +592,7 @@ impl HeadGuard {
                     return Poll::Ready(Ok(()));
                 }
                 HeadState::Complete | HeadState::Tail => {
-                    self.shared.released.store(true, Ordering::Release);
+                    self.shared.let_through.store(true, Ordering::Release);
                     self.watched = self.held.len();
                     self.phase = Phase::Watching;
                     return Poll::Ready(Ok(()));
@@ -591,8 +615,7 @@ impl HeadGuard {
     }
 
     fn poll_answering(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while let Phase::Answering { refusal, written } = &mut self.phase {
-            let response = refusal.response();
+        while let Phase::Answering { response, written } = &mut self.phase {
             if *written < response.len() {
                 match ready!(Pin::new(&mut self.inner).poll_write(cx, &response[*written..])) {
                     Ok(0) | Err(_) => self.phase = Phase::Closed,
@@ -746,9 +769,9 @@ impl AsyncWrite for HeadGuard {
         if matches!(this.phase, Phase::Closed | Phase::Lingering { .. }) {
             return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
-        // A write before the proxy claimed a released head is pingora's parser refusing
+        // A write before the proxy claimed a head let through is pingora's parser refusing
         // it; note the status for the access log.
-        if this.shared.released.load(Ordering::Acquire)
+        if this.shared.let_through.load(Ordering::Acquire)
             && !this.shared.claimed.load(Ordering::Acquire)
             && this.shared.refused_status.load(Ordering::Acquire) == 0
         {
@@ -929,11 +952,14 @@ mod tests {
             Refusal::UriTooLong,
             Refusal::HeadersTooLarge,
         ] {
-            let text = std::str::from_utf8(refusal.response()).unwrap();
+            let response = refusal.response();
+            let text = std::str::from_utf8(&response).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with(&format!("HTTP/1.1 {} ", refusal.status())));
+            let status = refusal.status().as_u16();
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
             assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
-            assert_eq!(status_of(refusal.response()), Some(refusal.status()));
+            assert!(head.lines().any(|l| l == "connection: close"), "{head}");
+            assert_eq!(status_of(&response), Some(status));
         }
     }
 }

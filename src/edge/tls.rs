@@ -1,9 +1,10 @@
 //! HTTPS on `listen` (the `tls` block): the certificate, key and client CA, loaded with
-//! each snapshot into one rustls server config (so a rotated pair, a Kubernetes `..data`
+//! each generation of the live config into one rustls server config (so a rotated pair, a Kubernetes `..data`
 //! swap included, is used for new connections without a restart, and a broken pair keeps
 //! the old one); [`accept`], the handshake of each connection with the config of the
-//! snapshot current when it arrives; and [`certificate_names`], what a verified client
-//! certificate is called, for the trust boundary.
+//! generation current when it arrives; [`certificate_names`], what a verified client
+//! certificate is called, for the trust boundary; and [`read_certificates`], the one PEM
+//! certificate reader (the upstream CA bundle and `explain` use it too).
 //!
 //! A connection without a certificate is served (the app may have public pages) but is
 //! untrusted; a certificate that does not verify against the CA is refused at the
@@ -20,7 +21,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -76,15 +77,15 @@ impl std::fmt::Debug for TlsMaterial {
 
 /// A `tls` file that does not load or does not fit: the key naming it, that key's line in
 /// the config, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key} (line {line}): {message}")]
+#[derive(Debug, thiserror::Error)]
+#[error("{key} (line {line}): {problem}")]
 pub struct TlsLoadError {
     /// `tls.cert_file`, `tls.key_file` or `tls.client_ca_file`.
     pub key: &'static str,
     /// Its 1-based line in the config file.
     pub line: usize,
-    /// What is wrong, with the file's path.
-    pub message: String,
+    /// What is wrong, with the file's path (boxed: errors are rare, results small).
+    pub problem: Box<TlsFileError>,
 }
 
 impl From<TlsLoadError> for ConfigError {
@@ -92,72 +93,159 @@ impl From<TlsLoadError> for ConfigError {
         ConfigError {
             path: e.key.to_string(),
             line: Some(e.line),
-            message: e.message,
+            message: e.problem.to_string(),
         }
     }
 }
 
-// A snapshot that cannot load its TLS files fails to build, with this text (`Snapshot::build`
-// reports errors as text).
-impl From<TlsLoadError> for String {
-    fn from(e: TlsLoadError) -> Self {
-        e.to_string()
-    }
+/// What is wrong with one `tls` file, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    /// It cannot be read, or holds no PEM certificate.
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// The key file holds no PEM private key.
+    #[error("{} holds no PEM private key: {error}", path.display())]
+    NoKey {
+        /// The key file.
+        path: PathBuf,
+        /// What the PEM reader found.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// The key is of a kind rustls cannot sign with.
+    #[error("{}: unusable private key: {error}", path.display())]
+    UnusableKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why rustls refused it.
+        error: rustls::Error,
+    },
+    /// The key is not the certificate's.
+    #[error("{} does not match the certificate in {} (tls.cert_file): {error}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+        /// rustls' verdict.
+        error: rustls::Error,
+    },
+    /// A certificate of the client CA bundle is not a usable trust anchor.
+    #[error("{}: not a CA certificate: {error}", path.display())]
+    NotCa {
+        /// The CA file.
+        path: PathBuf,
+        /// Why it was refused.
+        error: rustls::Error,
+    },
+    /// No client verifier can be built on the CA bundle.
+    #[error("{}: {error}", path.display())]
+    Verifier {
+        /// The CA file.
+        path: PathBuf,
+        /// Why the verifier was refused.
+        error: rustls::server::VerifierBuilderError,
+    },
 }
 
-fn read(path: &Path, h: &mut DefaultHasher) -> Result<Vec<u8>, String> {
-    let bytes = crate::config::files::read_bounded(path, crate::config::files::MAX_PEM_BYTES)
-        .map_err(|e| format!("cannot read {e}"))?;
+/// A PEM certificate file that does not load: unreadable, not PEM, or without a
+/// certificate. Shared by the `tls` files, the upstream CA bundle and `explain`.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// The file cannot be read, or is not a small regular file.
+    #[error("cannot read {0}")]
+    Read(#[from] crate::config::files::FileError),
+    /// The file is not PEM.
+    #[error("{} is not PEM: {error}", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader found.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// The file holds no certificate.
+    #[error("{} holds no certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn read(path: &Path, h: &mut DefaultHasher) -> Result<Vec<u8>, PemError> {
+    let bytes = crate::config::files::read_bounded(path, crate::config::files::MAX_PEM_BYTES)?;
     bytes.hash(h);
     Ok(bytes)
 }
 
-fn certificates(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM bundle, `bytes` read from `path`; at least one.
+pub fn certificates(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+        .map_err(|error| PemError::NotPem {
+            path: path.to_path_buf(),
+            error,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(PemError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
+}
+
+/// Reads the certificates of the PEM bundle at `path` (at least one), and a digest of its
+/// bytes for change detection.
+pub fn read_certificates(path: &Path) -> Result<(Vec<CertificateDer<'static>>, u64), PemError> {
+    let mut h = DefaultHasher::new();
+    let certs = certificates(&read(path, &mut h)?, path)?;
+    Ok((certs, h.finish()))
 }
 
 /// Loads and checks the certificate, the key (they must match) and the client CA, and
 /// builds the server config for them.
 pub fn load(tls: &Tls) -> Result<TlsMaterial, TlsLoadError> {
     crate::install_crypto_provider();
-    let at = |key: &'static str, line: usize| move |message| TlsLoadError { key, line, message };
+    let at = |key: &'static str, line: usize| {
+        move |problem: TlsFileError| TlsLoadError {
+            key,
+            line,
+            problem: Box::new(problem),
+        }
+    };
     let cert_error = at("tls.cert_file", tls.lines.cert_file);
     let key_error = at("tls.key_file", tls.lines.key_file);
+    let key_file = || tls.key_file.clone();
     let mut h = DefaultHasher::new();
     let chain = read(&tls.cert_file, &mut h)
         .and_then(|bytes| certificates(&bytes, &tls.cert_file))
-        .map_err(cert_error)?;
-    let key_bytes = read(&tls.key_file, &mut h).map_err(key_error)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
-        key_error(format!(
-            "{} holds no PEM private key: {e}",
-            tls.key_file.display()
-        ))
+        .map_err(|e| cert_error(e.into()))?;
+    let key_bytes = read(&tls.key_file, &mut h).map_err(|e| key_error(e.into()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|error| {
+        key_error(TlsFileError::NoKey {
+            path: key_file(),
+            error,
+        })
     })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
-        key_error(format!(
-            "{}: unusable private key: {e}",
-            tls.key_file.display()
-        ))
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|error| {
+        key_error(TlsFileError::UnusableKey {
+            path: key_file(),
+            error,
+        })
     })?;
     let key = CertifiedKey::new(chain, signing);
-    key.keys_match().map_err(|e| {
-        key_error(format!(
-            "{} does not match the certificate in {} (tls.cert_file): {e}",
-            tls.key_file.display(),
-            tls.cert_file.display()
-        ))
+    key.keys_match().map_err(|error| {
+        key_error(TlsFileError::KeyMismatch {
+            key: key_file(),
+            cert: tls.cert_file.clone(),
+            error,
+        })
     })?;
     let verifier = match &tls.client_ca_file {
         Some(path) => Some(
             read(path, &mut h)
-                .and_then(|bytes| client_verifier(&bytes, path))
+                .and_then(|bytes| certificates(&bytes, path))
+                .map_err(TlsFileError::from)
+                .and_then(|certs| client_verifier(certs, path))
                 .map_err(at("tls.client_ca_file", tls.lines.client_ca_file))?,
         ),
         None => None,
@@ -197,19 +285,26 @@ fn sessions_for(digest: u64) -> Arc<ServerSessionMemoryCache> {
     }
 }
 
-/// A verifier for certificates signed by the CA bundle in `bytes`; connections without a
-/// certificate are let through (untrusted).
-pub fn client_verifier(bytes: &[u8], path: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
+/// A verifier for certificates signed by the CA bundle `certs` (read from `path`);
+/// connections without a certificate are let through (untrusted).
+pub fn client_verifier(
+    certs: Vec<CertificateDer<'static>>,
+    path: &Path,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsFileError> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates(bytes, path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+    for cert in certs {
+        roots.add(cert).map_err(|error| TlsFileError::NotCa {
+            path: path.to_path_buf(),
+            error,
+        })?;
     }
     WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|error| TlsFileError::Verifier {
+            path: path.to_path_buf(),
+            error,
+        })
 }
 
 /// The DNS names a client certificate is trusted by (lowercase, no trailing dot): its DNS
@@ -521,7 +616,7 @@ mod tests {
         for (files, key, line, message) in cases {
             let e = load(&tls(*files)).unwrap_err();
             assert_eq!((e.key, e.line), (*key, *line), "{e}");
-            assert!(e.message.contains(message), "{e}");
+            assert!(e.problem.to_string().contains(message), "{e}");
         }
     }
 

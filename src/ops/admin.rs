@@ -1,5 +1,5 @@
 //! The admin listener (SPEC §7), separate from the proxy port: `/healthz`, `/readyz` and
-//! `/metrics`. It shares the shutdown handle ([`crate::ops::shutdown`]) and keeps
+//! `/metrics`. It shares the shutdown handle ([`crate::shutdown`]) and keeps
 //! answering through the drain, so `/readyz` says 503 while in-flight requests finish.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, Method, StatusCode};
-use pingora::http::ResponseHeader;
+use http::{Method, StatusCode};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
@@ -18,7 +17,8 @@ use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
 use crate::ops::live::Live;
-use crate::ops::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
+use crate::synthetic::SyntheticResponse;
 
 /// How long the proxy port may take to start accepting before startup is declared failed.
 const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -200,11 +200,8 @@ async fn serve(
     if !session.read_request().await? {
         return Ok(());
     }
-    let (method, path) = {
-        let req = session.req_header();
-        (req.method.clone(), req.uri.path().to_string())
-    };
-    let (status, content_type, body) = match (&method, path.as_str()) {
+    let req = session.req_header();
+    let (status, content_type, body) = match (&req.method, req.uri.path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => {
             (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
         }
@@ -228,16 +225,10 @@ async fn serve(
             Bytes::from_static(b"method not allowed\n"),
         ),
     };
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(header::CONNECTION, "close")?;
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp)).await?;
-    if method != Method::HEAD {
-        session.write_response_body(body, true).await?;
-    }
+    SyntheticResponse::new(status, content_type, body)
+        .close()
+        .write_to_server(&mut session)
+        .await?;
     session.finish().await?;
     Ok(())
 }

@@ -5,17 +5,21 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::SystemTime;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use http::Method;
+use rustls::pki_types::UnixTime;
 
 use crate::config::Config;
-use crate::request::identity::{FieldRule, IdentityRules};
-use crate::request::plan::{plan, Planned, RequestFacts};
+use crate::edge::tls::{self, PemError, TlsFileError};
+use crate::request::plan::{plan, RequestFacts};
 use crate::request::routes::{host_without_port, Route};
 use crate::request::trust::{ClientCert, TrustRule};
+use crate::token::identity::{FieldRule, IdentityRules};
 use crate::token::jwt::{self, Outcome};
+use crate::token::mint::Planned;
 use crate::token::released::TokenRequest;
 
 /// The request to explain.
@@ -32,30 +36,45 @@ pub struct ExplainRequest {
     pub client_cert: Option<ClientCert>,
 }
 
+/// Why `explain --client-cert` cannot present a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCertError {
+    /// The certificate file does not load.
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// The config asks for no client certificates.
+    #[error("the config has no tls.client_ca_file: client certificates are not asked for")]
+    NotAskedFor,
+    /// `tls.client_ca_file` does not load.
+    #[error(transparent)]
+    Ca(#[from] TlsFileError),
+    /// The TLS listener would refuse the certificate.
+    #[error("refused at the TLS handshake: {0}")]
+    Refused(rustls::Error),
+}
+
 /// Reads a PEM client certificate and checks it the way the TLS listener would: against
 /// `tls.client_ca_file`. Errors say why the handshake would refuse it.
-pub fn read_client_cert(config: &Config, path: &std::path::Path) -> Result<ClientCert, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, UnixTime};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-    let (leaf, intermediates) = chain
-        .split_first()
-        .ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+pub fn read_client_cert(config: &Config, path: &Path) -> Result<ClientCert, ClientCertError> {
+    let (chain, _) = tls::read_certificates(path)?;
     let ca = config
         .tls
         .as_ref()
         .and_then(|t| t.client_ca_file.as_ref())
-        .ok_or("the config has no tls.client_ca_file: client certificates are not asked for")?;
-    let bytes = crate::config::files::read_bounded(ca, crate::config::files::MAX_PEM_BYTES)
-        .map_err(|e| format!("cannot read {e}"))?;
-    crate::edge::tls::client_verifier(&bytes, ca)?
+        .ok_or(ClientCertError::NotAskedFor)?;
+    let (ca_certs, _) = tls::read_certificates(ca)?;
+    let verifier = tls::client_verifier(ca_certs, ca)?;
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(PemError::NoCertificate {
+            path: path.to_path_buf(),
+        }
+        .into());
+    };
+    verifier
         .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map_err(|e| format!("refused at the TLS handshake: {e}"))?;
+        .map_err(ClientCertError::Refused)?;
     Ok(ClientCert {
-        names: crate::edge::tls::certificate_names(leaf),
+        names: tls::certificate_names(leaf),
     })
 }
 

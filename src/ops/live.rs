@@ -1,11 +1,12 @@
-//! The live configuration (SPEC §5): an `arc-swap`ped [`Snapshot`] that every request
-//! loads once, a reloader that builds and validates a complete new snapshot off the
+//! The live configuration (SPEC §5): an `arc-swap`ped generation of the config (the
+//! [`Snapshot`] every request loads once, and the `tls` material every new connection
+//! reads), a reloader that builds and validates a complete new generation off the
 //! request path before swapping it in, and a `notify` watcher on the directories of the
 //! config and secret files (Kubernetes swaps a `..data` symlink rather than writing the
 //! files, editors write-and-rename, `cp` truncates in place: watching directories sees all
 //! three). `SIGHUP` feeds the same reloader.
 //!
-//! Building a snapshot is where the config meets the world: the upstream host is resolved
+//! Building a generation is where the config meets the world: the upstream host is resolved
 //! (at start and on each reload, never per request), the upstream CA bundle and the `tls`
 //! certificate, key and client CA are loaded, and the state that outlives one config is
 //! handed in — assertion key stores fetched from URLs (refreshed in the background by
@@ -26,9 +27,11 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::utils::tls::WrappedX509;
 
 use crate::config::{Config, ConfigErrors, LoadOptions};
-use crate::edge::tls::TlsMaterial;
+use crate::edge::front::ConnectionSettings;
+use crate::edge::tls::{PemError, TlsLoadError, TlsMaterial};
 use crate::metrics::Metrics;
-use crate::token::cool_down::{CoolDown, CoolDowns};
+use crate::request::snapshot::{Snapshot, Snapshots};
+use crate::token::cool_down::CoolDowns;
 use crate::token::keys::{KeyError, KeySource, KeyStore};
 use crate::token::released::SecretSource;
 
@@ -38,32 +41,29 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Upper bound on how long a steady stream of events can postpone a reload.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 
-/// Everything a request needs, built and validated as one unit.
-pub struct Snapshot {
-    /// The validated config.
-    pub config: Config,
-    /// The app, with its address resolved and TLS and timeouts applied.
-    pub upstream: HttpPeer,
+/// One generation of the config, built and validated as one unit: what requests read,
+/// what new connections read, and what a reload compares.
+struct Generation {
+    /// What every request reads.
+    snapshot: Arc<Snapshot>,
+    /// The certificate, key and client CA of `tls` (HTTPS on `listen`).
+    tls: Option<Arc<TlsMaterial>>,
     /// Increments with each successful reload (1 at start).
-    pub generation: u64,
+    number: u64,
     fingerprint: u64,
     ca_digest: Option<u64>,
-    /// The certificate, key and client CA of `tls` (HTTPS on `listen`).
-    pub tls: Option<TlsMaterial>,
-    /// The cool-down breaker of each route's account, by route index (shared by the
-    /// routes of one account, and kept across reloads).
-    cool_downs: Vec<Arc<CoolDown>>,
 }
 
-impl Snapshot {
-    /// Builds a snapshot from a loaded config; `text` is the config source for change
-    /// detection, `cool_downs` where the accounts' breakers live on between snapshots.
-    pub fn build(
+impl Generation {
+    /// Builds generation `number` from a loaded config; `text` is the config source for
+    /// change detection, `cool_downs` where the accounts' breakers live on between
+    /// generations.
+    fn build(
         config: Config,
         text: &str,
-        generation: u64,
+        number: u64,
         cool_downs: &CoolDowns,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Generation, BuildError> {
         let upstream = upstream_peer(&config)?;
         // A pair that does not load fails the reload: the old one keeps serving.
         let tls = config
@@ -75,33 +75,13 @@ impl Snapshot {
         if let Some(tls) = &tls {
             fingerprint ^= tls.digest;
         }
-        let cool_downs = config
-            .routes
-            .0
-            .iter()
-            .map(|route| {
-                let account = &route.released;
-                cool_downs.get(
-                    account.api_url.as_str(),
-                    &account.account_id,
-                    account.cooldown,
-                )
-            })
-            .collect();
-        Ok(Snapshot {
-            config,
-            upstream: upstream.peer,
-            generation,
+        Ok(Generation {
+            snapshot: Arc::new(Snapshot::new(config, upstream.peer, cool_downs)),
+            tls: tls.map(Arc::new),
+            number,
             fingerprint,
             ca_digest: upstream.ca_digest,
-            tls,
-            cool_downs,
         })
-    }
-
-    /// The cool-down breaker of route `route` (an index into `config.routes`).
-    pub fn cool_down(&self, route: usize) -> &Arc<CoolDown> {
-        &self.cool_downs[route]
     }
 }
 
@@ -130,13 +110,18 @@ struct UpstreamPeer {
 
 /// The app as a pingora peer: address resolved now (at start and on each reload, never
 /// per request), TLS settings and timeouts applied.
-fn upstream_peer(config: &Config) -> Result<UpstreamPeer, String> {
+fn upstream_peer(config: &Config) -> Result<UpstreamPeer, BuildError> {
     let up = &config.upstream;
     let addr = (up.host.as_str(), up.port)
         .to_socket_addrs()
-        .map_err(|e| format!("upstream host `{}` does not resolve: {e}", up.host))?
+        .map_err(|error| BuildError::Resolve {
+            host: up.host.clone(),
+            error,
+        })?
         .next()
-        .ok_or_else(|| format!("upstream host `{}` has no address", up.host))?;
+        .ok_or_else(|| BuildError::NoAddress {
+            host: up.host.clone(),
+        })?;
     let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
     let t = &config.timeouts;
     peer.options.connection_timeout = Some(t.upstream_connect);
@@ -148,32 +133,16 @@ fn upstream_peer(config: &Config) -> Result<UpstreamPeer, String> {
     peer.options.verify_hostname = up.verify;
     let mut ca_digest = None;
     if let Some(ca_file) = &up.ca_file {
-        let (certs, digest) = load_ca(ca_file)?;
+        let (certs, digest) =
+            crate::edge::tls::read_certificates(ca_file).map_err(BuildError::UpstreamCa)?;
+        let certs: Box<[WrappedX509]> = certs
+            .into_iter()
+            .map(|der| WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509))
+            .collect();
         peer.options.ca = Some(Arc::from(certs));
         ca_digest = Some(digest);
     }
     Ok(UpstreamPeer { peer, ca_digest })
-}
-
-/// The certificates of a PEM CA bundle, and a digest of the bytes they came from.
-fn load_ca(path: &Path) -> Result<(Box<[WrappedX509]>, u64), String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let bytes = crate::config::files::read_bounded(path, crate::config::files::MAX_PEM_BYTES)
-        .map_err(|e| format!("cannot read CA file {e}"))?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("CA file {} holds no certificate", path.display()));
-    }
-    let certs = certs
-        .into_iter()
-        .map(|der| WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509))
-        .collect();
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    Ok((certs, h.finish()))
 }
 
 /// What asked for a reload.
@@ -188,12 +157,37 @@ pub enum Trigger {
 /// Why a reload was refused (the previous config stays active).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The new config is invalid.
+    /// The new config cannot be read (missing, not a small regular file) or is invalid.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
-    /// The new config is valid but cannot be put to use (upstream does not resolve…).
-    #[error("{0}")]
-    Build(String),
+    /// The new config is valid but cannot be put to use.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Why a valid config cannot be put to use: what it names does not resolve or load.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The upstream host name does not resolve.
+    #[error("upstream host `{host}` does not resolve: {error}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        error: std::io::Error,
+    },
+    /// The upstream host name resolves to no address.
+    #[error("upstream host `{host}` has no address")]
+    NoAddress {
+        /// The host.
+        host: String,
+    },
+    /// `upstream_tls.ca_file` does not load.
+    #[error("upstream_tls.ca_file: {0}")]
+    UpstreamCa(PemError),
+    /// A `tls` file does not load (the old certificate keeps serving).
+    #[error(transparent)]
+    Tls(#[from] TlsLoadError),
 }
 
 /// Key stores of fetched sources, kept across reloads so a reload never empties the
@@ -220,9 +214,9 @@ impl KeyCache {
     }
 }
 
-/// The active snapshot and how to replace it.
+/// The active generation and how to replace it.
 pub struct Live {
-    current: ArcSwap<Snapshot>,
+    current: ArcSwap<Generation>,
     path: PathBuf,
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
@@ -235,10 +229,10 @@ impl Live {
     pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Live, ReloadError> {
         let keys = KeyCache::default();
         let cool_downs = CoolDowns::default();
-        let snapshot = build(path, 1, &keys, &cool_downs)?;
+        let generation = build(path, 1, &keys, &cool_downs)?;
         metrics.config_last_success.set(unix_now());
         Ok(Live {
-            current: ArcSwap::from_pointee(snapshot),
+            current: ArcSwap::from_pointee(generation),
             path: path.to_path_buf(),
             metrics,
             reloading: Mutex::new(()),
@@ -259,7 +253,7 @@ impl Live {
     /// The active snapshot. Load it once per request and keep it: a request never mixes two
     /// configs.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+        Arc::clone(&self.current.load().snapshot)
     }
 
     /// Builds a new snapshot and swaps it in, or keeps the current one and reports why.
@@ -269,8 +263,8 @@ impl Live {
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let old = self.snapshot();
-        let next = match build(&self.path, old.generation + 1, &self.keys, &self.cool_downs) {
+        let old = self.current.load_full();
+        let next = match build(&self.path, old.number + 1, &self.keys, &self.cool_downs) {
             Ok(next) => next,
             Err(e) => {
                 self.metrics
@@ -280,7 +274,7 @@ impl Live {
                 tracing::error!(
                     trigger = ?trigger,
                     "config reload failed; still serving generation {}:\n{e}",
-                    old.generation
+                    old.number
                 );
                 return Err(e);
             }
@@ -293,17 +287,17 @@ impl Live {
         if next.fingerprint == old.fingerprint {
             match trigger {
                 Trigger::Signal => {
-                    tracing::info!(generation = old.generation, "config reloaded: no changes")
+                    tracing::info!(generation = old.number, "config reloaded: no changes")
                 }
                 Trigger::FileChange => tracing::debug!("watched files touched; config unchanged"),
             }
             return Ok(false);
         }
         let changes = describe_changes(&old, &next);
-        for warning in restart_needed(&old.config, &next.config) {
+        for warning in restart_needed(&old.snapshot.config, &next.snapshot.config) {
             tracing::warn!("{warning}; the running process keeps the old value until restarted");
         }
-        let generation = next.generation;
+        let generation = next.number;
         self.current.store(Arc::new(next));
         tracing::info!(generation, trigger = ?trigger, changes = %changes, "config reloaded");
         Ok(true)
@@ -327,10 +321,10 @@ impl Live {
 
 fn build(
     path: &Path,
-    generation: u64,
+    number: u64,
     keys: &KeyCache,
     cool_downs: &CoolDowns,
-) -> Result<Snapshot, ReloadError> {
+) -> Result<Generation, ReloadError> {
     let text = Config::read(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let provider = |source: &KeySource, refresh: Duration| keys.get(source, refresh);
@@ -339,7 +333,7 @@ fn build(
         ..LoadOptions::default()
     };
     let config = Config::parse(&text, &path.display().to_string(), base, &options)?;
-    Snapshot::build(config, &text, generation, cool_downs).map_err(ReloadError::Build)
+    Ok(Generation::build(config, &text, number, cool_downs)?)
 }
 
 fn unix_now() -> i64 {
@@ -391,14 +385,17 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// A one-line, secret-free summary of what a reload changed.
-fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String {
-    let (old, new) = (&old_snapshot.config, &new_snapshot.config);
+fn describe_changes(old_generation: &Generation, new_generation: &Generation) -> String {
+    let (old, new) = (
+        &old_generation.snapshot.config,
+        &new_generation.snapshot.config,
+    );
     let mut parts = Vec::new();
-    let tls_digest = |s: &Snapshot| s.tls.as_ref().map(|t| t.digest);
-    if tls_digest(old_snapshot) != tls_digest(new_snapshot) {
+    let tls_digest = |g: &Generation| g.tls.as_ref().map(|t| t.digest);
+    if tls_digest(old_generation) != tls_digest(new_generation) {
         parts.push("TLS certificate, key or client CA changed".to_string());
     }
-    if old_snapshot.ca_digest != new_snapshot.ca_digest {
+    if old_generation.ca_digest != new_generation.ca_digest {
         parts.push("upstream CA bundle changed".to_string());
     }
     let key_digests =
@@ -483,6 +480,22 @@ fn describe_changes(old_snapshot: &Snapshot, new_snapshot: &Snapshot) -> String 
         "formatting only".into()
     } else {
         parts.join("; ")
+    }
+}
+
+impl Snapshots for Live {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Live::snapshot(self)
+    }
+}
+
+impl ConnectionSettings for Live {
+    fn tls(&self) -> Option<Arc<TlsMaterial>> {
+        self.current.load().tls.clone()
+    }
+
+    fn client_header(&self) -> Duration {
+        self.current.load().snapshot.config.timeouts.client_header
     }
 }
 
@@ -669,5 +682,48 @@ impl pingora::services::background::BackgroundService for KeyRefresher {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generation_that_cannot_be_built_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            "upstream: https://127.0.0.1:3000\nreleased: { account_id: a, shared_secret_file: secret }\nidentity: { preset: oauth2-proxy }\nupstream_tls: { ca_file: ca.pem }\n",
+        )
+        .unwrap();
+        let keys = KeyCache::default();
+        let cool_downs = CoolDowns::default();
+        let Err(e) = build(&config, 1, &keys, &cool_downs) else {
+            panic!("an empty CA bundle was accepted");
+        };
+        assert!(
+            matches!(
+                e,
+                ReloadError::Build(BuildError::UpstreamCa(PemError::NoCertificate { .. }))
+            ),
+            "{e:?}"
+        );
+        let ca = dir.path().join("ca.pem");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "upstream_tls.ca_file: {} holds no certificate",
+                ca.display()
+            )
+        );
+        let Err(e) = build(&dir.path().join("gone.yaml"), 1, &keys, &cool_downs) else {
+            panic!("a missing config file was read");
+        };
+        assert!(matches!(e, ReloadError::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("cannot read the config file"), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 //! `released-sidecar run`: assembles the process (live config, listening sockets, token
 //! client, proxy and admin services, reloader) and handles its signals: SIGHUP reloads,
 //! SIGUSR2/SIGQUIT hand the sockets to a new binary ([`crate::ops::upgrade`]), SIGTERM and
-//! a completed handover drain through the one shutdown handle ([`crate::ops::shutdown`]).
+//! a completed handover drain through the one shutdown handle ([`crate::shutdown`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,13 +15,13 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::edge::front::{ConnectionLimit, Front};
+use crate::edge::front::{ConnectionLimit, Front, GuardedConnections};
 use crate::metrics::Metrics;
 use crate::ops::admin::{AdminServer, Health};
 use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
-use crate::ops::shutdown::Shutdown;
 use crate::ops::upgrade::{self, ListenSockets, UpgradeError, UpgradeSock, Upgrader, Worker};
 use crate::request::proxy::Sidecar;
+use crate::shutdown::Shutdown;
 use crate::token::released::ReleasedClient;
 
 /// Why the sidecar could not start.
@@ -124,7 +124,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     server.bootstrap();
 
     let sidecar = Sidecar::new(
-        Arc::clone(&live),
+        Arc::clone(&live) as _,
+        Arc::new(GuardedConnections),
         released,
         Arc::clone(&metrics),
         shutdown.clone(),
@@ -157,7 +158,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
             format!("released-sidecar proxy {worker}"),
             Front::new(
                 Arc::new(http),
-                Arc::clone(&live),
+                Arc::clone(&live) as _,
                 Arc::clone(&metrics),
                 Some(Arc::clone(&limit)),
             ),
@@ -191,7 +192,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         upgrade::confirm_when_started(ack, workers_started, config.workers);
     }
 
-    crate::ops::trim::spawn(Arc::clone(&metrics));
+    crate::edge::trim::spawn(Arc::clone(&metrics));
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

@@ -15,19 +15,22 @@ use std::time::Instant;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ClientEmbed, Config, RateLimit};
 use crate::metrics::Metrics;
 use crate::page::rewrite::escape_attribute;
-use crate::request::plan::{plan_embed_token, NoToken, Planned, RequestFacts};
+use crate::request::downstream::{peer_ip, Downstream};
+use crate::request::plan::{plan_embed_token, NoToken, RequestFacts};
 use crate::request::routes::host_without_port;
+use crate::request::snapshot::Snapshot;
 use crate::request::trust::{ClientCert, TrustSource};
-use crate::token::mint::{Minter, Refused};
+use crate::synthetic::SyntheticResponse;
+use crate::token::mint::{Minter, Planned, Refused};
+use crate::token::released::{ReleasedClient, TokenRequest};
 
 /// How long a minted token may be used (SPEC §1: two minutes).
 const TOKEN_LIFETIME_SECS: u64 = 120;
@@ -66,13 +69,7 @@ pub fn loader(client: &ClientEmbed, tags: &[String]) -> (Bytes, String) {
         .replace("__ENDPOINT__", &endpoint)
         .replace("__TAGS__", &tags);
     let digest = Sha256::digest(body.as_bytes());
-    let etag = format!(
-        "\"{}\"",
-        digest[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let etag = format!("\"{}\"", hex::encode(&digest[..12]));
     (Bytes::from(body), etag)
 }
 
@@ -212,38 +209,38 @@ impl TokenEndpoint {
         limiter
     }
 
-    /// Answers a request for the token endpoint or the loader; returns the status sent.
+    /// Answers a request for the token endpoint or the loader, minting with `released`
+    /// under `snapshot`; returns the status sent.
     pub async fn serve(
         &self,
         session: &mut Session,
         own: OwnPath,
-        config: &Config,
-        minter: impl FnOnce(usize) -> Minter,
-        metrics: &Metrics,
+        snapshot: &Snapshot,
+        released: &ReleasedClient,
+        metrics: &Arc<Metrics>,
+        downstream: &dyn Downstream,
     ) -> pingora::Result<u16> {
+        let config = &snapshot.config;
         let Some(client) = config.embed.client.as_ref() else {
             return Ok(0);
         };
         let req = session.req_header();
-        let head = req.method == Method::HEAD;
-        if req.method != Method::GET && !head {
+        if req.method != Method::GET && req.method != Method::HEAD {
             let answer = Answer::error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
-            return send_json(session, answer, head, metrics).await;
+            return send_json(session, answer, metrics).await;
         }
         if own == OwnPath::Loader {
-            return send_loader(session, client, config, head).await;
+            return send_loader(session, client, config).await;
         }
         let request = EndpointRequest {
-            peer: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            peer: peer_ip(session),
             headers: &req.headers,
             method: &req.method,
-            client_cert: crate::request::proxy::client_cert(session),
+            client_cert: downstream.client_cert(session),
         };
+        let minter = |route: usize| snapshot.minter(route, released, metrics);
         let answer = self.token(&request, config, client, minter).await;
-        send_json(session, answer, head, metrics).await
+        send_json(session, answer, metrics).await
     }
 
     async fn token(
@@ -293,7 +290,7 @@ impl TokenEndpoint {
         };
         let deadline = Instant::now() + route.released.timeout;
         let limiter = self.limiter(client.rate_limit);
-        let gate = |token_request: &crate::token::released::TokenRequest| {
+        let gate = |token_request: &TokenRequest| {
             let result = limiter.check_key(&token_request.user_id);
             if limiter.len() > MAX_TRACKED_IDENTITIES {
                 // Forget identities whose allowance is whole again: memory stays bounded.
@@ -385,11 +382,12 @@ fn referer_path(headers: &HeaderMap, origin: Option<&str>) -> Option<String> {
     (url.origin().ascii_serialization() == origin?).then(|| url.path().to_string())
 }
 
+/// The loader, or `304` to a client that holds this version (a `304` still states the
+/// loader's length: RFC 9110 §8.6 forbids any other).
 async fn send_loader(
     session: &mut Session,
     client: &ClientEmbed,
     config: &Config,
-    head: bool,
 ) -> pingora::Result<u16> {
     let (body, etag) = loader(client, config.embed.tags.names());
     let fresh = session
@@ -403,56 +401,36 @@ async fn send_loader(
     } else {
         StatusCode::OK
     };
-    let mut resp = ResponseHeader::build(status, Some(6))?;
-    resp.insert_header(
-        header::CONTENT_TYPE,
-        "application/javascript; charset=utf-8",
-    )?;
-    resp.insert_header(header::CACHE_CONTROL, "public, max-age=3600")?;
-    resp.insert_header(header::ETAG, etag)?;
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    let body = (!fresh).then_some(body);
-    resp.insert_header(
-        header::CONTENT_LENGTH,
-        body.as_ref().map_or(0, Bytes::len).to_string(),
-    )?;
-    let no_body = head || body.is_none();
-    session
-        .write_response_header(Box::new(resp), no_body)
-        .await?;
-    if !no_body {
-        session.write_response_body(body, true).await?;
+    let mut response =
+        SyntheticResponse::new(status, "application/javascript; charset=utf-8", body)
+            .cache_control("public, max-age=3600")
+            .nosniff();
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        response = response.header(header::ETAG, etag);
     }
+    response.write_to_proxy(session).await?;
     Ok(status.as_u16())
 }
 
 async fn send_json(
     session: &mut Session,
     answer: Answer,
-    head: bool,
     metrics: &Metrics,
 ) -> pingora::Result<u16> {
-    let body = Bytes::from(answer.body.to_string());
-    let mut resp = ResponseHeader::build(answer.status, Some(6))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    if answer.status == StatusCode::METHOD_NOT_ALLOWED {
-        resp.insert_header(header::ALLOW, "GET, HEAD")?;
+    let status = answer.status;
+    let mut response = SyntheticResponse::json(status, &answer.body);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response = response.header(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     if let Some(secs) = answer.retry_after {
-        resp.insert_header(header::RETRY_AFTER, secs.max(1).to_string())?;
+        response = response.header(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        session.write_response_body(Some(body), true).await?;
-    }
+    response.write_to_proxy(session).await?;
     metrics
         .embed_token_responses
-        .with_label_values(&[answer.status.as_str()])
+        .with_label_values(&[status.as_str()])
         .inc();
-    Ok(answer.status.as_u16())
+    Ok(status.as_u16())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! not, exactly why. [`plan`] is a pure function of the config and the request head,
 //! shared by the proxy and by `explain`, so the dry run can never disagree with what the
 //! proxy does. When identity comes from a signed gateway assertion, the plan carries the
-//! raw assertion and [`verify_assertion`] (async: it may fetch keys) finishes the job off
-//! the request path, in the token task.
+//! raw assertion, and the minter ([`crate::token::mint`], async: it may fetch keys)
+//! verifies it off the request path, in the token task.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -12,10 +12,11 @@ use http::header::HeaderMap;
 use http::Method;
 
 use crate::config::Config;
-use crate::request::identity::{Dropped, IdentityError, IdentityRules};
 use crate::request::routes::{page_load, NotPageLoad, Route};
 use crate::request::trust::{ClientCert, TrustSource};
+use crate::token::identity::IdentityError;
 use crate::token::jwt::JwtError;
+use crate::token::mint::Planned;
 use crate::token::released::TokenRequest;
 
 /// What the planner looks at: the TCP peer and the request head.
@@ -92,16 +93,6 @@ pub struct Plan {
     pub decision: Result<Planned, NoToken>,
 }
 
-/// A token request ready to send, or an assertion to verify first.
-#[derive(Debug)]
-pub enum Planned {
-    /// Identity from headers, already checked: the JSON body, and optional fields left out.
-    Request(TokenRequest, Vec<Dropped>),
-    /// Identity from the gateway's signed assertion (verified off the request path, in the
-    /// token task, because an unknown `kid` may need a key fetch).
-    Assertion(String),
-}
-
 impl Plan {
     /// The matching route, if any.
     pub fn route<'c>(&self, config: &'c Config) -> Option<&'c Route> {
@@ -161,28 +152,6 @@ fn plan_for(config: &Config, facts: &RequestFacts<'_>, check_page_load: bool) ->
         },
     };
     plan
-}
-
-/// Verifies a gateway assertion and builds the token request from its claims, waiting for
-/// keys no later than `deadline`; also returns the optional fields left out.
-pub async fn verify_assertion(
-    raw: &str,
-    rules: &IdentityRules,
-    account_id: &str,
-    http: &reqwest::Client,
-    deadline: std::time::Instant,
-) -> Result<(TokenRequest, Vec<Dropped>), NoToken> {
-    let Some(settings) = &rules.jwt else {
-        return Err(NoToken::Assertion(JwtError::Missing));
-    };
-    let claims = crate::token::jwt::verify(raw, settings, http, deadline)
-        .await
-        .map_err(NoToken::Assertion)?;
-    let extraction = rules.extract_claims(&claims).map_err(NoToken::Identity)?;
-    Ok((
-        TokenRequest::new(account_id, extraction.identity),
-        extraction.dropped,
-    ))
 }
 
 /// The single, UTF-8 assertion header.

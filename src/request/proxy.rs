@@ -3,7 +3,7 @@
 //! table of contents of a request:
 //!
 //! 1. `new_ctx`: take one config snapshot for the whole request; `early_request_filter`:
-//!    tell the connection guard ([`crate::edge::front`]) that the head arrived.
+//!    tell the connection layer in front ([`Downstream`]) that the head arrived.
 //! 2. `request_filter`: plan the token (trust, route, page load, identity) and start the
 //!    call in a task, so it runs while the app works.
 //! 3. `upstream_request_filter`: strip identity headers from untrusted peers; ask the app
@@ -31,25 +31,27 @@ use tokio::task::JoinHandle;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::Config;
-use crate::logging::LogGate;
+use crate::logging::{AccessLine, LogGate};
 use crate::metrics::Metrics;
-use crate::ops::live::{Live, Snapshot};
-use crate::ops::shutdown::Shutdown;
 use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::insert::Insertion;
 use crate::page::rewrite::{Charset, Edits, EmbedTags, Rewriter};
+use crate::request::downstream::{peer_ip, Downstream};
 use crate::request::embed_client::{self, TokenEndpoint};
-use crate::request::plan::{plan, NoToken, Planned, RequestFacts};
+use crate::request::plan::{plan, NoToken, RequestFacts};
 use crate::request::routes::{host_without_port, Route};
-use crate::request::trust::ClientCert;
-use crate::token::mint::{Minter, Refused};
+use crate::request::snapshot::{Snapshot, Snapshots};
+use crate::shutdown::Shutdown;
+use crate::synthetic::SyntheticResponse;
+use crate::token::mint::{Planned, Refused};
 use crate::token::released::ReleasedClient;
 use crate::token::secret::Token;
 
 /// The sidecar's proxy logic; each worker has a clone, and the clones share all state.
 #[derive(Clone)]
 pub struct Sidecar {
-    live: Arc<Live>,
+    live: Arc<dyn Snapshots>,
+    downstream: Arc<dyn Downstream>,
     released: ReleasedClient,
     metrics: Arc<Metrics>,
     embed: Arc<TokenEndpoint>,
@@ -58,16 +60,18 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Wires the live config, the token client, the metrics and the shutdown handle
-    /// together.
+    /// Wires the live config, the connection layer in front, the token client, the
+    /// metrics and the shutdown handle together.
     pub fn new(
-        live: Arc<Live>,
+        live: Arc<dyn Snapshots>,
+        downstream: Arc<dyn Downstream>,
         released: ReleasedClient,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Self {
         Self {
             live,
+            downstream,
             released,
             metrics,
             embed: Arc::default(),
@@ -244,7 +248,7 @@ impl ProxyHttp for Sidecar {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::edge::front::request_started(session);
+        self.downstream.request_started(session);
         Ok(())
     }
 
@@ -258,10 +262,15 @@ impl ProxyHttp for Sidecar {
         let path = session.req_header().uri.path();
         if let Some(own) = embed_client::own_path(&ctx.snapshot.config, path) {
             // The client-embed endpoint and loader: answered here, never by the app.
-            let snapshot = Arc::clone(&ctx.snapshot);
-            let minter = |route: usize| self.minter(&snapshot, route);
             self.embed
-                .serve(session, own, &snapshot.config, minter, &self.metrics)
+                .serve(
+                    session,
+                    own,
+                    &ctx.snapshot,
+                    &self.released,
+                    &self.metrics,
+                    self.downstream.as_ref(),
+                )
                 .await?;
             ctx.token = TokenState::NotNeeded("embed_endpoint");
             return Ok(true);
@@ -417,7 +426,7 @@ impl ProxyHttp for Sidecar {
         };
         self.log_failure(e, code);
         if code > 0 && session.response_written().is_none() {
-            if let Err(write_error) = respond_plain(session, code).await {
+            if let Err(write_error) = error_page(code).write_to_proxy(session).await {
                 tracing::debug!(error = %write_error, "could not send the error response");
             }
         }
@@ -487,17 +496,17 @@ impl ProxyHttp for Sidecar {
             TokenState::Planned(_) | TokenState::Pending { .. } => "unused",
         };
         let req = session.req_header();
-        tracing::info!(
-            target: "access",
-            method = %req.method,
-            path = %req.uri.path(),
+        AccessLine {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            started: ctx.started,
             route,
             token,
             tags,
-            error = error.map(|e| e.etype().as_str()),
-        );
+            error: error.map(|e| e.etype().as_str()),
+        }
+        .write();
     }
 }
 
@@ -518,18 +527,6 @@ impl Sidecar {
             ErrorSource::Internal | ErrorSource::Unset => {
                 tracing::error!(error = %e, status = code, "request failed inside the sidecar");
             }
-        }
-    }
-
-    /// Mints tokens for route `index` of `snapshot`.
-    fn minter(&self, snapshot: &Snapshot, index: usize) -> Minter {
-        let route = &snapshot.config.routes.0[index];
-        Minter {
-            identity: Arc::clone(&route.identity),
-            settings: Arc::clone(&route.released),
-            cool_down: Arc::clone(snapshot.cool_down(index)),
-            client: self.released.clone(),
-            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -608,20 +605,16 @@ impl Sidecar {
             .host()
             .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .map(host_without_port);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         let config: &Config = &ctx.snapshot.config;
         let plan = plan(
             config,
             &RequestFacts {
-                peer,
+                peer: peer_ip(session),
                 method: &req.method,
                 host,
                 path: req.uri.path(),
                 headers: &req.headers,
-                client_cert: client_cert(session),
+                client_cert: self.downstream.client_cert(session),
             },
         );
         ctx.route = plan.route;
@@ -666,7 +659,7 @@ impl Sidecar {
             return false;
         };
         let deadline = ctx.started + route.released.timeout;
-        let minter = self.minter(&ctx.snapshot, index);
+        let minter = ctx.snapshot.minter(index, &self.released, &self.metrics);
         let task = tokio::spawn(async move { minter.mint(planned, deadline, |_| Ok(())).await });
         ctx.token = TokenState::Pending {
             task: TokenTask(Some(task)),
@@ -728,11 +721,6 @@ impl Sidecar {
             drop(task);
         }
     }
-}
-
-/// The verified client certificate of the connection (HTTPS with `tls.client_ca_file`).
-pub fn client_cert(session: &Session) -> Option<&ClientCert> {
-    crate::edge::front::client_cert(session)
 }
 
 /// The route's `embed.insert` snippets made ready for this page: only a signed-in page
@@ -920,27 +908,21 @@ fn concat(a: Bytes, b: Bytes) -> Bytes {
     out.freeze()
 }
 
-/// A short plain-text error page (no HTML, no internals).
-async fn respond_plain(session: &mut Session, code: u16) -> Result<()> {
+/// A short plain-text error page (no HTML, no internals); the connection ends after it.
+fn error_page(code: u16) -> SyntheticResponse {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let text = match code {
-        502 => "502 Bad Gateway: the application is not reachable\n".to_string(),
-        504 => "504 Gateway Timeout: the application did not answer in time\n".to_string(),
-        _ => format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Error")
+    let page = match status {
+        StatusCode::BAD_GATEWAY => SyntheticResponse::text(
+            status,
+            "502 Bad Gateway: the application is not reachable\n",
         ),
+        StatusCode::GATEWAY_TIMEOUT => SyntheticResponse::text(
+            status,
+            "504 Gateway Timeout: the application did not answer in time\n",
+        ),
+        _ => SyntheticResponse::status_text(status),
     };
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, text.len().to_string())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(header::CONNECTION, "close")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(text)), true)
-        .await
+    page.close()
 }
 
 #[cfg(test)]

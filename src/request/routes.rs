@@ -10,7 +10,7 @@ use http::Method;
 use regex::Regex;
 
 use crate::page::rewrite::insert::InsertRule;
-use crate::request::identity::IdentityRules;
+use crate::token::identity::IdentityRules;
 use crate::token::released::ReleasedSettings;
 
 /// A host to match: exact (`app.example.com`) or any subdomain (`*.example.com`).

@@ -1,9 +1,12 @@
 //! The trust boundary (SPEC §2.1), and the only place that decides it: identity headers
-//! count only when the TCP peer is one of the `trusted_proxies` (the peer address is the
-//! only input; `X-Forwarded-For` and friends are written by clients too and never grant
-//! trust), and which request headers never reach the app — the identity headers from an
-//! untrusted peer, every `_` spelling of them from any peer, and the `strip_headers` (SPEC
-//! §3c) in every spelling from any peer.
+//! count only from a trusted connection — by default one whose TCP peer is in
+//! `trusted_proxies`; with `tls.client_ca_file`, only one that presented a verified client
+//! certificate with an accepted name (`tls.trusted_client_names`), the peer address then
+//! counting for nothing. Those two are the only inputs: `X-Forwarded-For` and friends are
+//! written by clients too and never grant trust. It also decides which request headers
+//! never reach the app — the identity headers from an untrusted connection, every `_`
+//! spelling of them from any peer, and the `strip_headers` (SPEC §3c) in every spelling
+//! from any peer.
 
 use std::net::IpAddr;
 
@@ -44,7 +47,8 @@ impl TrustedProxies {
 /// What a verified client certificate says about the peer (set after the TLS handshake).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCert {
-    /// DNS subject alternative names, else the common name, lower case.
+    /// Its DNS subject alternative names, lower case; the common name only when it has no
+    /// subject alternative name of any kind (RFC 6125 §6.4.4).
     pub names: Vec<String>,
 }
 
@@ -115,7 +119,7 @@ pub struct IdentityHeaders {
 /// Why a request header was removed before the request went to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strip {
-    /// An identity header from a peer outside `trusted_proxies`.
+    /// An identity header from an untrusted connection (see [`TrustRule`]).
     UntrustedPeer,
     /// Another spelling (`_` for `-`) of an identity header, from any peer.
     Respelled,

@@ -7,11 +7,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::request::identity::IdentityRules;
-use crate::request::plan::{verify_assertion, Planned};
 use crate::token::cool_down::CoolDown;
+use crate::token::identity::{Dropped, IdentityError, IdentityRules};
+use crate::token::jwt::JwtError;
 use crate::token::released::{ReleasedClient, ReleasedSettings, TokenRequest};
 use crate::token::secret::Token;
+
+/// A token request ready to send, or an assertion to verify first.
+#[derive(Debug)]
+pub enum Planned {
+    /// Identity from headers, already checked: the JSON body, and optional fields left out.
+    Request(TokenRequest, Vec<Dropped>),
+    /// Identity from the gateway's signed assertion (verified off the request path, in the
+    /// token task, because an unknown `kid` may need a key fetch).
+    Assertion(String),
+}
 
 /// Why no token came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,4 +107,49 @@ impl Minter {
             .await
             .map_err(|e| Refused::Unavailable(e.label()))
     }
+}
+
+/// Why a gateway assertion yields no token request. Carries no claim values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotBelieved {
+    /// The assertion itself was not believed.
+    #[error("no valid gateway assertion: {0}")]
+    Assertion(JwtError),
+    /// The assertion was believed, but its claims do not yield a valid user.
+    #[error("no valid identity: {0}")]
+    Identity(IdentityError),
+}
+
+impl NotBelieved {
+    /// The `reason` label of `released_sidecar_token_skips_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NotBelieved::Assertion(e) => e.label(),
+            NotBelieved::Identity(e) => e.problem.label(),
+        }
+    }
+}
+
+/// Verifies a gateway assertion and builds the token request from its claims, waiting for
+/// keys no later than `deadline`; also returns the optional fields left out.
+pub async fn verify_assertion(
+    raw: &str,
+    rules: &IdentityRules,
+    account_id: &str,
+    http: &reqwest::Client,
+    deadline: Instant,
+) -> Result<(TokenRequest, Vec<Dropped>), NotBelieved> {
+    let Some(settings) = &rules.jwt else {
+        return Err(NotBelieved::Assertion(JwtError::Missing));
+    };
+    let claims = crate::token::jwt::verify(raw, settings, http, deadline)
+        .await
+        .map_err(NotBelieved::Assertion)?;
+    let extraction = rules
+        .extract_claims(&claims)
+        .map_err(NotBelieved::Identity)?;
+    Ok((
+        TokenRequest::new(account_id, extraction.identity),
+        extraction.dropped,
+    ))
 }

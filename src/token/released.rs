@@ -12,8 +12,8 @@ use url::Url;
 
 use crate::logging::LogGate;
 use crate::metrics::Metrics;
-use crate::request::identity::Identity;
 use crate::token::cool_down::{CoolDown, CoolDownPolicy};
+use crate::token::identity::Identity;
 use crate::token::secret::{Secret, Token};
 
 /// The production token endpoint (SPEC §1).

@@ -117,7 +117,8 @@ impl SidecarBuilder {
         self
     }
 
-    /// Returns once `/healthz` answers instead of `/readyz` (to watch readiness itself).
+    /// Returns once `/healthz` answers instead of `/readyz` (to watch readiness itself);
+    /// the proxy port accepts by then all the same.
     pub fn without_waiting_for_ready(mut self) -> Self {
         self.ready_path = "/healthz";
         self
@@ -135,7 +136,7 @@ impl SidecarBuilder {
         self
     }
 
-    /// Starts the binary and waits until `/readyz` answers 200.
+    /// Starts the binary and waits until `/readyz` answers 200 and the proxy port accepts.
     pub async fn start(self) -> Sidecar {
         let mut last_logs = String::new();
         for _attempt in 0..3 {
@@ -221,24 +222,41 @@ impl SidecarBuilder {
             }
         }
         sidecar.child = Some(cmd.spawn().expect("spawn released-sidecar"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = sidecar.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!("exited with {status}:\n{}", sidecar.logs()));
-            }
-            if let Ok(resp) = super::client()
-                .get(sidecar.admin_url(self.ready_path))
-                .send()
-                .await
-            {
-                if resp.status() == 200 {
-                    return Ok(sidecar);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let ready_url = sidecar.admin_url(self.ready_path);
+        let child = sidecar.child.as_mut().unwrap();
+        match wait_until_serving(child, &ready_url, listen).await {
+            Ok(()) => Ok(sidecar),
+            Err(Some(status)) => Err(format!("exited with {status}:\n{}", sidecar.logs())),
+            Err(None) => Err(format!("not ready after 20s:\n{}", sidecar.logs())),
         }
-        Err(format!("not ready after 20s:\n{}", sidecar.logs()))
     }
+}
+
+/// Waits until the process `child` serves: `ready_url` on its admin port answers 200, and
+/// its proxy port `listen` accepts a connection. The admin answer alone does not prove the
+/// proxy port is bound: the admin port is bound with SO_REUSEPORT (for the binary
+/// upgrade), so while the process starts, a port picked by another test's sidecar at the
+/// same moment can answer for it. `Err(Some(status))`: it exited; `Err(None)`: 20 s passed.
+pub async fn wait_until_serving(
+    child: &mut Child,
+    ready_url: &str,
+    listen: SocketAddr,
+) -> Result<(), Option<ExitStatus>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(Some(status));
+        }
+        let ready = match super::client().get(ready_url).send().await {
+            Ok(resp) => resp.status() == 200,
+            Err(_) => false,
+        };
+        if ready && tokio::net::TcpStream::connect(listen).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(None)
 }
 
 /// A running sidecar process.

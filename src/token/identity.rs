@@ -1,6 +1,7 @@
 //! Who the signed-in user is: the `identity` rules of the config turn the gateway's
-//! request headers into an [`Identity`] that already satisfies the Released field rules
-//! (SPEC §1), or into the precise reason there is none. Pure functions, no I/O.
+//! request headers (or a verified assertion's claims) into an [`Identity`] that already
+//! satisfies the Released field rules (SPEC §1), or into the precise reason there is none.
+//! Pure functions, no I/O.
 
 use std::fmt;
 use std::sync::Arc;
@@ -95,7 +96,7 @@ impl Transform {
                     trimmed.to_string()
                 }
             }
-            Transform::Sha256 => hex(&Sha256::digest(value.as_bytes())),
+            Transform::Sha256 => hex::encode(Sha256::digest(value.as_bytes())),
             Transform::Escape => escape(&value),
         }
     }
@@ -479,7 +480,7 @@ fn valid_domain(domain: &str) -> bool {
 /// The canonical form (`url::Url` serialization) of an absolute http(s) URL with a host
 /// and no credentials, if the raw text has no whitespace, control or invisible character,
 /// quote, angle bracket or backslash and neither it nor its canonical form is longer than
-/// [`AVATAR_URL_MAX`]. The raw text is checked before parsing because the URL parser
+/// `AVATAR_URL_MAX`. The raw text is checked before parsing because the URL parser
 /// repairs some of these (it drops tabs and newlines and reads `\\` as `/`).
 pub fn avatar_url(raw: &str) -> Option<String> {
     if raw.len() > AVATAR_URL_MAX {
@@ -556,18 +557,8 @@ fn escape(s: &str) -> String {
             out.push(char::from(b));
         } else {
             out.push(':');
-            out.push_str(&hex(&[b]));
+            out.push_str(&hex::encode([b]));
         }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
 }
