@@ -33,6 +33,10 @@
 //! `persist_connection_context` / `on_connection_reuse`, `request_summary`. HTTP/2 is served
 //! on neither side (the listener offers only `http/1.1`), and HTTP/1 trailers are dropped,
 //! as pingora does.
+//!
+//! Its own log lines name an error's type and source, never its text: pingora's error
+//! context can quote the raw request or response head (cookies, credentials), and the
+//! sidecar's lines must never carry a header value (README "Logs").
 
 pub mod pool;
 pub mod sanitize;
@@ -176,12 +180,18 @@ where
             Some(Ok(false)) | None => return false,
             Some(Err(e)) => {
                 if *e.etype() == ErrorType::InvalidHTTPHeader {
-                    tracing::debug!(error = %e, "request head refused by the parser");
+                    tracing::debug!(
+                        error = e.etype().as_str(),
+                        "request head refused by the parser"
+                    );
                     if let Err(e) = session.respond_error(400).await {
-                        tracing::debug!(error = %e, "could not answer 400");
+                        tracing::debug!(error = e.etype().as_str(), "could not answer 400");
                     }
                 } else {
-                    tracing::debug!(error = %e, "connection broke while reading a request head");
+                    tracing::debug!(
+                        error = e.etype().as_str(),
+                        "connection broke while reading a request head"
+                    );
                 }
                 session.shutdown().await;
                 return false;
@@ -191,7 +201,7 @@ where
         // proxy has no business tunnelling: pingora-proxy refuses it the same way.
         if session.req_header().method == Method::CONNECT {
             if let Err(e) = session.respond_error(405).await {
-                tracing::debug!(error = %e, "could not answer 405");
+                tracing::debug!(error = e.etype().as_str(), "could not answer 405");
             }
             session.shutdown().await;
             return false;
@@ -250,7 +260,11 @@ where
                     ProxyWarnLogContext::UpstreamRetry,
                 )
             {
-                tracing::warn!(error = %e, attempts, "retrying the request on another connection");
+                tracing::warn!(
+                    error = e.etype().as_str(),
+                    attempts,
+                    "retrying the request on another connection"
+                );
             }
             error = Some(e);
             if !retry {
@@ -260,7 +274,13 @@ where
         if let Some(e) = error.as_deref() {
             let answered = self.app.fail_to_proxy(session, e, ctx).await;
             if !self.app.suppress_error_log(session, ctx, e) {
-                tracing::error!(error = %e, status = answered.error_code, attempts, "request failed");
+                tracing::error!(
+                    error = e.etype().as_str(),
+                    source = e.esource().as_str(),
+                    status = answered.error_code,
+                    attempts,
+                    "request failed"
+                );
             }
         }
         self.app.logging(session, error.as_deref(), ctx).await;
@@ -271,7 +291,12 @@ where
     async fn handle_error(&self, session: &mut Session, ctx: &mut P::CTX, e: Box<Error>) -> bool {
         let answered = self.app.fail_to_proxy(session, &e, ctx).await;
         if !self.app.suppress_error_log(session, ctx, &e) {
-            tracing::error!(error = %e, status = answered.error_code, "request failed");
+            tracing::error!(
+                error = e.etype().as_str(),
+                source = e.esource().as_str(),
+                status = answered.error_code,
+                "request failed"
+            );
         }
         self.app.logging(session, Some(&e), ctx).await;
         answered.can_reuse_downstream
@@ -482,7 +507,10 @@ where
         let client_reusable = match session.as_downstream_mut().finish_body().await {
             Ok(()) => true,
             Err(e) => {
-                tracing::debug!(error = %e, "could not finish the response to the client");
+                tracing::debug!(
+                    error = e.etype().as_str(),
+                    "could not finish the response to the client"
+                );
                 false
             }
         };
@@ -522,7 +550,10 @@ where
         match result {
             Ok(done) => *sent = done,
             Err(e) => {
-                tracing::debug!(error = %e, "sending the request body to the app failed");
+                tracing::debug!(
+                    error = e.etype().as_str(),
+                    "sending the request body to the app failed"
+                );
                 *sent = true;
                 *send_error = Some(e);
             }
