@@ -16,6 +16,8 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::edge::front::{ConnectionLimit, Front};
+use crate::edge::h1::pool::UpstreamPool;
+use crate::edge::h1::RequestLoop;
 use crate::metrics::Metrics;
 use crate::ops::admin::{AdminServer, Health};
 use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
@@ -141,13 +143,14 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     // hands accepted connections and pooled upstream connections to random threads, and
     // every read then wakes a task across threads (benches/README.md).
     for (worker, key) in keys.iter().enumerate() {
-        // pingora's HTTP proxy runs behind the connection guard (crate::edge::front), which
-        // owns the connection loop, the head deadline and the connection cap.
-        let mut http = pingora::proxy::HttpProxy::new(
+        // The request loop (crate::edge::h1) runs behind the connection guard
+        // (crate::edge::front), which owns the head deadline and the connection cap; each
+        // worker keeps its own pool of idle connections to the app.
+        let requests = RequestLoop::new(
             sidecar.for_worker()?,
-            Arc::clone(&server.configuration),
+            UpstreamPool::new(config.upstream_keepalive),
+            &server.configuration,
         );
-        http.handle_init_modules();
         // pingora gives every connection a 64 KiB read buffer by default, most of an idle
         // connection's cost; its HTTP reader and the head guard read into buffers of
         // their own, so the proxy port reads unbuffered.
@@ -156,7 +159,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         let mut proxy = Service::new(
             format!("released-sidecar proxy {worker}"),
             Front::new(
-                Arc::new(http),
+                requests,
                 Arc::clone(&live),
                 Arc::clone(&metrics),
                 Some(Arc::clone(&limit)),
