@@ -4,10 +4,10 @@
 //! app), and writes the token into the page's `<released-*>` tags as the HTML streams by.
 //!
 //! The folders follow a request through the house: [`ops`] assembles the process and
-//! holds the live config; [`edge`] guards connections; [`request`] decides trust, plans
-//! each request and wires the proxy; [`token`] turns a plan into a token; [`page`]
-//! rewrites and compresses the body. [`config`], [`metrics`] and [`logging`] are read by
-//! every room.
+//! holds the live config; [`edge`] guards connections and runs their HTTP/1 request loop;
+//! [`request`] decides trust, plans each request and wires the proxy; [`token`] turns a
+//! plan into a token; [`page`] rewrites and compresses the body. [`config`], [`metrics`]
+//! and [`logging`] are read by every room.
 
 pub mod config;
 pub mod edge;

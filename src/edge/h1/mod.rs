@@ -30,9 +30,11 @@
 //! (`init_downstream_modules`, `init_upstream_modules`), subrequests,
 //! `proxy_upstream_filter`, `request_body_filter`, `connected_to_upstream`,
 //! `response_trailer_filter`, `custom_forwarding` and the custom-message filters,
-//! `persist_connection_context` / `on_connection_reuse`, `request_summary`. HTTP/2 is served
-//! on neither side (the listener offers only `http/1.1`), and HTTP/1 trailers are dropped,
-//! as pingora does.
+//! `persist_connection_context` / `on_connection_reuse`, `request_summary`. Nor are the
+//! session's upstream byte counts and write-pending time recorded, and
+//! `Session::is_process_shutting_down` stays `false` (the sidecar has its own drain handle).
+//! HTTP/2 is served on neither side (the listener offers only `http/1.1`), and HTTP/1
+//! trailers are dropped, as pingora does.
 //!
 //! Its own log lines name an error's type and source, never its text: pingora's error
 //! context can quote the raw request or response head (cookies, credentials), and the
