@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::raw::{scripted_app, RawLog};
-use support::{client, Reply, SidecarBuilder, StandIn};
+use support::{client, Reply};
 
 /// Within this every expected change is seen.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -40,18 +40,6 @@ async fn app_dropping_the_second_request() -> (std::net::SocketAddr, RawLog) {
     .await
 }
 
-async fn sidecar_for(
-    app: std::net::SocketAddr,
-    extra: &str,
-) -> (StandIn, support::sidecar::Sidecar) {
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&format!("http://{app}"), &standin.url())
-        .extra(extra)
-        .start()
-        .await;
-    (standin, sidecar)
-}
-
 /// (method, path, connection) of every request the app saw.
 fn seen(log: &RawLog) -> Vec<(String, String, usize)> {
     log.lock()
@@ -69,7 +57,7 @@ fn seen(log: &RawLog) -> Vec<(String, String, usize)> {
 #[tokio::test]
 async fn a_get_the_app_dropped_on_a_reused_connection_is_sent_again() {
     let (app, log) = app_dropping_the_second_request().await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let c = client();
     for path in ["/first", "/second"] {
         let resp = c.get(sidecar.url(path)).send().await.unwrap();
@@ -94,7 +82,7 @@ async fn a_get_the_app_dropped_on_a_reused_connection_is_sent_again() {
 #[tokio::test]
 async fn an_idempotent_request_is_sent_again_with_its_body() {
     let (app, log) = app_dropping_the_second_request().await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let c = client();
     c.get(sidecar.url("/first")).send().await.unwrap();
     let resp = c
@@ -116,7 +104,7 @@ async fn an_idempotent_request_is_sent_again_with_its_body() {
 #[tokio::test]
 async fn a_post_the_app_dropped_is_not_sent_again() {
     let (app, log) = app_dropping_the_second_request().await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let c = client();
     c.get(sidecar.url("/first")).send().await.unwrap();
     let resp = c
@@ -138,7 +126,7 @@ async fn a_post_the_app_dropped_is_not_sent_again() {
 #[tokio::test]
 async fn a_get_that_failed_on_a_fresh_connection_is_not_sent_again() {
     let (app, log) = scripted_app(|_, _| None).await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let resp = client().get(sidecar.url("/once")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(seen(&log), [("GET".into(), "/once".into(), 0)]);
@@ -189,7 +177,7 @@ async fn idle_connections_to_the_app_close_after_upstream_idle() {
 #[tokio::test]
 async fn a_response_read_to_its_end_leaves_the_connection_reusable() {
     let (app, log) = scripted_app(|_, _| Some(OK.to_vec())).await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let c = client();
     for _ in 0..5 {
         let resp = c.get(sidecar.url("/")).send().await.unwrap();

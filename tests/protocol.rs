@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::raw::{connect, exchange, scripted_app, split_response, statuses};
+use support::raw::{connect, exchange, read_until, scripted_app, split_response, statuses};
 use support::{Reply, SidecarBuilder, StandIn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const PAGE: &str = "<html><body><released-page></released-page><p>end</p></body></html>";
 const LIMIT: Duration = Duration::from_secs(10);
@@ -202,31 +202,6 @@ async fn duplicate_identical_content_length_reaches_the_app_once() {
     assert!(head.contains("content-length: 5"), "{head}");
 }
 
-/// A sidecar with the default config in front of the app at `app`.
-async fn sidecar_for(app: std::net::SocketAddr) -> (StandIn, support::sidecar::Sidecar) {
-    let standin = StandIn::start(support::sidecar::SECRET).await;
-    let sidecar = SidecarBuilder::new(&format!("http://{app}"), &standin.url())
-        .start()
-        .await;
-    (standin, sidecar)
-}
-
-/// Reads from `tcp` until `text` holds `needle` (or the connection ends, or `LIMIT`).
-async fn read_until(tcp: &mut tokio::net::TcpStream, text: &mut String, needle: &str) -> bool {
-    let found = tokio::time::timeout(LIMIT, async {
-        let mut buf = [0u8; 4096];
-        while !text.contains(needle) {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-        true
-    })
-    .await;
-    found.unwrap_or(false)
-}
-
 /// The body of a chunked response `text` (after its head), de-chunked.
 fn dechunk(text: &str) -> String {
     let (_, mut rest) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
@@ -254,7 +229,7 @@ async fn trailers_are_dropped_both_ways_and_bodies_and_connections_survive() {
         )
     })
     .await;
-    let (_standin, sidecar) = sidecar_for(app).await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
 
     let mut client = connect(sidecar.listen).await;
     for i in 0..2 {
@@ -267,7 +242,7 @@ async fn trailers_are_dropped_both_ways_and_bodies_and_connections_survive() {
             .unwrap();
         let mut text = String::new();
         assert!(
-            read_until(&mut client, &mut text, "0\r\n\r\n").await,
+            read_until(&mut client, &mut text, LIMIT, "0\r\n\r\n").await,
             "{text}"
         );
         assert_eq!(statuses(&text), [200], "request {i}: {text}");
@@ -298,7 +273,13 @@ async fn expect_100_continue_reaches_the_app_and_its_100_reaches_the_client() {
     // The body is held back until the app (through the sidecar) asks for it.
     let mut text = String::new();
     assert!(
-        read_until(&mut client, &mut text, "HTTP/1.1 100 Continue\r\n\r\n").await,
+        read_until(
+            &mut client,
+            &mut text,
+            LIMIT,
+            "HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        .await,
         "{text}"
     );
     client.write_all(b"hello").await.unwrap();
@@ -386,7 +367,7 @@ async fn an_upgrade_other_than_websocket_is_not_forwarded_and_a_101_for_it_is_a_
         )
     })
     .await;
-    let (_standin, sidecar) = sidecar_for(app).await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let text = exchange(
         sidecar.listen,
         b"GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
@@ -414,7 +395,7 @@ async fn an_upload_streams_to_the_app_while_its_answer_streams_back() {
             .await
             .unwrap();
         assert!(
-            read_until(&mut client, &mut text, piece).await,
+            read_until(&mut client, &mut text, LIMIT, piece).await,
             "{piece}: {text}"
         );
     }

@@ -391,20 +391,10 @@ async fn open_tunnel(sidecar: &support::sidecar::Sidecar) -> TcpStream {
     tcp
 }
 
-/// A sidecar with the default config (plus `extra`) in front of the app at `app`.
-async fn sidecar_for(app: SocketAddr, extra: &str) -> (StandIn, support::sidecar::Sidecar) {
-    let standin = StandIn::start(SECRET).await;
-    let sidecar = SidecarBuilder::new(&format!("http://{app}"), &standin.url())
-        .extra(extra)
-        .start()
-        .await;
-    (standin, sidecar)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_ends_at_the_app_when_the_client_closes_it() {
     let (app, app_saw_close) = tunnel_app(false).await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let tunnel = open_tunnel(&sidecar).await;
     drop(tunnel);
     let closed = tokio::time::timeout(Duration::from_secs(10), app_saw_close).await;
@@ -414,7 +404,7 @@ async fn a_tunnel_ends_at_the_app_when_the_client_closes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_ends_at_the_client_when_the_app_closes_it() {
     let (app, _app_saw_close) = tunnel_app(true).await;
-    let (_standin, sidecar) = sidecar_for(app, "").await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
     let mut tunnel = open_tunnel(&sidecar).await;
     assert!(
         closed_within(&mut tunnel, Duration::from_secs(10)).await,
@@ -425,7 +415,7 @@ async fn a_tunnel_ends_at_the_client_when_the_app_closes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_the_upstream_read_timeout() {
     let (app, app_saw_close) = tunnel_app(false).await;
-    let (_standin, sidecar) = sidecar_for(app, "timeouts: { upstream_read: 1s }").await;
+    let (_standin, sidecar) = support::in_front_of(app, "timeouts: { upstream_read: 1s }").await;
     let mut tunnel = open_tunnel(&sidecar).await;
     // Both ends stay silent: only the 1 s read timeout (not the client's 60 s) can end it.
     assert!(

@@ -37,6 +37,28 @@ pub async fn read_until_close(tcp: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads from `tcp` into `text` until it holds `needle`; `false` if the connection ends or
+/// `limit` passes first.
+pub async fn read_until(
+    tcp: &mut TcpStream,
+    text: &mut String,
+    limit: Duration,
+    needle: &str,
+) -> bool {
+    let found = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        while !text.contains(needle) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        true
+    })
+    .await;
+    found.unwrap_or(false)
+}
+
 /// Whether the peer closed `tcp` within `limit` (reading and dropping what arrives).
 pub async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
     tokio::time::timeout(limit, async {
