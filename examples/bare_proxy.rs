@@ -4,19 +4,27 @@
 //! What the sidecar costs above this figure is its own code; what this costs above nginx is
 //! pingora's.
 //!
+//! `--loop lean` runs the same `ProxyHttp` impl through the sidecar's HTTP/1 request loop
+//! (`released_sidecar::edge::h1`) instead of pingora-proxy's `HttpProxy` (target `bare-lean`
+//! of the load script): the difference between the two is what the loop saves.
+//!
 //! ```text
 //! cargo build --release --example bare_proxy
 //! target/release/examples/bare_proxy --listen 127.0.0.1:8081 --upstream 127.0.0.1:8080 \
-//!     --workers 2 --work-stealing false --upstream-keepalive 1024 --per-worker-services true
+//!     --workers 2 --work-stealing false --upstream-keepalive 1024 --per-worker-services true \
+//!     --loop pingora
 //! ```
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::listening::Service;
+use released_sidecar::edge::h1::pool::UpstreamPool;
+use released_sidecar::edge::h1::RequestLoop;
 use released_sidecar::ops::server::worker_address;
 
 /// Command line of the bare proxy.
@@ -42,6 +50,18 @@ struct Args {
     /// `workers` threads.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     per_worker_services: bool,
+    /// Which request loop drives the proxy.
+    #[arg(long = "loop", value_enum, default_value_t = Loop::Pingora)]
+    request_loop: Loop,
+}
+
+/// The request loop a `ProxyHttp` impl runs in.
+#[derive(Clone, Copy, ValueEnum)]
+enum Loop {
+    /// pingora-proxy's `HttpProxy`.
+    Pingora,
+    /// The sidecar's HTTP/1 loop on pingora-core (`released_sidecar::edge::h1`).
+    Lean,
 }
 
 /// Proxies every request to one upstream, untouched.
@@ -78,23 +98,45 @@ fn main() {
         (1, None)
     };
     for i in 0..services {
-        let mut proxy = http_proxy_service(
-            &server.configuration,
-            Bare {
-                upstream: args.upstream,
-            },
-        );
-        proxy.threads = threads;
-        if args.per_worker_services {
-            // Each worker its own SO_REUSEPORT socket, spelled as the sidecar spells it.
-            let addr = worker_address(args.listen, i);
-            let mut opts = TcpSocketOptions::default();
-            opts.so_reuseport = Some(true);
-            proxy.add_tcp_with_settings(&addr, opts);
-        } else {
-            proxy.add_tcp(&args.listen.to_string());
+        let bare = Bare {
+            upstream: args.upstream,
+        };
+        let name = format!("bare proxy {i}");
+        let listen = args
+            .per_worker_services
+            .then(|| worker_address(args.listen, i));
+        match args.request_loop {
+            Loop::Pingora => {
+                let mut proxy = http_proxy_service(&server.configuration, bare);
+                proxy.threads = threads;
+                server.add_service(listening(proxy, listen.as_deref(), args.listen));
+            }
+            Loop::Lean => {
+                let pool = UpstreamPool::new(args.upstream_keepalive);
+                let requests = RequestLoop::new(bare, pool, &server.configuration);
+                let mut proxy = Service::new(name, requests);
+                proxy.threads = threads;
+                server.add_service(listening(proxy, listen.as_deref(), args.listen));
+            }
         }
-        server.add_service(proxy);
     }
     server.run_forever();
+}
+
+/// `service` listening on its own SO_REUSEPORT socket `worker_listen` (spelled as the
+/// sidecar spells each worker's), or on `listen` shared by its threads.
+fn listening<A>(
+    mut service: Service<A>,
+    worker_listen: Option<&str>,
+    listen: SocketAddr,
+) -> Service<A> {
+    match worker_listen {
+        Some(addr) => {
+            let mut opts = TcpSocketOptions::default();
+            opts.so_reuseport = Some(true);
+            service.add_tcp_with_settings(addr, opts);
+        }
+        None => service.add_tcp(&listen.to_string()),
+    }
+    service
 }

@@ -23,7 +23,7 @@
 //! keep-alive on both sides, Content-Length, chunked and close-delimited bodies both
 //! ways, request bodies, `Expect: 100-continue`, HTTP/1.0 clients, hop-by-hop headers, and
 //! 502 for an upstream that cannot be reached or answers garbage. Not done (the sidecar's
-//! pingora-proxy path has them): upgrades/WebSockets (`Upgrade` is stripped, like nginx
+//! request loop, `src/edge/h1`, has them): upgrades/WebSockets (`Upgrade` is stripped, like nginx
 //! without `proxy_set_header Upgrade`), trailers (dropped), TLS upstreams, retrying a
 //! request whose body was already sent, pipelining (a pipelined connection is closed).
 //!

@@ -15,10 +15,11 @@
 //!   and holds the live config ([`ops::live`]); it hands each room below what that room
 //!   may not import: [`ops::live::Live`] implements [`edge::front::ConnectionSettings`]
 //!   and [`request::snapshot::Snapshots`].
-//! - [`edge`] owns the connection before a request is read (TLS, the connection cap, the
-//!   head guard, memory trimming) in front of any pingora proxy ([`edge::front::Front`]
-//!   is generic over it), and answers the proxy's questions about a connection by
-//!   implementing [`request::downstream::Downstream`].
+//! - [`edge`] owns the connection (TLS, the connection cap, the head guard, memory
+//!   trimming) and runs its HTTP/1 request loop ([`edge::h1`]), which drives any pingora
+//!   `ProxyHttp` through its phases ([`edge::front::Front`] is generic over it); it
+//!   answers the proxy's questions about a connection by implementing
+//!   [`request::downstream::Downstream`].
 //! - [`request`] decides trust, plans each request and wires the pingora proxy and the
 //!   token endpoint; [`token`] turns a plan into a token (identity rules, assertions, the
 //!   Released client, the breaker); [`page`] rewrites and compresses the body.

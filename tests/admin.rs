@@ -279,9 +279,13 @@ async fn a_sidecar_is_handed_to_a_test_only_once_its_proxy_port_accepts() {
     // when another test's sidecar shares the admin port (SO_REUSEPORT) during the start.
     let admin = Upstream::start(|_| Reply::with(200, "text/plain", "ok\n")).await;
     let ready_url = format!("{}/healthz", admin.url());
-    let listen: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
+    // The proxy port: bound (so no other test can take the number) but not listening, so a
+    // connection to it is refused until `listen()` below.
+    let proxy = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    proxy
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();
+    let listen: SocketAddr = proxy.local_addr().unwrap().as_socket().unwrap();
     // Stands for the sidecar process: alive, and ended (by its handle) when the wait ends.
     let mut child = std::process::Command::new("sleep")
         .arg("25")
@@ -298,7 +302,7 @@ async fn a_sidecar_is_handed_to_a_test_only_once_its_proxy_port_accepts() {
         !waiting.is_finished(),
         "the harness handed over a sidecar whose proxy port refuses connections"
     );
-    let _proxy = tokio::net::TcpListener::bind(listen).await.unwrap();
+    proxy.listen(16).unwrap();
     let up = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("the wait ends once the proxy port accepts")

@@ -1,13 +1,18 @@
 //! The streaming proxy (SPEC §2.7, §3, §6): traffic that gets no token is proxied
-//! byte for byte and streamed both ways; failures and shutdown behave as operators expect.
+//! byte for byte and streamed both ways; upgraded connections are tunnels that end with
+//! either side; failures and shutdown behave as operators expect.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use support::raw::{closed_within, connect};
 use support::{client, free_port, Reply, SidecarBuilder, StandIn, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const SECRET: &str = support::sidecar::SECRET;
 
@@ -314,4 +319,112 @@ async fn a_taken_port_fails_the_start_with_a_clear_error() {
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (listen)")),
         "{stderr}"
     );
+}
+
+/// An app that answers its first request with `101` and then echoes the tunnel's bytes;
+/// it closes the tunnel itself after the first echo when `close_after_echo`. The receiver
+/// resolves when the app saw the tunnel closed by the sidecar.
+async fn tunnel_app(close_after_echo: bool) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closed_seen) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let switched = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+        if tcp.write_all(switched).await.is_err() {
+            return;
+        }
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = closed.send(());
+                    return;
+                }
+                Ok(n) => {
+                    if tcp.write_all(&buf[..n]).await.is_err() || close_after_echo {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (addr, closed_seen)
+}
+
+/// Opens a tunnel through `sidecar` and checks one echo through it.
+async fn open_tunnel(sidecar: &support::sidecar::Sidecar) -> TcpStream {
+    let mut tcp = connect(sidecar.listen).await;
+    tcp.write_all(
+        b"GET /socket HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sent = false;
+        loop {
+            if !sent && text.contains("\r\n\r\n") {
+                assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+                tcp.write_all(b"ping through the tunnel").await.unwrap();
+                sent = true;
+            }
+            if text.ends_with("ping through the tunnel") {
+                return;
+            }
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!("tunnel closed early: {text}"),
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+    .await;
+    assert!(echoed.is_ok(), "no echo: {text}");
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_ends_at_the_app_when_the_client_closes_it() {
+    let (app, app_saw_close) = tunnel_app(false).await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
+    let tunnel = open_tunnel(&sidecar).await;
+    drop(tunnel);
+    let closed = tokio::time::timeout(Duration::from_secs(10), app_saw_close).await;
+    assert!(matches!(closed, Ok(Ok(()))), "the app's side stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_ends_at_the_client_when_the_app_closes_it() {
+    let (app, _app_saw_close) = tunnel_app(true).await;
+    let (_standin, sidecar) = support::in_front_of(app, "").await;
+    let mut tunnel = open_tunnel(&sidecar).await;
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(10)).await,
+        "the client's side stayed open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_the_upstream_read_timeout() {
+    let (app, app_saw_close) = tunnel_app(false).await;
+    let (_standin, sidecar) = support::in_front_of(app, "timeouts: { upstream_read: 1s }").await;
+    let mut tunnel = open_tunnel(&sidecar).await;
+    // Both ends stay silent: only the 1 s read timeout (not the client's 60 s) can end it.
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(10)).await,
+        "an idle tunnel outlived its timeout"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(10), app_saw_close).await;
+    assert!(matches!(closed, Ok(Ok(()))), "the app's side stayed open");
 }

@@ -11,7 +11,9 @@
 #
 # It builds the release sidecar, examples/bare_proxy.rs and examples/lean_proxy.rs (or takes
 # SIDECAR_BIN, BARE_BIN, LEAN_BIN), installs nginx and wrk here if missing (scripts/deps.sh
-# bench) and strips the copies.
+# bench) and strips the copies. With SIDECAR_B_BIN (another sidecar build, e.g. the one
+# before a change) it also packs that as DIR/bin/released-sidecar-b, which device.sh then
+# runs as the A/B target "sidecar-b".
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -31,10 +33,12 @@ rm -rf "$DIR"
 mkdir -p "$DIR/lib" "$DIR/real" "$DIR/bin" "$DIR/www"
 # The same packing as /work/shared/tools/bundle-binaries.sh: each program with every
 # shared library ldd names, started through the bundled loader.
-for prog in nginx wrk curl taskset "$SIDECAR_BIN" "$BARE_BIN" "$LEAN_BIN"; do
+for prog in nginx wrk curl taskset "$SIDECAR_BIN" "$BARE_BIN" "$LEAN_BIN" ${SIDECAR_B_BIN:+"$SIDECAR_B_BIN"}; do
   path=$(command -v "$prog" || echo "$prog")
   [ -x "$path" ] || { echo "not an executable: $prog" >&2; exit 1; }
   name=$(basename "$path")
+  # The B build is another released-sidecar: it needs a name of its own.
+  [ "$prog" = "${SIDECAR_B_BIN:-}" ] && name=released-sidecar-b
   cp -L "$path" "$DIR/real/$name"
   strip "$DIR/real/$name" 2>/dev/null || true
   ldd "$path" | awk '/=>/ { print $3 } /ld-linux/ { print $1 }' | while read -r lib; do

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The 1/2/4-worker comparison (nginx, bare pingora, lean loop, sidecar) on a many-core
+# The 1/2/4-worker comparison (nginx, bare pingora in both request loops, lean loop,
+# sidecar) on a many-core
 # machine with no network, no nginx, no wrk and no python3, from a bundle made here by
 # benches/load/bundle.sh:
 #
 #   benches/load/bundle.sh                      # here: build + pack into target/benchkit
-#   benches/load/device.sh [target/benchkit]    # there: ~5 minutes at the defaults
+#   benches/load/device.sh [target/benchkit]    # there: ~6 minutes at the defaults
 #   SCENARIOS="pass-1k-json pass-10k-js" benches/load/device.sh   # passthrough only, ~3.5
 #
 # For each worker count N it runs benches/load/run.sh --workers N (proxies on N pinned
@@ -16,10 +17,12 @@
 #
 # Environment (defaults in brackets): WORKER_LIST ["1 2 4"], SCENARIOS ["pass-1k-json
 # pass-10k-js rewrite-100k"], DURATION [4] s, ROUNDS [2], WARMUP [1] s, CONNS_PER_WORKER
-# [64]; SIDECAR_B_BIN / SIDECAR_B_YAML / BARE_B_ARGS add A/B targets (see run.sh).
-# Run time ~ workers x (target-runs x (ROUNDS x DURATION + WARMUP) + ~10 s), with 4
-# target-runs per passthrough scenario (sidecar, bare, lean, nginx-A) and 2 for
-# rewrite-100k: 3 x (10 x 9 s + 10 s) = ~5 minutes at the defaults.
+# [64]; SIDECAR_B_BIN / SIDECAR_B_YAML / BARE_B_ARGS add A/B targets (see run.sh); a
+# bundle made with SIDECAR_B_BIN has bin/released-sidecar-b, used as SIDECAR_B_BIN unless
+# one is given.
+# Run time ~ workers x (target-runs x (ROUNDS x DURATION + WARMUP) + ~10 s), with 5
+# target-runs per passthrough scenario (sidecar, bare, bare-lean, lean, nginx-A) and 2 for
+# rewrite-100k: 3 x (12 x 9 s + 10 s) = ~6 minutes at the defaults.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,6 +32,9 @@ KIT=${1:-$REPO/target/benchkit}
   echo "no bundle at $KIT: run benches/load/bundle.sh first (on a machine with the tools)" >&2
   exit 1
 }
+if [ -z "${SIDECAR_B_BIN:-}" ] && [ -x "$KIT/bin/released-sidecar-b" ]; then
+  export SIDECAR_B_BIN=$KIT/bin/released-sidecar-b
+fi
 WORKER_LIST=${WORKER_LIST:-1 2 4}
 export SCENARIOS=${SCENARIOS:-pass-1k-json pass-10k-js rewrite-100k}
 export DURATION=${DURATION:-4} ROUNDS=${ROUNDS:-2} WARMUP=${WARMUP:-1}

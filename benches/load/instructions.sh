@@ -6,15 +6,18 @@
 # time (timer and housekeeping threads), divided by N. Everything stays on 127.0.0.1.
 #
 #   benches/load/instructions.sh                     # ~3 minutes after the release build
-#   N=500 TARGETS="bare lean" benches/load/instructions.sh
+#   N=500 TARGETS="bare bare-lean lean" benches/load/instructions.sh
+#   SIDECAR_B_BIN=path/to/other/released-sidecar benches/load/instructions.sh  # + sidecar-b
 #
 # Targets (one worker each, same builds as run.sh): nginx (proxy_pass + upstream
 # keepalive, master_process off so the one process is the worker), bare
-# (examples/bare_proxy.rs), lean (examples/lean_proxy.rs), sidecar (the release binary,
-# passthrough: no page-load headers, so no token call).
+# (examples/bare_proxy.rs), bare-lean (the same, `--loop lean`: the sidecar's request
+# loop), lean (examples/lean_proxy.rs), sidecar (the release binary, passthrough: no
+# page-load headers, so no token call), sidecar-b (SIDECAR_B_BIN, same config).
 #
 # Environment (defaults in brackets): N [2000] requests per path, WARM [100] requests
-# first, TARGETS ["nginx bare lean sidecar"], PATHS ["/data.json /app.js"] (W1 1 KB JSON,
+# first, TARGETS ["nginx bare bare-lean lean sidecar", plus sidecar-b with SIDECAR_B_BIN],
+# PATHS ["/data.json /app.js"] (W1 1 KB JSON,
 # W2 10 KB JS), SIDECAR_BIN / BARE_BIN / LEAN_BIN (else the release builds, built here),
 # RESULTS_DIR [<cargo target dir>/bench-instructions/<timestamp>].
 # Needs valgrind (callgrind_control), nginx, curl and python3.
@@ -22,7 +25,7 @@ set -euo pipefail
 
 N=${N:-2000}
 WARM=${WARM:-100}
-TARGETS=${TARGETS:-nginx bare lean sidecar}
+TARGETS=${TARGETS:-nginx bare bare-lean lean sidecar${SIDECAR_B_BIN:+ sidecar-b}}
 PATHS=${PATHS:-/data.json /app.js}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -32,7 +35,9 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 for t in $TARGETS; do
-  [[ " nginx bare lean sidecar " == *" $t "* ]] || die "unknown target $t (nginx, bare, lean, sidecar)"
+  [[ " nginx bare bare-lean lean sidecar sidecar-b " == *" $t "* ]] ||
+    die "unknown target $t (nginx, bare, bare-lean, lean, sidecar, sidecar-b)"
+  [ "$t" != sidecar-b ] || [ -x "${SIDECAR_B_BIN:-}" ] || die "sidecar-b needs SIDECAR_B_BIN"
 done
 for tool in valgrind callgrind_control nginx curl python3; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || die "$tool is missing"
@@ -170,8 +175,10 @@ target_cmd() { # TARGET -> the command line, one word per line
   case $1 in
     nginx) printf '%s\n' "$NGINX" -c "$WORK/proxy/nginx.conf" ;;
     bare) printf '%s\n' "$BARE_BIN" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$ORIGIN_PORT" --workers 1 ;;
+    bare-lean) printf '%s\n' "$BARE_BIN" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$ORIGIN_PORT" --workers 1 --loop lean ;;
     lean) printf '%s\n' "$LEAN_BIN" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$ORIGIN_PORT" --workers 1 ;;
     sidecar) printf '%s\n' "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" ;;
+    sidecar-b) printf '%s\n' "$SIDECAR_B_BIN" run --config "$WORK/sidecar.yaml" ;;
   esac
 }
 

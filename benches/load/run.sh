@@ -20,6 +20,8 @@
 #   sidecar  the release build, `workers: WORKERS`, identity from X-Forwarded-User/-Email.
 #   bare     examples/bare_proxy.rs: pingora's minimal ProxyHttp, same pingora build and
 #            server knobs (threads, work_stealing, keep-alive pool) as the sidecar.
+#   bare-lean  the same bare_proxy, `--loop lean`: its ProxyHttp impl driven by the
+#            sidecar's HTTP/1 request loop (src/edge/h1) instead of pingora-proxy's HttpProxy.
 #   lean     examples/lean_proxy.rs: the same job and knobs on pingora-core's HTTP/1
 #            session without pingora-proxy (issue 24's prototype).
 #   nginx-A  passthrough proxy (upstream keepalive = connections, HTTP/1.1).
@@ -40,6 +42,7 @@
 #   SIDECAR_LOG [warn]  RUST_LOG of the sidecar: no access log, like nginx's access_log off
 #   SIDECAR_BIN, BARE_BIN, LEAN_BIN   use these binaries instead of building them
 #   BARE_ARGS, LEAN_ARGS   extra bare_proxy / lean_proxy flags, e.g. "--work-stealing true"
+#                  (BARE_ARGS applies to bare and bare-lean)
 #   A/B in the same run: SIDECAR_B_BIN and/or SIDECAR_B_YAML (lines appended to its config)
 #                  add a target "sidecar-b"; BARE_B_ARGS adds "bare-b".
 #   BENCHKIT       a directory from benches/load/bundle.sh: bin/{nginx,wrk,curl,taskset,
@@ -215,7 +218,7 @@ pick_port() { # VAR: sets VAR to a free loopback port not handed out before
   die "no free port"
 }
 for var in ORIGIN_PORT TOKEN_PORT SLOW_PORT SIDECAR_PORT ADMIN_PORT MEM_PORT MEM_ADMIN_PORT \
-  NGX_A_PORT NGX_B_PORT BARE_PORT BARE_B_PORT LEAN_PORT SIDECAR_B_PORT ADMIN_B_PORT; do
+  NGX_A_PORT NGX_B_PORT BARE_PORT BARE_B_PORT BARE_LEAN_PORT LEAN_PORT SIDECAR_B_PORT ADMIN_B_PORT; do
   pick_port "$var"
 done
 
@@ -478,6 +481,8 @@ if [ -n "$BARE_B_ARGS" ]; then
   start_bare bare-b "$BARE_B_PORT" "$BARE_B_ARGS"
   BARE_B_PID=$LAST_PID
 fi
+start_bare bare-lean "$BARE_LEAN_PORT" "--loop lean $BARE_ARGS"
+BARE_LEAN_PID=$LAST_PID
 start_bare lean "$LEAN_PORT" "$LEAN_ARGS" "$LEAN_BIN"
 LEAN_PID=$LAST_PID
 
@@ -502,7 +507,7 @@ if [ -n "$PYTHON" ]; then
   expect_token "$NGX_B_PORT" /slow/page.html 1 tok-slow- "nginx-B (slow)"
 fi
 for f in data.json app.js page.html; do
-  for port in "$SIDECAR_PORT" "$NGX_A_PORT" "$BARE_PORT" "$LEAN_PORT" ${SIDECAR_B_PID:+"$SIDECAR_B_PORT"} ${BARE_B_PID:+"$BARE_B_PORT"}; do
+  for port in "$SIDECAR_PORT" "$NGX_A_PORT" "$BARE_PORT" "$BARE_LEAN_PORT" "$LEAN_PORT" ${SIDECAR_B_PID:+"$SIDECAR_B_PORT"} ${BARE_B_PID:+"$BARE_B_PORT"}; do
     "${CURL[@]}" -o "$WORK/check.out" "$(url "$port" "/$f")"
     cmp -s "$WORK/check.out" "$WORK/www/$f" || die "passthrough of /$f via port $port is not byte-identical"
   done
@@ -530,6 +535,7 @@ target_pids() {
     sidecar-b) echo "$SIDECAR_B_PID" ;;
     bare) echo "$BARE_PID" ;;
     bare-b) echo "$BARE_B_PID" ;;
+    bare-lean) echo "$BARE_LEAN_PID" ;;
     lean) echo "$LEAN_PID" ;;
     nginx-*) echo "$NGINX_PROXY_PID" $(children_of "$NGINX_PROXY_PID") ;;
   esac
@@ -572,6 +578,7 @@ port_of() {
     sidecar-b) echo "$SIDECAR_B_PORT" ;;
     bare) echo "$BARE_PORT" ;;
     bare-b) echo "$BARE_B_PORT" ;;
+    bare-lean) echo "$BARE_LEAN_PORT" ;;
     lean) echo "$LEAN_PORT" ;;
     nginx-A) echo "$NGX_A_PORT" ;;
     nginx-B) echo "$NGX_B_PORT" ;;
@@ -597,7 +604,7 @@ scenario() {
   done
 }
 
-PASS_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} bare${BARE_B_PID:+ bare-b} lean nginx-A"
+PASS_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} bare${BARE_B_PID:+ bare-b} bare-lean lean nginx-A"
 PAGE_TARGETS="sidecar${SIDECAR_B_PID:+ sidecar-b} nginx-B"
 wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 wanted pass-1k-json && scenario pass-1k-json "$PASS_TARGETS" /data.json "$CONNS"

@@ -1,25 +1,25 @@
-//! The client side of the proxy port before pingora's HTTP layer: the TLS handshake (with
-//! `tls`, through [`crate::edge::tls::accept`]), the connection cap
+//! The client side of the proxy port before the HTTP/1 request loop ([`crate::edge::h1`]):
+//! the TLS handshake (with `tls`, through [`crate::edge::tls::accept`]), the connection cap
 //! (`limits.max_connections`), the request-head deadline (`timeouts.client_header`), the
 //! head size limits (414/431), and an access-log line plus a count for every request
 //! refused before the proxy logic runs.
 //!
-//! pingora reads the request head inside `HttpProxy` with no hook before it answers a bad
-//! head (a bare 400, an ERROR log line and no access-log entry) and only a per-read idle
-//! timeout. So [`Front`] runs pingora's HTTP/1 connection loop itself, and wraps each
-//! connection in a [`HeadGuard`]: while a head is expected, the guard holds the bytes back
-//! until the head is complete, within its deadline and size limits, and answers 408, 414 or
-//! 431 itself when it is not. pingora then only ever sees whole heads (or a clean close),
-//! so a slow or vanishing client costs it nothing and logs nothing. The proxy's
+//! pingora's HTTP/1 session reads the request head with no hook before a bad head is
+//! answered (a bare 400 and no access-log entry) and only a per-read idle timeout. So
+//! [`Front`] runs the connection's request loop itself, and wraps each connection in a
+//! [`HeadGuard`]: while a head is expected, the guard holds the bytes back until the head
+//! is complete, within its deadline and size limits, and answers 408, 414 or 431 itself
+//! when it is not. pingora's parser then only ever sees whole heads (or a clean close), so
+//! a slow or vanishing client costs it nothing and logs nothing. The proxy's
 //! `early_request_filter` tells the guard (through [`GuardedConnections`], the proxy's
-//! [`Downstream`]) that pingora took the head, which ends the deadline for that request.
+//! [`Downstream`]) that the head was taken, which ends the deadline for that request.
 //!
-//! A connection's first head is awaited before pingora allocates its per-request state
-//! (tens of KB), so a flood of idle or slow connections costs little more than sockets.
-//! Later heads on a kept-alive connection are held the same way, inside pingora's read:
-//! pingora may already hold the start of a pipelined head, so only it can tell when one
+//! A connection's first head is awaited before the per-request state is allocated (tens
+//! of KB), so a flood of idle or slow connections costs little more than sockets. Later
+//! heads on a kept-alive connection are held the same way, inside the session's read: the
+//! session may already hold the start of a pipelined head, so only it can tell when one
 //! is due. A read that starts at a line break is therefore let through as the tail of such
-//! a head; its deadline still runs until pingora takes the head.
+//! a head; its deadline still runs until the head is taken.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::listeners::ConnectionFilter;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -40,12 +40,13 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::proxy::{HttpProxy, ProxyHttp, Session};
+use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
+use crate::edge::h1::RequestLoop;
 use crate::edge::tls::TlsMaterial;
 use crate::logging::AccessLine;
 use crate::metrics::Metrics;
@@ -63,8 +64,6 @@ const MAX_HEADERS: usize = 256;
 /// closing the socket does not reset the connection before the client reads the answer.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
-/// pingora's keep-alive idle limit between requests (the same as pingora's own loop).
-const KEEPALIVE_SECS: u64 = 60;
 
 /// What [`Front`] reads from the live config as each connection arrives
 /// (`ops::live::Live` implements it): a reload applies from the next connection on.
@@ -76,10 +75,10 @@ pub trait ConnectionSettings: Send + Sync + 'static {
     fn client_header(&self) -> Duration;
 }
 
-/// The proxy service's application: the TLS handshake (with `tls`), then pingora's HTTP
-/// proxy `P` behind the head guard.
+/// The proxy service's application: the TLS handshake (with `tls`), then the request loop
+/// driving the proxy `P`, behind the head guard.
 pub struct Front<P> {
-    proxy: Arc<HttpProxy<P>>,
+    requests: RequestLoop<P>,
     settings: Arc<dyn ConnectionSettings>,
     metrics: Arc<Metrics>,
     limit: Option<Arc<ConnectionLimit>>,
@@ -89,18 +88,18 @@ pub struct Front<P> {
 }
 
 impl<P> Front<P> {
-    /// Puts the guard in front of `proxy`; `limit` is the connection cap's filter, whose
+    /// Puts the guard in front of `requests`; `limit` is the connection cap's filter, whose
     /// slots are given back here when a connection ends. Connections are TLS when the
     /// config at start has `tls`.
     pub fn new(
-        proxy: Arc<HttpProxy<P>>,
+        requests: RequestLoop<P>,
         settings: Arc<dyn ConnectionSettings>,
         metrics: Arc<Metrics>,
         limit: Option<Arc<ConnectionLimit>>,
     ) -> Self {
         let tls = settings.tls().is_some();
         Self {
-            proxy,
+            requests,
             settings,
             metrics,
             limit,
@@ -120,8 +119,8 @@ impl<P> Front<P> {
         crate::edge::tls::accept(&material, stream, limit, &self.metrics).await
     }
 
-    /// Logs and counts a head that pingora itself refused (its parser answered before any
-    /// proxy phase ran).
+    /// Logs and counts a head that pingora's parser refused (answered before any proxy
+    /// phase ran).
     fn report_parser_refusal(&self, shared: &HeadShared, started: Instant) {
         if !shared.let_through.load(Ordering::Acquire) || shared.claimed.load(Ordering::Acquire) {
             return;
@@ -156,10 +155,7 @@ where
             (stream, None)
         };
         let _slot = Slot::take(self.limit.clone(), &self.metrics.connections).await;
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 frames its own heads; pingora's connection loop serves it.
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
+        // HTTP/1 only: `tls` offers no other protocol in ALPN (crate::edge::tls).
         let deadline = self.settings.client_header();
         let shared = Arc::new(HeadShared::default());
         let mut guard = HeadGuard::new(
@@ -172,25 +168,20 @@ where
         if !guard.first_head().await {
             return None;
         }
-        let mut session = ServerSession::new_http1(Box::new(guard));
-        // The same keep-alive default pingora's own HTTP/1 loop applies.
-        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+        let mut stream: Stream = Box::new(guard);
+        let mut carried = None;
         loop {
             let started = Instant::now();
-            let reused = self.proxy.process_new_http(session, shutdown).await;
+            let reused = self.requests.serve(stream, carried, shutdown).await;
             self.report_parser_refusal(&shared, started);
-            let (stream, settings) = reused?.consume();
+            (stream, carried) = reused?.consume();
             shared.rearm();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
         }
     }
 
     async fn cleanup(&self) {
-        // Wakes keep-alive connections parked in pingora's read_request at shutdown.
-        self.proxy.http_cleanup().await;
+        // Wakes keep-alive connections waiting for their next request at shutdown.
+        self.requests.close_idle();
     }
 }
 

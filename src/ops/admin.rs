@@ -25,17 +25,30 @@ const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on reading one admin request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether the proxy port has come up, shown by `/readyz` (with the drain and the keys).
+/// Whether the proxy port has come up and the process handles its signals, shown by
+/// `/readyz` (with the drain and the keys).
 #[derive(Debug, Default)]
 pub struct Health {
     proxy_accepting: AtomicBool,
+    signals_handled: AtomicBool,
 }
 
 impl Health {
+    /// The signal handlers are in place. Until then a SIGHUP (systemd's `ExecReload`) or a
+    /// SIGTERM would take the signal's default action and end the process, so neither
+    /// `/readyz` nor systemd's `READY=1` may say ready before.
+    pub fn signals_handled(&self) {
+        self.signals_handled.store(true, Ordering::Release);
+    }
+
+    fn started(&self) -> bool {
+        self.proxy_accepting.load(Ordering::Acquire) && self.signals_handled.load(Ordering::Acquire)
+    }
+
     fn readiness(&self, draining: bool, keys_ready: bool) -> (StatusCode, &'static str) {
         if draining {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else if !self.proxy_accepting.load(Ordering::Acquire) {
+        } else if !self.started() {
             (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
         } else if !keys_ready {
             (
@@ -159,15 +172,19 @@ impl AcceptBackoff {
     }
 }
 
-/// Marks the proxy ready once its port accepts a connection; exits if it never does
-/// (pingora binds in a background thread and would otherwise leave a process with no
-/// proxy).
+/// Marks the proxy ready once its port accepts a connection and the signal handlers are
+/// in place; exits if that never happens (pingora starts its services in background
+/// threads and would otherwise leave a process with no proxy).
 async fn wait_for_proxy(listen: SocketAddr, health: Arc<Health>) {
     let probe = probe_address(listen);
     let started = tokio::time::Instant::now();
     while started.elapsed() < PROXY_START_TIMEOUT {
-        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+        if !health.proxy_accepting.load(Ordering::Acquire)
+            && tokio::net::TcpStream::connect(probe).await.is_ok()
+        {
             health.proxy_accepting.store(true, Ordering::Release);
+        }
+        if health.started() {
             tracing::info!(listen = %listen, "proxy is accepting connections");
             crate::ops::systemd::ready();
             return;

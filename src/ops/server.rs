@@ -16,6 +16,8 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::edge::front::{ConnectionLimit, Front, GuardedConnections};
+use crate::edge::h1::pool::UpstreamPool;
+use crate::edge::h1::RequestLoop;
 use crate::metrics::Metrics;
 use crate::ops::admin::{AdminServer, Health};
 use crate::ops::live::{self, KeyRefresher, Live, ReloadError, Reloader, Trigger};
@@ -142,13 +144,14 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     // hands accepted connections and pooled upstream connections to random threads, and
     // every read then wakes a task across threads (benches/README.md).
     for (worker, key) in keys.iter().enumerate() {
-        // pingora's HTTP proxy runs behind the connection guard (crate::edge::front), which
-        // owns the connection loop, the head deadline and the connection cap.
-        let mut http = pingora::proxy::HttpProxy::new(
+        // The request loop (crate::edge::h1) runs behind the connection guard
+        // (crate::edge::front), which owns the head deadline and the connection cap; each
+        // worker keeps its own pool of idle connections to the app.
+        let requests = RequestLoop::new(
             sidecar.for_worker()?,
-            Arc::clone(&server.configuration),
+            UpstreamPool::new(config.upstream_keepalive),
+            &server.configuration,
         );
-        http.handle_init_modules();
         // pingora gives every connection a 64 KiB read buffer by default, most of an idle
         // connection's cost; its HTTP reader and the head guard read into buffers of
         // their own, so the proxy port reads unbuffered.
@@ -157,7 +160,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         let mut proxy = Service::new(
             format!("released-sidecar proxy {worker}"),
             Front::new(
-                Arc::new(http),
+                requests,
                 Arc::clone(&live) as _,
                 Arc::clone(&metrics),
                 Some(Arc::clone(&limit)),
@@ -204,6 +207,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     drop(snapshot);
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
+            health: Arc::clone(&health),
             shutdown: shutdown.clone(),
             reloader,
             upgrader: Upgrader::new(upgrade_sock, sockets, Arc::clone(&metrics)),
@@ -251,6 +255,7 @@ fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListe
 /// systemd unit, its sandbox and credentials); SIGINT: exit now; SIGHUP: reload. A failed
 /// handover leaves this process serving.
 struct Signals {
+    health: Arc<Health>,
     shutdown: Shutdown,
     reloader: Reloader,
     upgrader: Upgrader,
@@ -275,6 +280,7 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot install signal handlers");
             return ShutdownSignal::FastShutdown;
         };
+        self.health.signals_handled();
         let handed_over = loop {
             tokio::select! {
                 _ = hup.recv() => {

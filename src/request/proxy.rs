@@ -1,6 +1,7 @@
-//! The request path: the pingora [`ProxyHttp`] implementation. Each phase method is short
-//! and delegates to the module that owns the concern; read top to bottom, this file is the
-//! table of contents of a request:
+//! The request path: the pingora [`ProxyHttp`] implementation, whose phases the HTTP/1
+//! request loop ([`crate::edge::h1`]) calls in pingora-proxy's order. Each phase method is
+//! short and delegates to the module that owns the concern; read top to bottom, this file
+//! is the table of contents of a request:
 //!
 //! 1. `new_ctx`: take one config snapshot for the whole request; `early_request_filter`:
 //!    tell the connection layer in front ([`Downstream`]) that the head arrived.

@@ -74,6 +74,17 @@ pub async fn start_with(
     (upstream, standin, sidecar)
 }
 
+/// A sidecar with the default config plus `extra` YAML in front of an app already
+/// listening at `app` (a raw or scripted one), and a stand-in accepting the default secret.
+pub async fn in_front_of(app: std::net::SocketAddr, extra: &str) -> (StandIn, sidecar::Sidecar) {
+    let standin = StandIn::start(sidecar::SECRET).await;
+    let sidecar = SidecarBuilder::new(&format!("http://{app}"), &standin.url())
+        .extra(extra)
+        .start()
+        .await;
+    (standin, sidecar)
+}
+
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

@@ -37,6 +37,28 @@ pub async fn read_until_close(tcp: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads from `tcp` into `text` until it holds `needle`; `false` if the connection ends or
+/// `limit` passes first.
+pub async fn read_until(
+    tcp: &mut TcpStream,
+    text: &mut String,
+    limit: Duration,
+    needle: &str,
+) -> bool {
+    let found = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        while !text.contains(needle) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        true
+    })
+    .await;
+    found.unwrap_or(false)
+}
+
 /// Whether the peer closed `tcp` within `limit` (reading and dropping what arrives).
 pub async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
     tokio::time::timeout(limit, async {
@@ -90,4 +112,141 @@ pub async fn one_shot_app(reply: &'static [u8]) -> (SocketAddr, tokio::task::Joi
             .to_string()
     });
     (addr, task)
+}
+
+/// One request a [`scripted_app`] read.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// Which TCP connection it came on (0 for the first one accepted).
+    pub connection: usize,
+    /// The head as received, without the blank line.
+    pub head: String,
+    /// The body (`Content-Length` framed, or de-chunked).
+    pub body: Vec<u8>,
+    /// The trailer section of a chunked body, as received.
+    pub trailers: String,
+}
+
+/// Requests seen by a [`scripted_app`], in arrival order.
+pub type RawLog = std::sync::Arc<std::sync::Mutex<Vec<RawRequest>>>;
+
+/// An app on 127.0.0.1 that keeps connections open and, for every request (head plus a
+/// `Content-Length` or chunked body), does what `script(request, number on its
+/// connection)` says: `Some(bytes)` is written as the answer, `None` closes the connection
+/// without one.
+pub async fn scripted_app(
+    script: impl Fn(&RawRequest, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (SocketAddr, RawLog) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = RawLog::default();
+    let script = std::sync::Arc::new(script);
+    let seen = std::sync::Arc::clone(&log);
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (script, seen) = (std::sync::Arc::clone(&script), std::sync::Arc::clone(&seen));
+            tokio::spawn(async move {
+                let mut conn = RawConnection {
+                    tcp,
+                    held: Vec::new(),
+                };
+                for number in 0.. {
+                    let Some(mut request) = conn.read_request().await else {
+                        return;
+                    };
+                    request.connection = connection;
+                    seen.lock().unwrap().push(request.clone());
+                    let Some(answer) = script(&request, number) else {
+                        return;
+                    };
+                    if conn.tcp.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// The app side of a [`scripted_app`] connection: bytes read but not yet parsed.
+struct RawConnection {
+    tcp: TcpStream,
+    held: Vec<u8>,
+}
+
+impl RawConnection {
+    /// Reads until `held` contains `needle`; returns where it starts (`None`: closed).
+    async fn until(&mut self, needle: &[u8]) -> Option<usize> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(i) = self.held.windows(needle.len()).position(|w| w == needle) {
+                return Some(i);
+            }
+            match self.tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.held.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Takes the first `n` held bytes, reading more as needed.
+    async fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 16 * 1024];
+        while self.held.len() < n {
+            match self.tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(read) => self.held.extend_from_slice(&buf[..read]),
+            }
+        }
+        Some(self.held.drain(..n).collect())
+    }
+
+    async fn read_request(&mut self) -> Option<RawRequest> {
+        let head_end = self.until(b"\r\n\r\n").await?;
+        let head =
+            String::from_utf8_lossy(&self.take(head_end + 4).await?[..head_end]).into_owned();
+        let field = |name: &str| {
+            head.lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_ascii_lowercase())
+        };
+        let mut body = Vec::new();
+        let mut trailers = String::new();
+        if field("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
+            loop {
+                let line_end = self.until(b"\r\n").await?;
+                let line = self.take(line_end + 2).await?;
+                let size = std::str::from_utf8(&line[..line_end]).ok()?;
+                let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+                if size == 0 {
+                    let end = self.until(b"\r\n").await?;
+                    if end > 0 {
+                        let end = self.until(b"\r\n\r\n").await? + 2;
+                        trailers = String::from_utf8_lossy(&self.held[..end]).into_owned();
+                        self.take(end).await?;
+                    }
+                    self.take(2).await?;
+                    break;
+                }
+                let chunk = self.take(size + 2).await?;
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            let length = field("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            body = self.take(length).await?;
+        }
+        Some(RawRequest {
+            connection: 0,
+            head,
+            body,
+            trailers,
+        })
+    }
 }

@@ -1,6 +1,7 @@
 //! A real HTTP/1.1 app on 127.0.0.1 (hyper), optionally over TLS, whose answers each
-//! test chooses. It records every request head and counts TCP connections, so tests can
-//! see exactly what the sidecar sent upstream and whether connections were reused.
+//! test chooses. It records every request head and counts TCP connections opened and
+//! closed, so tests can see exactly what the sidecar sent upstream and whether
+//! connections were reused or let go.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +48,9 @@ pub enum Reply {
     EchoHeaders,
     /// The request body sent back as is (`application/octet-stream`).
     EchoBody,
+    /// The request body sent back chunk by chunk as it arrives (chunked
+    /// `application/octet-stream`): the response streams while the upload does.
+    StreamEcho,
     /// Accept a WebSocket upgrade and echo every message.
     WebSocketEcho,
     /// Wait, then answer.
@@ -111,6 +115,7 @@ pub struct Upstream {
     tls: bool,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -154,8 +159,13 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let is_tls = tls.is_some();
-        let (seen2, conns2) = (Arc::clone(&seen), Arc::clone(&connections));
+        let (seen2, conns2, closed2) = (
+            Arc::clone(&seen),
+            Arc::clone(&connections),
+            Arc::clone(&closed),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -164,6 +174,7 @@ impl Upstream {
                 conns2.fetch_add(1, Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
                 let seen = Arc::clone(&seen2);
+                let closed = Arc::clone(&closed2);
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -188,6 +199,7 @@ impl Upstream {
                                 .await;
                         }
                     }
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -196,6 +208,7 @@ impl Upstream {
             tls: is_tls,
             seen,
             connections,
+            closed,
             task,
         }
     }
@@ -217,6 +230,12 @@ impl Upstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections closed so far (by either side; a connection upgraded to a tunnel
+    /// counts when its HTTP part ends).
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -312,6 +331,17 @@ async fn answer(
                 200,
                 &[("content-type".into(), "application/octet-stream".into())],
                 full(body),
+            )
+        }
+        Reply::StreamEcho => {
+            let echo = req
+                .into_body()
+                .into_data_stream()
+                .map(|chunk| chunk.map(Frame::data).map_err(std::io::Error::other));
+            build(
+                200,
+                &[("content-type".into(), "application/octet-stream".into())],
+                BodyExt::boxed(StreamBody::new(echo)),
             )
         }
         Reply::WebSocketEcho => websocket_echo(&mut req),
