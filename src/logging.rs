@@ -182,6 +182,24 @@ pub fn flush() {
     drop(guard);
 }
 
+/// A pingora error as a log line may show it: its type, the side that failed and the
+/// innermost cause when that is not pingora's own (an OS or HTTP-parser error, which
+/// names no request data) — never the error's text, which quotes the raw head pingora
+/// failed to parse (`buf: …`, cookies included).
+pub struct PingoraError<'a>(pub &'a pingora::Error);
+
+impl std::fmt::Display for PingoraError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.0;
+        write!(f, "{} {}", e.esource().as_str(), e.etype().as_str())?;
+        let root = e.root_cause();
+        if root.downcast_ref::<pingora::Error>().is_none() {
+            write!(f, ": {root}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,3 +139,51 @@ async fn the_documented_unsafe_switch_is_what_lets_framework_headers_through() {
         "with the switch on, pingora's header dumps are logged (so the test above can fail)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_carrying_credentials_never_reach_the_log() {
+    // pingora quotes a head it cannot parse in its error ("buf: …"); the sidecar logs
+    // failures, so it must not log that text.
+    let app_cookie = random("app-session-");
+    let client_cookie = random("client-cookie-");
+    let reply =
+        format!("HTTP/1.1 200 OK\r\nSet-Cookie: sid={app_cookie}\r\nnot a header line\r\n\r\n");
+    let (app, _seen) = support::raw::one_shot_app(Box::leak(reply.into_bytes().into())).await;
+    let standin = StandIn::start(support::sidecar::SECRET).await;
+    let mut sidecar = SidecarBuilder::new(&format!("http://{app}"), &standin.url())
+        .env("RUST_LOG", "trace")
+        .start()
+        .await;
+
+    let resp = client()
+        .get(sidecar.url("/"))
+        .header("cookie", format!("sid={client_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502, "the app's broken head is a bad gateway");
+
+    let bad_request =
+        format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: sid={client_cookie}\r\nbad header\r\n\r\n");
+    let answer = support::raw::exchange(
+        sidecar.listen,
+        bad_request.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    sidecar.signal(libc::SIGTERM);
+    assert!(sidecar.wait_exit(Duration::from_secs(10)).await.is_some());
+    let logs = sidecar.logs();
+    assert!(
+        logs.contains("the app failed"),
+        "the failure is logged:\n{logs}"
+    );
+    for value in [&app_cookie, &client_cookie] {
+        assert!(
+            !logs.contains(value.as_str()),
+            "{value} leaked into the log:\n{logs}"
+        );
+    }
+}

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::Config;
-use crate::logging::{AccessLine, LogGate};
+use crate::logging::{AccessLine, LogGate, PingoraError};
 use crate::metrics::Metrics;
 use crate::page::compress::{Coding, Compressor};
 use crate::page::rewrite::insert::Insertion;
@@ -428,7 +428,7 @@ impl ProxyHttp for Sidecar {
         self.log_failure(e, code);
         if code > 0 && session.response_written().is_none() {
             if let Err(write_error) = error_page(code).write_to_proxy(session).await {
-                tracing::debug!(error = %write_error, "could not send the error response");
+                tracing::debug!(error = %PingoraError(&write_error), "could not send the error response");
             }
         }
         FailToProxy {
@@ -450,7 +450,7 @@ impl ProxyHttp for Sidecar {
         _context: ProxyWarnLogContext,
     ) -> bool {
         if let Some(suppressed) = self.upstream_warnings.admit() {
-            tracing::warn!(error = %error, suppressed, "the app failed on a reused connection; retrying on another");
+            tracing::warn!(error = %PingoraError(error), suppressed, "the app failed on a reused connection; retrying on another");
         }
         true
     }
@@ -518,15 +518,15 @@ impl Sidecar {
     fn log_failure(&self, e: &Error, code: u16) {
         match e.esource() {
             ErrorSource::Downstream => {
-                tracing::debug!(error = %e, status = code, "the client went away or sent a bad request");
+                tracing::debug!(error = %PingoraError(e), status = code, "the client went away or sent a bad request");
             }
             ErrorSource::Upstream => {
                 if let Some(suppressed) = self.upstream_warnings.admit() {
-                    tracing::warn!(error = %e, status = code, suppressed, "the app failed");
+                    tracing::warn!(error = %PingoraError(e), status = code, suppressed, "the app failed");
                 }
             }
             ErrorSource::Internal | ErrorSource::Unset => {
-                tracing::error!(error = %e, status = code, "request failed inside the sidecar");
+                tracing::error!(error = %PingoraError(e), status = code, "request failed inside the sidecar");
             }
         }
     }
