@@ -280,10 +280,16 @@ mod tests {
     }
 
     #[test]
-    fn readiness_follows_start_keys_and_drain() {
+    fn readiness_follows_start_signals_keys_and_drain() {
         let h = Health::default();
         assert_eq!(h.readiness(false, true).0, StatusCode::SERVICE_UNAVAILABLE);
         h.proxy_accepting.store(true, Ordering::Release);
+        assert_eq!(
+            h.readiness(false, true),
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+            "a SIGHUP or SIGTERM before the handlers are in place would end the process"
+        );
+        h.signals_handled();
         assert_eq!(h.readiness(false, true).0, StatusCode::OK);
         assert_eq!(h.readiness(false, false).0, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
