@@ -201,6 +201,7 @@ impl Gateway {
             .build()
             .expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
+        tools::remove_at_exit(dir.path());
         let (upstream, standin, idp, sidecar) = rt.block_on(async {
             let upstream = Upstream::start(app).await;
             let standin = StandIn::start(support::sidecar::SECRET).await;
@@ -210,6 +211,7 @@ impl Gateway {
                 .start()
                 .await;
             tools::kill_at_exit(sidecar.pid() as u32);
+            tools::remove_at_exit(sidecar.dir.path());
             (upstream, standin, idp, sidecar)
         });
         let proxy = rt.block_on(OAuth2Proxy::start(
@@ -535,6 +537,7 @@ impl Nginx {
         }
         let sidecar = builder.start().await;
         tools::kill_at_exit(sidecar.pid() as u32);
+        tools::remove_at_exit(sidecar.dir.path());
 
         let d = dir.display();
         let to_sidecar = if tls {
@@ -642,6 +645,7 @@ impl Caddy {
             .start()
             .await;
         tools::kill_at_exit(sidecar.pid() as u32);
+        tools::remove_at_exit(sidecar.dir.path());
 
         // The README's Caddyfile, served twice: in front of the sidecar, and in front of
         // the app alone.

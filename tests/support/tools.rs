@@ -68,24 +68,46 @@ pub fn require(tool: &str, args: &[&str], install: &str) -> Option<PathBuf> {
 /// PIDs of children still running, killed when the test binary exits.
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-extern "C" fn kill_live_children() {
+/// Directories of `static` fixtures, removed when the binary exits.
+static LEFT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Kills the children still running, then removes the fixtures' directories (the
+/// children first, so none writes into a directory being removed).
+extern "C" fn clean_up_at_exit() {
     let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
     for pid in pids {
         // SAFETY: kill(2) on a pid we spawned; no memory is touched.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
+    let dirs = LEFT.lock().map(|l| l.clone()).unwrap_or_default();
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Registers [`clean_up_at_exit`] once.
+fn at_exit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain extern "C" function; libtest leaves main through exit(3),
+    // which runs it.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(clean_up_at_exit);
+    });
 }
 
 /// Kills `pid` (a child this test binary started) when the binary exits, for processes
 /// kept in a `static` that is never dropped (a topology shared by several tests).
 pub fn kill_at_exit(pid: u32) {
-    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if live.is_empty() {
-        // SAFETY: registers a plain extern "C" function; libtest leaves main through
-        // exit(3), which runs it.
-        unsafe { libc::atexit(kill_live_children) };
-    }
-    live.push(pid);
+    at_exit();
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+/// Removes `dir` when the binary exits: a `static` fixture's `TempDir` is never dropped.
+pub fn remove_at_exit(dir: &Path) {
+    at_exit();
+    LEFT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.to_path_buf());
 }
 
 /// Stops tracking `pid` once it has been waited for (its number may be reused).
