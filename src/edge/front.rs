@@ -20,6 +20,13 @@
 //! session may already hold the start of a pipelined head, so only it can tell when one
 //! is due. A read that starts at a line break is therefore let through as the tail of such
 //! a head; its deadline still runs until the head is taken.
+//!
+//! The guard is also the connection's write buffer, in place of pingora's: writes that fit
+//! in [`COALESCE_BYTES`] wait for a flush or the next larger write and then leave with it
+//! in one vectored syscall, so a response head and the body after it share a syscall and
+//! a TCP segment (pingora's buffer sent the head alone whenever the body was larger than
+//! its free space). pingora flushes wherever bytes must go out, as its buffer already
+//! required, so nothing waits longer than it did.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,6 +71,15 @@ const MAX_HEADERS: usize = 256;
 /// closing the socket does not reset the connection before the client reads the answer.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Writes are held back while the held bytes stay within this (a response head, a small
+/// body); a larger write takes them along (module doc). pingora's own write buffer size,
+/// one Ethernet MSS: a body streamed in small pieces waits no longer than it did there.
+pub const COALESCE_BYTES: usize = 1460;
+
+/// Slices in one vectored write to the socket: the held bytes plus what pingora hands
+/// over at once (three for a chunk: size line, data, CRLF).
+const MAX_SLICES: usize = 8;
 
 /// What [`Front`] reads from the live config as each connection arrives
 /// (`ops::live::Live` implements it): a reload applies from the next connection on.
@@ -418,6 +434,8 @@ pub struct HeadGuard {
     started: Instant,
     /// The client certificate verified in the connection's TLS handshake.
     client_cert: Option<ClientCert>,
+    /// Written bytes held back to go out with the next write or flush (module doc).
+    out: BytesMut,
 }
 
 impl std::fmt::Debug for HeadGuard {
@@ -446,6 +464,7 @@ impl HeadGuard {
             timer: Some(Box::pin(tokio::time::sleep(limit))),
             started: Instant::now(),
             client_cert: None,
+            out: BytesMut::new(),
         }
     }
 
@@ -606,6 +625,9 @@ impl HeadGuard {
     }
 
     fn poll_answering(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if ready!(self.poll_drain(cx)).is_err() {
+            self.phase = Phase::Closed;
+        }
         while let Phase::Answering { response, written } = &mut self.phase {
             if *written < response.len() {
                 match ready!(Pin::new(&mut self.inner).poll_write(cx, &response[*written..])) {
@@ -665,6 +687,56 @@ impl HeadGuard {
             }
         }
         Ok(())
+    }
+
+    /// Holds `bufs` back while everything held fits in [`COALESCE_BYTES`]; otherwise
+    /// writes the held bytes and `bufs` in one vectored write. Answers how many bytes of
+    /// `bufs` were taken, as `poll_write_vectored` must.
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.out.len() + total <= COALESCE_BYTES {
+            for buf in bufs {
+                self.out.extend_from_slice(buf);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        loop {
+            let held = self.out.len();
+            if held == 0 {
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            }
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = std::io::IoSlice::new(&self.out);
+            let n = bufs.len().min(MAX_SLICES - 1);
+            slices[1..=n].copy_from_slice(&bufs[..n]);
+            let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..=n]))?;
+            if written == 0 {
+                return Poll::Ready(Ok(0));
+            }
+            if written < held {
+                self.out.advance(written);
+                continue;
+            }
+            self.out.clear();
+            if written > held {
+                return Poll::Ready(Ok(written - held));
+            }
+        }
+    }
+
+    /// Writes out the held bytes.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))? {
+                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                n => self.out.advance(n),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -776,11 +848,11 @@ impl AsyncWrite for HeadGuard {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         this.before_write(data)?;
-        Pin::new(&mut this.inner).poll_write(cx, data)
+        this.poll_write_slices(cx, &[std::io::IoSlice::new(data)])
     }
 
     // pingora writes a chunk of a chunked body as size line, data and CRLF in one vectored
-    // write: without this forward each part is a syscall (and a TCP segment) of its own.
+    // write: without this each part would be a syscall (and a TCP segment) of its own.
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -792,18 +864,20 @@ impl AsyncWrite for HeadGuard {
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &b[..]);
         this.before_write(first)?;
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        this.poll_write_slices(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -817,7 +891,19 @@ fn status_of(data: &[u8]) -> Option<u16> {
 #[async_trait]
 impl Shutdown for HeadGuard {
     async fn shutdown(&mut self) {
+        if let Err(e) = std::future::poll_fn(|cx| self.poll_drain(cx)).await {
+            tracing::debug!(error = %e, "could not write the last bytes before closing");
+        }
         self.inner.shutdown().await;
+    }
+}
+
+// As pingora's own write buffer does on drop: one try to send what is held, never a wait.
+impl Drop for HeadGuard {
+    fn drop(&mut self) {
+        if !self.out.is_empty() {
+            let _ = self.poll_drain(&mut Context::from_waker(std::task::Waker::noop()));
+        }
     }
 }
 
@@ -986,6 +1072,16 @@ mod tests {
     struct Recorder {
         head: &'static [u8],
         writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        /// The most one write call takes, like a full socket buffer.
+        limit: usize,
+    }
+
+    impl Recorder {
+        fn take(&self, data: Vec<u8>) -> usize {
+            let n = data.len().min(self.limit);
+            self.writes.lock().unwrap().push(data[..n].to_vec());
+            n
+        }
     }
 
     impl AsyncRead for Recorder {
@@ -1010,8 +1106,7 @@ mod tests {
             _: &mut Context<'_>,
             data: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            self.writes.lock().unwrap().push(data.to_vec());
-            Poll::Ready(Ok(data.len()))
+            Poll::Ready(Ok(self.take(data.to_vec())))
         }
 
         fn poll_write_vectored(
@@ -1019,10 +1114,9 @@ mod tests {
             _: &mut Context<'_>,
             bufs: &[std::io::IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
-            let data: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            let n = data.len();
-            self.writes.lock().unwrap().push(data);
-            Poll::Ready(Ok(n))
+            Poll::Ready(Ok(
+                self.take(bufs.iter().flat_map(|b| b.iter().copied()).collect())
+            ))
         }
 
         fn is_write_vectored(&self) -> bool {
@@ -1065,12 +1159,17 @@ mod tests {
     }
     impl Peek for Recorder {}
 
-    #[tokio::test]
-    async fn a_chunk_of_a_chunked_response_reaches_the_socket_in_one_write() {
+    /// A guarded session on a [`Recorder`] that has read one GET and written the head of a
+    /// response: chunked, or with this `Content-Length`.
+    async fn responding(
+        limit: usize,
+        content_length: Option<usize>,
+    ) -> (ServerSession, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
         let writes = Arc::default();
         let client = Recorder {
             head: b"GET /page HTTP/1.1\r\nHost: app\r\n\r\n",
             writes: Arc::clone(&writes),
+            limit,
         };
         let guard = HeadGuard::new(
             Box::new(client),
@@ -1081,16 +1180,89 @@ mod tests {
         let mut session = ServerSession::new_http1(Box::new(guard));
         assert!(session.read_request().await.unwrap());
         let mut head = pingora::http::ResponseHeader::build(200, None).unwrap();
-        head.insert_header("transfer-encoding", "chunked").unwrap();
+        match content_length {
+            Some(n) => head.insert_header("content-length", n).unwrap(),
+            None => head.insert_header("transfer-encoding", "chunked").unwrap(),
+        }
         session.write_response_header(Box::new(head)).await.unwrap();
-        writes.lock().unwrap().clear();
+        (session, writes)
+    }
 
-        let body = Bytes::from(vec![b'x'; 3000]);
-        session.write_response_body(body, false).await.unwrap();
+    #[tokio::test]
+    async fn a_response_head_goes_out_with_its_body_in_one_write() {
+        let (mut session, writes) = responding(usize::MAX, Some(10_000)).await;
+        assert!(writes.lock().unwrap().is_empty());
+        let body = Bytes::from(vec![b'x'; 10_000]);
+        session.write_response_body(body, true).await.unwrap();
+        session.finish_body().await.unwrap();
         let writes = writes.lock().unwrap();
-        // pingora frames the chunk as size line, data and CRLF: one syscall (and one TCP
-        // segment) rather than three, as nginx's writev does.
+        // One syscall and one TCP segment for head and body, as nginx's writev.
         assert_eq!(writes.len(), 1, "{} writes", writes.len());
-        assert!(writes[0].starts_with(b"BB8\r\nxxx") && writes[0].ends_with(b"x\r\n"));
+        let head_end = memchr::memmem::find(&writes[0], b"\r\n\r\n").unwrap() + 4;
+        assert!(writes[0].starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!(&writes[0][head_end..], &[b'x'; 10_000][..]);
+    }
+
+    #[tokio::test]
+    async fn each_chunk_of_a_chunked_body_is_one_write() {
+        // pingora sends the head of a response without a length at once (the body may be
+        // generated in real time), then frames each chunk as size line, data and CRLF.
+        let (mut session, writes) = responding(usize::MAX, None).await;
+        assert_eq!(writes.lock().unwrap().len(), 1);
+        session
+            .write_response_body(Bytes::from(vec![b'x'; 3000]), false)
+            .await
+            .unwrap();
+        session
+            .write_response_body(Bytes::from(vec![b'y'; 10_000]), false)
+            .await
+            .unwrap();
+        session.finish_body().await.unwrap();
+        let writes = writes.lock().unwrap();
+        assert_eq!(writes.len(), 4, "{} writes", writes.len());
+        assert!(writes[1].starts_with(b"BB8\r\nxxx") && writes[1].ends_with(b"x\r\n"));
+        assert!(writes[2].starts_with(b"2710\r\nyyy") && writes[2].ends_with(b"y\r\n"));
+        assert_eq!(writes[3], b"0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn held_bytes_survive_short_writes_in_order() {
+        let pieces = [100, 5000, 10, 9000];
+        let total = pieces.iter().sum();
+        let mut sent = Vec::new();
+        for limit in [usize::MAX, 97] {
+            let (mut session, writes) = responding(limit, Some(total)).await;
+            for (i, len) in pieces.into_iter().enumerate() {
+                let body = Bytes::from(vec![b'a' + i as u8; len]);
+                session.write_response_body(body, false).await.unwrap();
+            }
+            session.finish_body().await.unwrap();
+            let writes = writes.lock().unwrap();
+            assert!(writes.iter().all(|w| w.len() <= limit));
+            sent.push(writes.concat());
+        }
+        // A socket that takes 97 bytes per call gets the held head in pieces before the
+        // body that carries it out, and nothing is lost or reordered.
+        assert_eq!(sent[0], sent[1]);
+        let whole = &sent[0];
+        let body_at = memchr::memmem::find(whole, b"\r\n\r\n").unwrap() + 4;
+        let want: Vec<u8> = pieces
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, len)| std::iter::repeat_n(b'a' + i as u8, len))
+            .collect();
+        assert_eq!(&whole[body_at..], &want[..]);
+    }
+
+    #[tokio::test]
+    async fn held_bytes_are_sent_when_the_connection_is_dropped_unflushed() {
+        // A head with Content-Length is held for its body; pingora's buffer sent what it
+        // held on drop, and so does the guard.
+        let (session, writes) = responding(usize::MAX, Some(5)).await;
+        assert!(writes.lock().unwrap().is_empty());
+        drop(session);
+        let writes = writes.lock().unwrap();
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].starts_with(b"HTTP/1.1 200 OK\r\n") && writes[0].ends_with(b"\r\n\r\n"));
     }
 }

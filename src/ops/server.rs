@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -154,9 +154,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         );
         // pingora gives every connection a 64 KiB read buffer by default, most of an idle
         // connection's cost; its HTTP reader and the head guard read into buffers of
-        // their own, so the proxy port reads unbuffered.
-        let listener = ListenerConfig::tcp(key)
-            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+        // their own, so the proxy port reads unbuffered. The head guard also buffers the
+        // connection's writes (coalescing a head with the body after it), so a pingora
+        // write buffer under it would only add a copy.
+        let listener = ListenerConfig::tcp(key).l4_buffer(L4BufferSettings::unbuffered());
         let mut proxy = Service::new(
             format!("released-sidecar proxy {worker}"),
             Front::new(
