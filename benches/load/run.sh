@@ -648,6 +648,24 @@ if [ "$PROFILE" = 1 ]; then
   fi
 fi
 
+# ---------------------------------------------------------------- token audit
+# A page load whose token call failed is served unrewritten, and cheaper: a rewrite figure
+# only counts if every page load of the run got its token. Each sidecar's own counters say.
+TOKEN_AUDIT=()
+audit_tokens() { # NAME ADMIN_PORT
+  local metrics failed
+  metrics=$("${CURL[@]}" "$(url "$2" /metrics)") || die "$1: no /metrics"
+  failed=$(awk '/^released_sidecar_token_requests_total\{/ && !/result="(success|abandoned)"/ { n += $2 } END { print n + 0 }' <<<"$metrics")
+  TOKEN_AUDIT+=("$1: $(awk '
+    /^released_sidecar_token_requests_total\{result="success"\}/ { ok = $2 }
+    /^released_sidecar_token_requests_total\{result="abandoned"\}/ { ab = $2 }
+    /^released_sidecar_tags_rewritten_total / { tags = $2 }
+    END { printf "%d token calls succeeded, %d abandoned (wrk closing connections mid-page), %d tags rewritten", ok, ab, tags }' <<<"$metrics"), $failed failed")
+  ((failed == 0)) || die "$1: $failed token calls failed during the run: its rewrite figures measured pages without a token ($(grep '^released_sidecar_token_requests_total' <<<"$metrics" | grep -v ' 0$' | tr '\n' ' '))"
+}
+audit_tokens sidecar "$ADMIN_PORT"
+[ "$SIDECAR_B" = 1 ] && audit_tokens sidecar-b "$ADMIN_B_PORT"
+
 # ---------------------------------------------------------------- memory
 MEM_IDLE_KB=""
 if ((BIG_MB > 0)); then
@@ -731,6 +749,7 @@ TABLE="$RESULTS_DIR/summary.md"
   else
     echo "- idle RSS: sidecar at start $(mb "$IDLE_RSS_KB") MB (target ≤ 30: $(verdict "$(mb "$IDLE_RSS_KB")" "<=" 30)); after the load runs RSS $(mb "$LOADED_RSS_KB") MB, peak $(mb "$LOADED_HWM_KB") MB (no big-page part: BIG_MB=0)"
   fi
+  for line in "${TOKEN_AUDIT[@]}"; do echo "- token calls, $line"; done
   echo "- sidecar log level: RUST_LOG=$SIDECAR_LOG; raw wrk output: $RESULTS_DIR"
 } >"$TABLE"
 echo
