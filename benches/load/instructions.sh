@@ -19,7 +19,8 @@
 # first, TARGETS ["nginx bare bare-lean lean sidecar", plus sidecar-b with SIDECAR_B_BIN],
 # PATHS ["/data.json /app.js"] (W1 1 KB JSON,
 # W2 10 KB JS), SIDECAR_BIN / BARE_BIN / LEAN_BIN (else the release builds, built here),
-# RESULTS_DIR [<cargo target dir>/bench-instructions/<timestamp>].
+# RESULTS_DIR [<cargo target dir>/bench-instructions/<timestamp>], KEEP_DUMPS [0] (1: copy
+# the callgrind dumps there, for callgrind_annotate: which functions the requests ran).
 # Needs valgrind (callgrind_control), nginx, curl and python3.
 set -euo pipefail
 
@@ -63,6 +64,9 @@ cleanup() {
   local status=$?
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${KEEP_DUMPS:-0}" = 1 ] && [ -d "$WORK/cg" ]; then
+    cp -r "$WORK/cg" "$RESULTS_DIR/callgrind" && say "callgrind dumps: $RESULTS_DIR/callgrind"
+  fi
   rm -rf "$WORK"
   exit "$status"
 }

@@ -556,8 +556,10 @@ impl HeadGuard {
 
     /// Reads more of a head into `held`.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let mut chunk = [0u8; 4096];
-        let mut read = ReadBuf::new(&mut chunk);
+        // Uninitialised: the read fills what it reports, so zeroing 4 KiB before each of
+        // a request's two reads (one of them pending) would be work for nothing.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut read = ReadBuf::uninit(&mut chunk);
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
         self.held.extend_from_slice(read.filled());
         Poll::Ready(Ok(read.filled().len()))
