@@ -75,7 +75,7 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// Writes are held back while the held bytes stay within this (a response head, a small
 /// body); a larger write takes them along (module doc). pingora's own write buffer size,
 /// one Ethernet MSS: a body streamed in small pieces waits no longer than it did there.
-pub const COALESCE_BYTES: usize = 1460;
+pub const COALESCE_BYTES: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
 /// Slices in one vectored write to the socket: the held bytes plus what pingora hands
 /// over at once (three for a chunk: size line, data, CRLF).
