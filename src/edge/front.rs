@@ -782,6 +782,12 @@ impl HeadScan {
         if !ends {
             return HeadState::Partial;
         }
+        // Every field takes a line of its own: with no more lines than the limit (and
+        // whatever follows the head counted too) there cannot be too many fields, and
+        // the parse below is not needed.
+        if memchr::memchr_iter(b'\n', held).count() <= MAX_HEADERS {
+            return HeadState::Complete;
+        }
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match httparse::Request::new(&mut fields).parse(held) {
             Err(httparse::Error::TooManyHeaders) => HeadState::TooManyFields,
@@ -995,6 +1001,30 @@ mod tests {
                 *want,
                 "{:?}",
                 String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn the_field_limit_holds_at_its_edge_with_or_without_the_parse() {
+        let head = |fields: usize, line_end: &str| {
+            let many: String = (0..fields)
+                .map(|i| format!("x{i}: y{line_end}"))
+                .collect();
+            format!("GET / HTTP/1.1{line_end}{many}{line_end}")
+        };
+        for line_end in ["\r\n", "\n"] {
+            // Few lines skip the parse; near the limit it decides.
+            for fields in [0, 1, 254, 255, 256] {
+                assert_eq!(
+                    at_once(head(fields, line_end).as_bytes()),
+                    HeadState::Complete,
+                    "{fields} fields"
+                );
+            }
+            assert_eq!(
+                at_once(head(MAX_HEADERS + 1, line_end).as_bytes()),
+                HeadState::TooManyFields
             );
         }
     }
