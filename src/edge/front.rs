@@ -1008,9 +1008,7 @@ mod tests {
     #[test]
     fn the_field_limit_holds_at_its_edge_with_or_without_the_parse() {
         let head = |fields: usize, line_end: &str| {
-            let many: String = (0..fields)
-                .map(|i| format!("x{i}: y{line_end}"))
-                .collect();
+            let many: String = (0..fields).map(|i| format!("x{i}: y{line_end}")).collect();
             format!("GET / HTTP/1.1{line_end}{many}{line_end}")
         };
         for line_end in ["\r\n", "\n"] {
