@@ -51,8 +51,8 @@ impl Planted {
     }
 }
 
-/// Runs a sidecar at `RUST_LOG=trace` (plus `env`), sends page loads, a JSON request and a
-/// request to an unreachable path carrying every planted credential, stops it and returns
+/// Runs a sidecar at `RUST_LOG=trace` (plus `env`), sends page loads, a JSON request, a
+/// POST and a request to an unreachable path carrying every planted credential, stops it and returns
 /// its whole log and the tokens it issued.
 async fn traced_run(planted: &Planted, env: &[(&str, &str)]) -> (String, Vec<String>) {
     let set_cookie = format!("sid={}; HttpOnly", planted.set_cookie);
@@ -69,7 +69,9 @@ async fn traced_run(planted: &Planted, env: &[(&str, &str)]) -> (String, Vec<Str
         builder = builder.env(k, v);
     }
     let mut sidecar = builder.start().await;
-    for path in ["/", "/api", "/"] {
+    // The POST goes through pingora's client session (a request with a body), the GETs
+    // through the sidecar's own response reader: both paths' log lines are checked.
+    for (post, path) in [(false, "/"), (false, "/api"), (true, "/api"), (false, "/")] {
         let mut headers = navigation("alice", "alice@example.com");
         for (name, value) in [
             ("cookie", format!("sid={}", planted.cookie)),
@@ -87,12 +89,12 @@ async fn traced_run(planted: &Planted, env: &[(&str, &str)]) -> (String, Vec<Str
                 value.parse().unwrap(),
             );
         }
-        let resp = client()
-            .get(sidecar.url(path))
-            .headers(headers)
-            .send()
-            .await
-            .unwrap();
+        let request = if post {
+            client().post(sidecar.url(path)).body("{\"q\":1}")
+        } else {
+            client().get(sidecar.url(path))
+        };
+        let resp = request.headers(headers).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }

@@ -1,6 +1,8 @@
 //! The HTTP/1 request loop: a connection's requests one after another, each driven through
 //! a [`ProxyHttp`] implementation's phases in pingora-proxy's order, on pingora-core's
-//! HTTP/1 sessions (its parsers and framing on both sides) and a per-worker pool of
+//! HTTP/1 sessions (its parsers and framing on the client side, and on the app side for
+//! requests with a body or an upgrade), our own response reader for the other requests to
+//! the app ([`bodyless`]: nearly all traffic, at less cost), and a per-worker pool of
 //! connections to the app ([`pool`]).
 //!
 //! Why not pingora-proxy's own loop (`HttpProxy::process_new_http`): per request it runs two
@@ -12,8 +14,11 @@
 //! "the client sent body bytes (or closed)" and "the app sent a response part", each
 //! answered in place. What reaches the app and the client is decided by the same code as
 //! before: pingora-core's server and client sessions (parsing, framing, keep-alive,
-//! `Expect`, upgrades), pingora-proxy's request sanitising ([`sanitize`], ported unchanged)
-//! and `Session::write_response_tasks` for everything written to the client.
+//! `Expect`, upgrades) — or, for a request without a body, [`bodyless`], which writes the
+//! request head with pingora's own serialiser and reads the response by pingora's rules
+//! (a differential test holds the two readers to the same answers) —, pingora-proxy's
+//! request sanitising ([`sanitize`], ported unchanged) and `Session::write_response_tasks`
+//! for everything written to the client.
 //!
 //! Phases called, in this order: `new_ctx`, `early_request_filter`, `request_filter` (a
 //! `true` ends the request), then per attempt `upstream_peer`, `fail_to_connect` (connect
@@ -40,6 +45,7 @@
 //! context can quote the raw request or response head (cookies, credentials), and the
 //! sidecar's lines must never carry a header value (README "Logs").
 
+pub mod bodyless;
 pub mod pool;
 pub mod sanitize;
 
@@ -64,6 +70,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::Notify;
 
+use self::bodyless::Bodyless;
 use self::pool::UpstreamPool;
 
 /// How long a kept-alive client connection may wait for its next request, in seconds
@@ -312,7 +319,7 @@ where
             Err(e) => return Attempt::failed(false, e),
         };
         let key = peer.reuse_hash();
-        let (mut app, reused) = match self.connect(&peer, key).await {
+        let (stream, reused) = match self.connect(&peer, key).await {
             Ok(connected) => connected,
             Err(mut e) => {
                 e.as_up();
@@ -320,11 +327,12 @@ where
                 return Attempt::failed(false, e.into_up());
             }
         };
-        let mut attempt = self.exchange(session, &mut app, &peer, ctx).await;
+        let (mut attempt, app) = self.exchange(session, stream, &peer, ctx).await;
         if attempt.app_reusable {
-            app.respect_keepalive();
-            if let Some(stream) = app.reuse().await {
-                self.pool.put(key, stream, peer.idle_timeout());
+            if let Some(app) = app {
+                if let Some(stream) = app.reusable().await {
+                    self.pool.put(key, stream, peer.idle_timeout());
+                }
             }
         }
         attempt.error = attempt
@@ -335,9 +343,9 @@ where
 
     /// A connection to `peer`: the newest live pooled one, else a new one (TCP, and TLS
     /// with the peer's settings and timeouts). Also says whether it was reused.
-    async fn connect(&self, peer: &HttpPeer, key: u64) -> Result<(AppSession, bool)> {
+    async fn connect(&self, peer: &HttpPeer, key: u64) -> Result<(Stream, bool)> {
         if let Some(stream) = self.pool.take(key) {
-            return Ok((AppSession::new_with_options(stream, peer), true));
+            return Ok((stream, true));
         }
         let stream = self.connector.new_stream(peer).await?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -346,21 +354,19 @@ where
                 "the app chose HTTP/2, which the request loop does not speak",
             );
         }
-        Ok((AppSession::new_with_options(stream, peer), false))
+        Ok((stream, false))
     }
 
     /// Sends the request to the app and its answer to the client: pingora-proxy's
-    /// `proxy_1to1`, with its two halves folded into one select loop.
+    /// `proxy_1to1`, with its two halves folded into one select loop. Also returns the
+    /// connection once the request was written to it (`None`: it was not used).
     async fn exchange(
         &self,
         session: &mut Session,
-        app: &mut AppSession,
+        stream: Stream,
         peer: &HttpPeer,
         ctx: &mut P::CTX,
-    ) -> Attempt {
-        app.read_timeout = peer.options.read_timeout;
-        app.write_timeout = peer.options.write_timeout;
-
+    ) -> (Attempt, Option<App>) {
         let mut req = session.req_header().clone();
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         let downstream_http11 = session.req_header().version == Version::HTTP_11;
@@ -370,30 +376,43 @@ where
             peer.options.http_upstream_request_policy,
             downstream_http11,
         ) {
-            return Attempt::failed(true, e.into_down());
+            return (Attempt::failed(true, e.into_down()), None);
         }
         if let Err(e) = self
             .app
             .upstream_request_filter(session, &mut req, ctx)
             .await
         {
-            return Attempt::failed(true, e);
+            return (Attempt::failed(true, e), None);
         }
         if let Err(e) = sanitize::reconcile_authority(&mut req, downstream_had_host) {
-            return Attempt::failed(true, e.into_in());
+            return (Attempt::failed(true, e.into_in()), None);
         }
         let has_body = !session.is_body_empty();
         if let Err(e) = sanitize::finalize_h1_upstream_request_framing(&mut req, has_body) {
-            return Attempt::failed(true, e);
+            return (Attempt::failed(true, e), None);
         }
         let upgrade_sent = is_upgrade_req(&req);
         session.upstream_compression.request_filter(&req);
-        if let Err(e) = app.write_request_header(Box::new(req)).await {
-            return Attempt::failed(false, e.into_up());
-        }
+        let mut app = if has_body || upgrade_sent {
+            let mut app = AppSession::new_with_options(stream, peer);
+            app.read_timeout = peer.options.read_timeout;
+            app.write_timeout = peer.options.write_timeout;
+            if let Err(e) = app.write_request_header(Box::new(req)).await {
+                return (Attempt::failed(false, e.into_up()), None);
+            }
+            App::Session(Box::new(app))
+        } else {
+            let mut app = Bodyless::new(stream, peer, &req);
+            if let Err(e) = app.write_request_header(&req).await {
+                return (Attempt::failed(false, e.into_up()), None);
+            }
+            App::Bodyless(app)
+        };
         // Keeps the start of the body so that a retry can send it again.
         session.enable_retry_buffering();
-        self.relay(session, app, upgrade_sent, ctx).await
+        let attempt = self.relay(session, &mut app, upgrade_sent, ctx).await;
+        (attempt, Some(app))
     }
 
     /// The body to the app and the response to the client, concurrently, until both are
@@ -402,7 +421,7 @@ where
     async fn relay(
         &self,
         session: &mut Session,
-        app: &mut AppSession,
+        app: &mut App,
         upgrade_sent: bool,
         ctx: &mut P::CTX,
     ) -> Attempt {
@@ -528,7 +547,7 @@ where
     /// body), `end` finishes the request.
     async fn forward_body(
         &self,
-        app: &mut AppSession,
+        app: &mut App,
         body: Option<Bytes>,
         end: bool,
         upgraded: bool,
@@ -632,6 +651,64 @@ where
             other => other,
         };
         session.write_response_tasks(vec![task]).await
+    }
+}
+
+/// The connection to the app during one exchange: pingora's client session for requests
+/// with a body or an upgrade, [`Bodyless`] for the rest.
+enum App {
+    Session(Box<AppSession>),
+    Bodyless(Bodyless),
+}
+
+impl App {
+    async fn read_response_task(&mut self) -> Result<HttpTask> {
+        match self {
+            App::Session(app) => app.read_response_task().await,
+            App::Bodyless(app) => app.read_response_task().await,
+        }
+    }
+
+    fn was_upgraded(&self) -> bool {
+        match self {
+            App::Session(app) => app.was_upgraded(),
+            App::Bodyless(_) => false,
+        }
+    }
+
+    fn maybe_upgrade_body_writer(&mut self) {
+        if let App::Session(app) = self {
+            app.maybe_upgrade_body_writer();
+        }
+    }
+
+    async fn write_body(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            App::Session(app) => app.write_body(data).await.map(drop),
+            App::Bodyless(_) => Error::e_explain(
+                ErrorType::InternalError,
+                "a request without a body has no body to send",
+            ),
+        }
+    }
+
+    async fn finish_body(&mut self) -> Result<()> {
+        match self {
+            App::Session(app) => app.finish_body().await.map(drop),
+            // The head said there is no body: nothing to finish.
+            App::Bodyless(_) => Ok(()),
+        }
+    }
+
+    /// The connection, when it can carry another request.
+    async fn reusable(self) -> Option<Stream> {
+        match self {
+            App::Session(mut app) => {
+                app.respect_keepalive();
+                app.reuse().await
+            }
+            App::Bodyless(app) => app.reusable(),
+        }
     }
 }
 
