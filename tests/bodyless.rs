@@ -112,6 +112,48 @@ async fn connect(listener: &TcpListener) -> Stream {
     Box::new(pingora::protocols::l4::stream::Stream::from(client))
 }
 
+/// Either reader, read the same way.
+trait Reader {
+    async fn next_task(&mut self) -> pingora::Result<HttpTask>;
+}
+
+impl Reader for HttpSession {
+    async fn next_task(&mut self) -> pingora::Result<HttpTask> {
+        self.read_response_task().await
+    }
+}
+
+impl Reader for Bodyless {
+    async fn next_task(&mut self) -> pingora::Result<HttpTask> {
+        self.read_response_task().await
+    }
+}
+
+/// Reads tasks until the response ends or fails (`reusable` left for the caller).
+async fn read_to_end(reader: &mut impl Reader) -> Outcome {
+    let mut outcome = Outcome {
+        heads: Vec::new(),
+        body: String::new(),
+        failure: None,
+        reusable: false,
+    };
+    loop {
+        match reader.next_task().await {
+            Ok(task) => {
+                let end = task.is_end();
+                record(&mut outcome, &task);
+                if end {
+                    return outcome;
+                }
+            }
+            Err(e) => {
+                outcome.failure = Some(failure_kind(&e));
+                return outcome;
+            }
+        }
+    }
+}
+
 async fn with_pingora(listener: &TcpListener, case: &Case) -> Outcome {
     let stream = connect(listener).await;
     let serving = serve(listener, case);
@@ -123,26 +165,9 @@ async fn with_pingora(listener: &TcpListener, case: &Case) -> Outcome {
             .await
             .unwrap();
         session.finish_body().await.unwrap();
-        let mut outcome = Outcome {
-            heads: Vec::new(),
-            body: String::new(),
-            failure: None,
-            reusable: false,
-        };
-        loop {
-            match session.read_response_task().await {
-                Ok(task) => {
-                    let end = task.is_end();
-                    record(&mut outcome, &task);
-                    if end {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    outcome.failure = Some(failure_kind(&e));
-                    return outcome;
-                }
-            }
+        let mut outcome = read_to_end(&mut session).await;
+        if outcome.failure.is_some() {
+            return outcome;
         }
         session.respect_keepalive();
         outcome.reusable = session.reuse().await.is_some();
@@ -161,26 +186,9 @@ async fn with_ours(listener: &TcpListener, case: &Case) -> Outcome {
         peer.options.read_timeout = Some(READ_TIMEOUT);
         let mut reader = Bodyless::new(stream, &peer, &req);
         reader.write_request_header(&req).await.unwrap();
-        let mut outcome = Outcome {
-            heads: Vec::new(),
-            body: String::new(),
-            failure: None,
-            reusable: false,
-        };
-        loop {
-            match reader.read_response_task().await {
-                Ok(task) => {
-                    let end = task.is_end();
-                    record(&mut outcome, &task);
-                    if end {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    outcome.failure = Some(failure_kind(&e));
-                    return outcome;
-                }
-            }
+        let mut outcome = read_to_end(&mut reader).await;
+        if outcome.failure.is_some() {
+            return outcome;
         }
         outcome.reusable = reader.reusable().is_some();
         outcome
