@@ -344,7 +344,12 @@ fn generate(rng: &mut StdRng) -> Case {
                 } else {
                     rng.gen_range(0..body.len())
                 };
-                body[at] = [b'\n', b'\r', b'z', b';', b' ', b'0'][rng.gen_range(0..6)];
+                if rng.gen_bool(0.25) {
+                    // Dropped, not replaced: a CR gone leaves a bare LF.
+                    body.remove(at);
+                } else {
+                    body[at] = [b'\n', b'\r', b'z', b';', b' ', b'0'][rng.gen_range(0..6)];
+                }
             }
             if rng.gen_bool(0.1) {
                 body.truncate(rng.gen_range(0..=body.len()));
