@@ -374,13 +374,7 @@ impl Bodyless {
                 let data = self.buf.split_to(n).freeze();
                 let end = *remaining == 0;
                 if end {
-                    self.state = State::Done;
-                    if !self.buf.is_empty() {
-                        tracing::debug!(
-                            extra = self.buf.len(),
-                            "the app sent more than its Content-Length"
-                        );
-                    }
+                    self.body_ended("the app sent more than its Content-Length");
                 }
                 Ok(Some(HttpTask::Body(Some(data), end)))
             }
@@ -390,6 +384,15 @@ impl Bodyless {
             }
             State::Chunked(_) => self.take_chunks(),
             State::Head | State::Done => Ok(None),
+        }
+    }
+
+    /// The body is complete; bytes already read past it (`excess` says what they are) cost
+    /// the connection its reuse, see [`Self::reusable`].
+    fn body_ended(&mut self, excess: &'static str) {
+        self.state = State::Done;
+        if !self.buf.is_empty() {
+            tracing::debug!(extra = self.buf.len(), "{excess}");
         }
     }
 
@@ -413,13 +416,7 @@ impl Bodyless {
             }
         };
         if done {
-            self.state = State::Done;
-            if !self.buf.is_empty() {
-                tracing::debug!(
-                    extra = self.buf.len(),
-                    "the app sent bytes after its chunked body"
-                );
-            }
+            self.body_ended("the app sent bytes after its chunked body");
             return Ok(Some(HttpTask::Body(
                 (!data.is_empty()).then_some(data),
                 true,
